@@ -1,0 +1,245 @@
+"""Typed experiment configs: dataclasses in ``configs/**/*.py``, ``a.b=c`` overrides, clear errors.
+
+A config file defines ``def config() -> ExperimentConfig``. ``load_config("configs/x/y.py", ["optim.lr=0.1"])``
+imports it, applies the overrides with type checks and returns the dataclass. Unknown keys raise a
+``ConfigError`` that names the close matches.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class ScheduleConfig:
+    """LR schedule, stepped per iteration. ``milestones`` are in epochs (fractions allowed)."""
+
+    name: Literal["step", "cosine", "constant"] = "step"
+    warmup_iters: int = 0
+    warmup_factor: float = 1e-3
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr_factor: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 8
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # only takes effect on CUDA
+    clip_grad: float = 0.0  # max grad norm; 0 disables clipping
+    max_nonfinite: int = 10  # consecutive non-finite losses tolerated (step skipped) before aborting
+    log_every: int = 10
+    ckpt_every: int = 1  # epochs
+    eval_every: int = 0  # epochs; 0 = only at the end
+    max_iters: int = 0  # >0 stops after this many iterations (smoke runs)
+    out_dir: str = "runs"
+    init_weights: str = ""  # student initialisation (a detkd checkpoint, export, or safetensors)
+    deterministic: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    task: Literal["detection", "facerec"] = "detection"
+    model: Any = None  # a model-config dataclass with a ``name`` field (see detkd.registry.build_model)
+    data: Any = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: Any = None
+    distill: Any = None  # a distillation config, or None for plain training
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.out_dir) / self.name
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path to a ``.py`` file, or a name relative to ``configs/`` with or without ``.py``."""
+    p = Path(name)
+    candidates = [p, p.with_suffix(".py"), CONFIG_DIR / p, (CONFIG_DIR / p).with_suffix(".py")]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = list_configs()
+    raise ConfigError(f"config {str(name)!r} not found{_suggest(str(name), known)}")
+
+
+def list_configs() -> list[str]:
+    if not CONFIG_DIR.is_dir():
+        return []
+    return sorted(
+        str(p.relative_to(CONFIG_DIR).with_suffix(""))
+        for p in CONFIG_DIR.rglob("*.py")
+        if not p.name.startswith("_")
+    )
+
+
+def load_config(name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    path = resolve_config_path(name)
+    spec = importlib.util.spec_from_file_location(f"detkd_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # surface the config file, not our loader
+        raise ConfigError(f"{path}: failed to import: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "config"):
+        raise ConfigError(f"{path}: defines no `config()` function")
+    cfg = module.config()
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ overrides
+
+
+def _suggest(key: str, choices) -> str:
+    near = difflib.get_close_matches(key, list(choices), n=4, cutoff=0.4)
+    return f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+
+
+def all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        k = prefix + f.name
+        keys.append(k)
+        if dataclasses.is_dataclass(v):
+            keys += all_keys(v, k + ".")
+    return keys
+
+
+def apply_overrides(cfg: Any, overrides) -> Any:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form a.b=c")
+        key, raw = item.split("=", 1)
+        set_key(cfg, key.strip(), raw.strip())
+    return cfg
+
+
+def set_key(cfg: Any, key: str, raw: str) -> None:
+    parts = key.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            where = ".".join(parts[:i]) or "<root>"
+            raise ConfigError(
+                f"unknown config key {key!r} ({part!r} is not a field of {where})"
+                f"{_suggest(key, all_keys(cfg)) or _suggest(part, names)}"
+            )
+        if i == len(parts) - 1:
+            hint = typing.get_type_hints(type(obj))[part]
+            try:
+                value = parse_value(raw, hint, getattr(obj, part))
+            except (ValueError, SyntaxError, TypeError) as e:
+                raise ConfigError(f"{key}={raw!r}: {e}") from None
+            setattr(obj, part, value)
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is {obj!r}, not a config section")
+
+
+def parse_value(raw: str, hint: Any, current: Any = None) -> Any:
+    """Parse ``raw`` as the type ``hint``; raise ValueError with a readable reason."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        if current is None or isinstance(current, str):
+            return raw
+        return parse_value(raw, type(current), current)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return parse_value(raw, a, current)
+            except (ValueError, SyntaxError, TypeError) as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        for a in args:
+            try:
+                v = parse_value(raw, type(a))
+            except ValueError:
+                continue
+            if v == a:
+                return v
+        raise ValueError(f"must be one of {list(args)}")
+    if hint is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a bool (true/false), got {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"expected an int, got {raw!r}") from None
+    if hint is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"expected a float, got {raw!r}") from None
+    if hint is str:
+        return raw
+    if origin in (list, tuple):
+        text = raw if raw.startswith(("[", "(")) else f"[{raw}]"
+        items = ast.literal_eval(text)
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"expected a list, got {raw!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(items) != len(args):
+                raise ValueError(f"expected {len(args)} values, got {len(items)}")
+            return tuple(parse_value(str(v), a) for v, a in zip(items, args))
+        inner = args[0] if args else Any
+        out = [parse_value(repr(v) if isinstance(v, (list, tuple)) else str(v), inner) for v in items]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or hint is dict:
+        v = ast.literal_eval(raw)
+        if not isinstance(v, dict):
+            raise ValueError(f"expected a dict, got {raw!r}")
+        return v
+    raise TypeError(f"cannot override a field of type {hint}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Evaluators: WIDER FACE, face verification."""

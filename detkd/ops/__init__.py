@@ -1,0 +1,1 @@
+"""Box ops, priors, assigners and NMS."""

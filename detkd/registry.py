@@ -1,0 +1,62 @@
+"""Flat name -> builder tables. Every error for an unknown name lists the close matches."""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import fields, is_dataclass
+from typing import Any, Callable
+
+MODELS: dict[str, Callable] = {}
+DATASETS: dict[str, Callable] = {}
+METHODS: dict[str, Callable] = {}
+
+_TABLES = {"model": MODELS, "dataset": DATASETS, "method": METHODS}
+# Modules whose import fills the tables (kept explicit: no import-time magic elsewhere).
+_PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill")
+
+
+def register(kind: str, name: str | None = None):
+    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``)."""
+    table = _TABLES[kind]
+
+    def wrap(fn):
+        key = name or fn.__name__
+        if key in table and table[key] is not fn:
+            raise KeyError(f"{kind} {key!r} is registered twice")
+        table[key] = fn
+        return fn
+
+    return wrap
+
+
+def load_all() -> None:
+    for mod in _PROVIDERS:
+        importlib.import_module(mod)
+
+
+def close_matches(name: str, choices) -> str:
+    near = difflib.get_close_matches(name, list(choices), n=5, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+
+
+def lookup(kind: str, name: str) -> Callable:
+    load_all()
+    table = _TABLES[kind]
+    if name not in table:
+        raise KeyError(
+            f"unknown {kind} {name!r}{close_matches(name, table)} (known: {', '.join(sorted(table))})"
+        )
+    return table[name]
+
+
+def build(kind: str, cfg: Any, **extra):
+    """Build from a config dataclass with a ``name`` field: its other fields are the builder's kwargs."""
+    if not is_dataclass(cfg):
+        raise TypeError(f"{kind} config must be a dataclass, got {type(cfg).__name__}")
+    kwargs = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "name"}
+    kwargs.update(extra)
+    return lookup(kind, cfg.name)(**kwargs)
+
+
+def build_model(cfg: Any, **extra):
+    return build("model", cfg, **extra)
