@@ -60,9 +60,31 @@ class TrainConfig:
     ckpt_every: int = 1  # epochs
     eval_every: int = 0  # epochs; 0 = only at the end
     max_iters: int = 0  # >0 stops after this many iterations (smoke runs)
+    ckpt_every_iters: int = 0  # also checkpoint every N iterations (0 = only at epoch ends)
     out_dir: str = "runs"
     init_weights: str = ""  # student initialisation (a detkd checkpoint, export, or safetensors)
     deterministic: bool = True
+
+
+@dataclass
+class DetDataConfig:
+    """A detection data set in WIDER layout (real WIDER FACE or the generated SynthFaces)."""
+
+    name: str = "synthfaces"  # registered dataset builder
+    root: str = "data/synthfaces"  # generated on first use when name == "synthfaces"
+    img_size: int = 320  # square training input
+    augment: bool = True
+    seed: int = 0  # SynthFaces generation seed
+
+
+@dataclass
+class DetEvalConfig:
+    """Evaluation on ``<root>/val``: images under ``images/``, official-layout .mat files under ``gt/``."""
+
+    protocol: str = "biubug6-origin"  # a preset of detkd.infer.PROTOCOLS
+    images_dir: str = ""  # default <data.root>/val/images
+    gt_dir: str = ""  # default <data.root>/val/gt
+    max_images: int = 0  # >0 evaluates only the first N GT entries (smoke runs)
 
 
 @dataclass

@@ -1,0 +1,222 @@
+"""The ``detkd`` command line. Each command is a few lines that call the library."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="detkd: knowledge distillation for object detectors, face detectors and face recognizers.",
+)
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate predictions or models with the official protocols.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate the embedded data sets (SynthFaces, SynthIDs).")
+app.add_typer(eval_app, name="eval")
+app.add_typer(data_app, name="data")
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="config file or name under configs/, e.g. retinaface/mnet025_synthfaces"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, type-checked"),
+    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation at the end"),
+):
+    """Train a model (or distil one: the config's `distill` section) and evaluate it."""
+    from detkd.config import ConfigError, load_config
+    from detkd.experiment import train as run
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except (ConfigError, KeyError) as e:
+        _fail(str(e))
+    result = run(cfg, resume=resume, evaluate=not no_eval)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@eval_app.command("widerface")
+def eval_widerface(
+    pred_dir: Path = typer.Option(..., help="prediction directory: <event>/<image>.txt (WIDER txt layout)"),
+    gt_dir: Path = typer.Option(..., help="directory with wider_face_val.mat and wider_{easy,medium,hard}_val.mat"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object with keys easy, medium, hard"),
+    plot_dir: Optional[Path] = typer.Option(None, help="also save PR-curve PNGs here"),
+):
+    """WIDER FACE easy/medium/hard AP of a prediction directory (official protocol, every quirk)."""
+    from detkd.eval.widerface import evaluate_dir
+
+    try:
+        ap = evaluate_dir(pred_dir, gt_dir, plot_dir=plot_dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    ap = {k: float(ap[k]) for k in ("easy", "medium", "hard")}
+    if as_json:
+        typer.echo(json.dumps(ap))
+    else:
+        for k, v in ap.items():
+            typer.echo(f"{k:>6} AP: {v:.4f}")
+
+
+@eval_app.command("detector")
+def eval_detector(
+    weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card)"),
+    images_dir: Path = typer.Option(..., help="WIDER-layout image directory: <event>/<image>.jpg"),
+    gt_dir: Path = typer.Option(..., help="directory with the four WIDER .mat files"),
+    protocol: str = typer.Option("biubug6-origin", help="post-processing preset (see `detkd list`)"),
+    pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Run a detector over a WIDER-layout set and print easy/medium/hard AP."""
+    from detkd.experiment import evaluate_widerface
+    from detkd.models.weights import load_model_file
+
+    model, _ = load_model_file(weights)
+    ap = evaluate_widerface(model, images_dir, gt_dir, protocol, pred_dir=pred_dir)
+    typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
+
+
+@eval_app.command("verification")
+def eval_verification(
+    weights: Path = typer.Option(..., help="an exported face recognizer (.safetensors with its .json card)"),
+    bin: Path = typer.Option(..., "--bin", help="insightface verification .bin (LFW / CFP-FP / AgeDB layout)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """10-fold verification accuracy (flip-sum embeddings) and TAR@FAR of a face recognizer."""
+    from detkd.eval.verification import verify_weights
+
+    try:
+        res = verify_weights(weights, bin, json=as_json)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if isinstance(res, dict):
+        keep = {k: v for k, v in res.items() if isinstance(v, (int, float))}
+        typer.echo(json.dumps(keep) if as_json else "\n".join(f"{k}: {v:.4f}" for k, v in keep.items()))
+
+
+@app.command()
+def detect(
+    images: List[Path] = typer.Argument(..., help="image files"),
+    weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
+    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600"),
+    out_dir: Path = typer.Option(..., help="output directory"),
+    format: str = typer.Option("png", "--format", help="widerface-txt (one txt per image) or png (drawn boxes)"),
+):
+    """Detect faces in images; write WIDER txt files or PNGs with boxes, scores and landmarks."""
+    from detkd.infer import detect_files
+
+    if format not in ("png", "widerface-txt"):
+        _fail(f"--format must be png or widerface-txt, got {format!r}")
+    try:
+        written = detect_files(weights, protocol, out_dir, format, images)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {len(written) if written is not None else len(images)} file(s) to {out_dir}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="a run directory (uses final.pt or last.pt) or a checkpoint file"),
+    out: Path = typer.Option(..., help="output .safetensors (a .json model card is written beside it)"),
+):
+    """Export the student only (no teacher, no adapters) as safetensors + JSON model card."""
+    from detkd.engine.checkpoint import export_student
+
+    try:
+        export_student(run, out)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"exported student to {out} (+ {Path(out).with_suffix('.json').name})")
+
+
+@app.command("import-weights")
+def import_weights(
+    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints)"),
+    src: Path = typer.Argument(..., help="foreign checkpoint (.pth)"),
+    activation: str = typer.Option(..., help="leaky0.1 (biubug6 HEAD) or relu (first release, TDKD)"),
+    out: Path = typer.Option(..., help="output .safetensors (model card .json beside it)"),
+    width: float = typer.Option(0.25, help="MobileNetV1 width of the checkpoint (0.25 student, 0.75 teacher)"),
+    task_convs: bool = typer.Option(False, help="the checkpoint has per-task conv blocks (TDKD teacher)"),
+):
+    """Convert a foreign checkpoint into detkd's safetensors + model card, with a strict key check."""
+    from detkd.models.weights import import_retinaface_biubug6
+
+    if kind != "retinaface-biubug6":
+        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6")
+    if activation not in ("relu", "leaky0.1"):
+        _fail("--activation must be relu or leaky0.1")
+    try:
+        card = import_retinaface_biubug6(src, activation, out, width=width, task_convs=task_convs)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(card, indent=2, default=str))
+
+
+@data_app.command("synthfaces")
+def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER layout)"), seed: int = 0):
+    """Write SynthFaces: face-detection scenes in WIDER FACE layout with easy/medium/hard .mat subsets."""
+    from detkd.data.synth import write_synthfaces
+
+    typer.echo(f"SynthFaces written to {write_synthfaces(out, seed=seed)}")
+
+
+@data_app.command("synthids")
+def data_synthids(out: Path = typer.Argument(..., help="output root (identity folders + val.bin)"), seed: int = 0):
+    """Write SynthIDs: identity folders for face recognition and an LFW-style verification .bin."""
+    from detkd.data.synth_ids import write_synthids
+
+    typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed)}")
+
+
+@app.command("list")
+def list_(what: str = typer.Argument("all", help="models | datasets | methods | configs | protocols | all")):
+    """List registered models, datasets, distillation methods, configs and inference protocols."""
+    from detkd import registry
+    from detkd.config import list_configs
+
+    registry.load_all()
+    sections = {
+        "models": sorted(registry.MODELS),
+        "datasets": sorted(registry.DATASETS),
+        "methods": sorted(registry.METHODS),
+        "configs": list_configs(),
+    }
+    from detkd.infer import PROTOCOLS
+
+    sections["protocols"] = sorted(PROTOCOLS)
+    if what != "all" and what not in sections:
+        _fail(f"unknown section {what!r}; choose from {', '.join(sections)} or all")
+    for name, items in sections.items():
+        if what in ("all", name):
+            typer.echo(f"{name}:")
+            for it in items:
+                typer.echo(f"  {it}")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), help="everything is written under this directory"),
+    quick: bool = typer.Option(False, help="a much shorter schedule (smoke test, numbers meaningless)"),
+    seed: int = typer.Option(0, help="training seed"),
+):
+    """SynthFaces end to end: teacher, baseline student, baseline + extra epochs, TDKD and `feat` students."""
+    from detkd.demo import run_demo
+
+    run_demo(out_dir, quick=quick, seed=seed)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()
