@@ -206,11 +206,12 @@ def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), help="everything is written under this directory"),
     quick: bool = typer.Option(False, help="a much shorter schedule (smoke test, numbers meaningless)"),
     seed: int = typer.Option(0, help="training seed"),
+    retrain_teacher: bool = typer.Option(False, help="train the teacher here instead of using the shipped one"),
 ):
     """SynthFaces end to end: teacher, baseline student, baseline + extra epochs, TDKD and `feat` students."""
     from detkd.demo import run_demo
 
-    run_demo(out_dir, quick=quick, seed=seed)
+    run_demo(out_dir, quick=quick, seed=seed, retrain_teacher=retrain_teacher)
 
 
 def main() -> None:

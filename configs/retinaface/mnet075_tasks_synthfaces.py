@@ -1,0 +1,14 @@
+"""The TDKD teacher on SynthFaces: MobileNet width 0.75 (channels ×3) with per-task conv blocks.
+
+Same recipe as the student config; only the architecture changes (METHODS.md §1.3).
+"""
+from detkd.config import load_config
+
+
+def config():
+    cfg = load_config("retinaface/mnet025_synthfaces")
+    cfg.name = "mnet075_tasks_synthfaces"
+    cfg.model.width = 0.75
+    cfg.model.task_convs = True
+    cfg.train.epochs = 18
+    return cfg
