@@ -32,6 +32,8 @@ class OptimConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
+    bias_lr_mult: float = 1.0  # FGFI/py-faster-rcnn style: biases get lr × this
+    bias_weight_decay: float | None = None  # None = same as weight_decay
 
 
 @dataclass
@@ -64,6 +66,13 @@ class TrainConfig:
     out_dir: str = "runs"
     init_weights: str = ""  # student initialisation (a detkd checkpoint, export, or safetensors)
     deterministic: bool = True
+    resume: bool = False  # continue from <run dir>/last.pt
+    drop_last: bool = False
+    amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16) | bf16 | fp16
+    find_unused_parameters: bool = False  # DDP
+    sync_bn: bool = False  # DDP: convert BatchNorm to SyncBatchNorm
+    tensorboard: bool = True
+    progress: bool = True
 
 
 @dataclass

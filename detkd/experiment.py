@@ -130,31 +130,19 @@ def make_evaluator(cfg: ExperimentConfig):
 # -------------------------------------------------------------------------------------------- building
 
 
-def load_student_init(model: nn.Module, path: str) -> None:
-    """Initialise a model from a detkd checkpoint/export or a foreign biubug6-layout state dict."""
-    from detkd.models.weights import load_state_file
-
-    sd = load_state_file(path)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
-
-
 def build_task(cfg: ExperimentConfig) -> nn.Module:
     """The trainable module for this config: a plain ``DetectionTask`` or a ``DistillTask``."""
-    student = build_model(cfg.model)
-    if cfg.train.init_weights:
-        load_student_init(student, cfg.train.init_weights)
+    student = build_model(cfg.model)  # train.init_weights is loaded by the Trainer
     if cfg.distill is None:
         return DetectionTask(student)
     from detkd.distill.distiller import build_distill_task
-    from detkd.models.weights import load_state_file
+    from detkd.engine.checkpoint import load_student_weights
 
     d = cfg.distill
     if not d.teacher_weights:
         raise ValueError("distill.teacher_weights is empty: a distillation run needs a trained teacher")
     teacher = build_model(d.teacher)
-    teacher.load_state_dict(load_state_file(d.teacher_weights), strict=True)
+    teacher.load_state_dict(load_student_weights(d.teacher_weights), strict=True)
     return build_distill_task(d, student, teacher)
 
 

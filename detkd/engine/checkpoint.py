@@ -1,1 +1,301 @@
-"""(being written)"""
+"""Atomic training checkpoints, exact-resume state, and the student export (safetensors + JSON model card).
+
+Training state (``last.pt`` / ``final.pt`` in the run dir, written with ``torch.save``)::
+
+    format          "detkd.train/1"
+    task            task.state_dict(): student ("student.*") + adapters; never teacher keys
+    optimizer       optimizer.state_dict()          (absent in final.pt)
+    scheduler       scheduler.state_dict()          (absent in final.pt)
+    scaler          GradScaler.state_dict() or {}   (absent in final.pt)
+    epoch           epoch in progress (0-based); == epochs when training finished
+    step_in_epoch   batches of ``epoch`` already trained (0 at an epoch boundary)
+    global_step     iterations trained so far
+    nonfinite       {"consecutive": int, "total": int} skipped non-finite steps
+    rng             list (one per rank) of rng_state() dicts
+    world_size      ranks of the run that wrote it
+    config          dataclasses.asdict(ExperimentConfig)
+    model_config_type  "module:QualName" of cfg.model's dataclass (to rebuild the student), or None
+
+Every value is a tensor, number, string, list or dict, so our own files load with ``weights_only=True``;
+RNG states are stored as lists/tensors for that reason. The export is ``<out>.safetensors`` holding the
+student's ``state_dict`` (keys without the ``student.`` prefix) and ``<out>.json`` (``card_path(out)``): the
+model card with the model config dict, its dataclass type, provenance and any fields the caller adds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import pickle
+import random
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FORMAT",
+    "STUDENT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "check_no_teacher",
+    "find_resume",
+    "resolve_checkpoint",
+    "student_state_dict",
+    "export_student",
+    "card_path",
+    "load_student",
+    "load_student_weights",
+    "build_student",
+    "write_json_atomic",
+]
+
+FORMAT = "detkd.train/1"
+STUDENT_FORMAT = "detkd.student/1"
+TEACHER_SEGMENTS = frozenset({"teacher", "_teacher", "teacher_model", "teachers"})
+
+
+# --------------------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Call ``write(fileobj)`` on a temp file in the same directory, fsync it, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """``torch.save(state)`` to ``path`` atomically: a reader sees the old file or the new one, never a part."""
+    return _atomic_write(Path(path), lambda f: torch.save(state, f))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+    return _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", trusted: bool = False) -> dict:
+    """Load a checkpoint with ``weights_only=True``; ``trusted=True`` allows full unpickling as a fallback
+    (only for files you trust). Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trusted:
+            raise ValueError(
+                f"{path}: cannot be loaded with weights_only=True ({str(e).splitlines()[0]}); "
+                "pass trusted=True only if you trust this file"
+            ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+# -------------------------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict:
+    """All RNG states of this process as tensors/lists (loadable with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ---------------------------------------------------------------------------------------- task weights
+
+
+def check_no_teacher(state_dict: dict[str, Tensor], where: str = "task state_dict") -> None:
+    """Raise if any key belongs to a teacher (a dotted segment named ``teacher``/``_teacher``/...)."""
+    bad = [k for k in state_dict if TEACHER_SEGMENTS.intersection(k.split("."))]
+    if bad:
+        raise ValueError(
+            f"{where} holds teacher weights ({len(bad)} keys, e.g. {bad[0]!r}); keep the teacher outside the "
+            "task's registered children (e.g. `object.__setattr__(task, 'teacher', t)` or a plain list)"
+        )
+
+
+def find_resume(run_dir: str | Path) -> Path | None:
+    """``run_dir/last.pt`` if it exists (temp files of an interrupted save are ignored)."""
+    p = Path(run_dir) / "last.pt"
+    return p if p.is_file() else None
+
+
+def resolve_checkpoint(src: str | Path) -> Path:
+    """A checkpoint file, or a run dir (its ``final.pt``, else ``last.pt``)."""
+    src = Path(src)
+    if src.is_dir():
+        for name in ("final.pt", "last.pt"):
+            if (src / name).is_file():
+                return src / name
+        raise FileNotFoundError(f"run dir {src} holds neither final.pt nor last.pt")
+    if not src.is_file():
+        raise FileNotFoundError(f"checkpoint {src} does not exist")
+    return src
+
+
+def student_state_dict(task_state: dict[str, Tensor], where: str = "checkpoint") -> dict[str, Tensor]:
+    """The ``student.*`` entries of a task state_dict, prefix removed."""
+    out = {k[len("student.") :]: v for k, v in task_state.items() if k.startswith("student.")}
+    if not out:
+        raise KeyError(f"{where}: no 'student.*' keys in the task state (does the task define `self.student`?)")
+    return out
+
+
+def card_path(out_path: str | Path) -> Path:
+    """Model card path of an export: ``student.safetensors`` -> ``student.json``."""
+    return Path(out_path).with_suffix(".json")
+
+
+def export_student(src: str | Path, out_path: str | Path, model_card: dict | None = None) -> Path:
+    """Write the student of a run dir / training checkpoint as safetensors plus a JSON model card."""
+    from safetensors.torch import save_file
+
+    ckpt = resolve_checkpoint(src)
+    state = load_checkpoint(ckpt)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "task" not in state:
+        raise ValueError(f"{ckpt}: not a detkd training checkpoint (format {FORMAT!r} with a 'task' entry)")
+    check_no_teacher(state["task"], str(ckpt))
+    student = student_state_dict(state["task"], str(ckpt))
+    student = {k: v.detach().cpu().contiguous().clone() for k, v in student.items()}  # no shared storage
+    out = Path(out_path)
+    if out.suffix != ".safetensors":
+        out = out.with_name(out.name + ".safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp.{os.getpid()}"
+    try:
+        save_file(student, str(tmp), metadata={"format": STUDENT_FORMAT})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    cfg = state.get("config") or {}
+    card = {
+        "format": STUDENT_FORMAT,
+        "weights": out.name,
+        "experiment": cfg.get("name"),
+        "task": cfg.get("task"),
+        "model": cfg.get("model"),
+        "model_config_type": state.get("model_config_type"),
+        "source_checkpoint": str(ckpt),
+        "epoch": state.get("epoch"),
+        "global_step": state.get("global_step"),
+        "num_tensors": len(student),
+        "num_params": int(sum(v.numel() for v in student.values() if v.is_floating_point())),
+    }
+    card.update(model_card or {})
+    write_json_atomic(card_path(out), card)
+    return out
+
+
+def load_student(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """An exported student: ``(state_dict, card)`` (card ``{}`` when the JSON file is absent)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"student weights {path} do not exist")
+    try:
+        sd = load_file(str(path))
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    cp = card_path(path)
+    card = json.loads(cp.read_text()) if cp.is_file() else {}
+    return sd, card
+
+
+def load_student_weights(path: str | Path) -> dict[str, Tensor]:
+    """Student weights from an export (``.safetensors``), a detkd training checkpoint or run dir, or a plain
+    state_dict saved with ``torch.save``. Foreign checkpoints go through ``detkd.models.weights``."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return load_student(p)[0]
+    ckpt = resolve_checkpoint(p)
+    state = load_checkpoint(ckpt)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        return student_state_dict(state["task"], str(ckpt))
+    if isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values()):
+        return state
+    raise ValueError(f"{ckpt}: neither a detkd checkpoint nor a plain state_dict of tensors")
+
+
+def _from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a (possibly nested) config dataclass from its ``asdict`` form."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise KeyError(f"{cls.__name__}: unknown fields {sorted(unknown)} in the model card")
+    kwargs = {}
+    for k, v in data.items():
+        h = hints.get(k)
+        if isinstance(v, dict) and isinstance(h, type) and dataclasses.is_dataclass(h):
+            v = _from_dict(h, v)
+        elif isinstance(v, list) and typing.get_origin(h) is tuple:
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def build_student(path: str | Path) -> torch.nn.Module:
+    """Rebuild an exported student from its card (``model`` + ``model_config_type``) and load its weights."""
+    from detkd.registry import build_model
+
+    sd, card = load_student(path)
+    type_name, model = card.get("model_config_type"), card.get("model")
+    if not type_name or not isinstance(model, dict):
+        raise KeyError(f"{card_path(path)}: model card lacks 'model' / 'model_config_type'; cannot rebuild")
+    mod_name, _, qual = type_name.partition(":")
+    cls: Any = importlib.import_module(mod_name)
+    for part in qual.split("."):
+        cls = getattr(cls, part)
+    net = build_model(_from_dict(cls, model))
+    net.load_state_dict(sd, strict=True)
+    return net

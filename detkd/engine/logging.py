@@ -1,1 +1,129 @@
-"""(being written)"""
+"""Run logging: a JSON-lines metrics file, TensorBoard scalars and a tqdm progress bar (main rank only).
+
+``run_dir/metrics.jsonl`` holds one JSON object per line:
+
+* training rows: ``{"kind": "train", "step", "epoch", "lr", "loss", <each loss key>, "time"}`` where ``step``
+  is the global iteration count after the step (1-based), ``loss`` the summed objective averaged over ranks,
+  ``time`` seconds since the logger was opened;
+* evaluation rows: ``{"kind": "eval", "step", "epoch", <metric>: value, "time"}``.
+
+On resume ``truncate_after(step)`` drops rows written after the checkpoint, so the file of a resumed run
+equals that of an uninterrupted one (up to ``time``). Non-main ranks get a disabled logger: all calls no-op.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm.auto import tqdm
+
+__all__ = ["MetricsLogger", "progress", "read_metrics"]
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep the row readable
+    return v
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._t0 = time.time()
+        self._tb = None
+        self._file = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            except ImportError as e:  # tensorboard missing: JSON lines still work
+                print(f"[detkd] TensorBoard disabled ({e})", file=sys.stderr)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows whose ``step`` exceeds ``step`` (they were written after the resumed checkpoint)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        self.close_file()
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if row.get("step", 0) <= step:
+                keep.append(line)
+        self.path.write_text("".join(k + "\n" for k in keep))
+
+    def _write(self, row: dict) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def log_train(self, step: int, epoch: int, lr: float, losses: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        loss = sum(losses.values())
+        row = {"kind": "train", "step": step, "epoch": epoch, "lr": lr, "loss": loss}
+        row.update({k: _scalar(v) for k, v in losses.items()})
+        row["time"] = round(time.time() - self._t0, 3)
+        self._write({k: _scalar(v) for k, v in row.items()})
+        if self._tb is not None:
+            self._tb.add_scalar("train/loss", loss, step)
+            self._tb.add_scalar("train/lr", lr, step)
+            for k, v in losses.items():
+                self._tb.add_scalar(f"train/{k}", v, step)
+
+    def log_eval(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        flat = {k: _scalar(v) for k, v in metrics.items() if isinstance(_scalar(v), (int, float, str, bool))}
+        self._write({"kind": "eval", "step": step, "epoch": epoch, **flat, "time": round(time.time() - self._t0, 3)})
+        if self._tb is not None:
+            for k, v in flat.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"eval/{k}", v, step)
+
+    def close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        self.close_file()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+
+def progress(iterable: Iterable, total: int | None = None, enabled: bool = True, desc: str = "", initial: int = 0):
+    """A tqdm bar over ``iterable`` (disabled on non-main ranks); set ``bar.set_postfix(loss=...)``."""
+    return tqdm(iterable, total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = "train") -> list[dict]:
+    """Rows of ``run_dir/metrics.jsonl`` (of one ``kind``, or all with ``kind=None``)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: malformed JSON line ({e})") from None
+        if kind is None or row.get("kind") == kind:
+            rows.append(row)
+    return rows
