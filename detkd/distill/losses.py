@@ -1,1 +1,118 @@
-"""(being written)"""
+"""Distillation losses: pure functions, tensors in, scalar out, every normalisation written down.
+
+Conventions (METHODS.md §0):
+- feature maps are ``[B, C, H, W]``; location masks are ``[B, H, W]`` (bool or {0,1} float) and broadcast over
+  channels; per-prior tensors are ``[B, P, K]`` with prior masks ``[B, P]``.
+- "teacher is q, student is p": ``KL(q‖p) = Σ_k q_k (log q_k − log p_k)``.
+- teacher tensors are used as given; the caller runs the teacher under ``torch.no_grad()``. Student tensors keep
+  their graph.
+- every denominator is guarded, so an empty selection gives exactly 0 (never NaN).
+
+Normalisation table (the part that differs between papers):
+
+| function / ``denom``              | numerator                                  | denominator                    |
+|-----------------------------------|--------------------------------------------|--------------------------------|
+| ``masked_feat_l2(denom="tdkd")``  | Σ over b, c, masked (y,x) of (s − t)²      | max(1, 2·#masked locations)    |
+| ``masked_feat_l2(denom="fgfi")``  | same                                       | max(1, 2·#masked locations)    |
+| ``masked_feat_l2(denom="defeat")``| same                                       | max(1, 2·C·#masked locations)  |
+| ``prob_l2_uncertain``             | Σ over selected (b, p, k) entries of Δp²   | max(1, #selected entries)      |
+| ``kd_kl``                         | T²·Σ over selected priors of Σ_k KL        | max(1, #selected priors)       |
+| ``feat_mse``                      | Σ over b, c, masked (y,x) of (s − t)²      | max(1, C·#masked locations)    |
+
+(FGFI's reference has no guard; with at least one GT per image — always the case on VOC — the two agree.)
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FeatDenom = Literal["tdkd", "fgfi", "defeat"]
+
+
+def _check_pair(s: Tensor, t: Tensor, what: str) -> None:
+    if s.shape != t.shape:
+        raise ValueError(f"{what}: student shape {tuple(s.shape)} != teacher shape {tuple(t.shape)}")
+
+
+def _location_mask(mask: Tensor, feat: Tensor, what: str) -> Tensor:
+    """A ``[B, H, W]`` mask as float ``[B, 1, H, W]`` on the feature's device and dtype."""
+    b, _, h, w = feat.shape
+    if mask.shape != (b, h, w):
+        raise ValueError(f"{what}: mask shape {tuple(mask.shape)} does not match feature [B,H,W] = {(b, h, w)}")
+    return mask.to(device=feat.device, dtype=feat.dtype).unsqueeze(1)
+
+
+def masked_feat_l2(s: Tensor, t: Tensor, mask: Tensor | None, denom: FeatDenom = "tdkd") -> Tensor:
+    """Masked squared feature difference (TDKD §1.7, FGFI §2.4, DeFeat §4.4).
+
+    ``s``, ``t`` ``[B, C, H, W]``; ``mask`` ``[B, H, W]`` (``None`` = every location). Numerator: Σ over
+    batch, channels and masked locations of ``(s − t)²``. Denominator: ``max(1, 2·n)`` with ``n`` = #masked
+    locations (channels not counted) for ``"tdkd"``/``"fgfi"``; ``max(1, 2·C·n)`` for ``"defeat"``.
+    """
+    _check_pair(s, t, "masked_feat_l2")
+    diff2 = (s.float() - t.float()).pow(2)  # [B, C, H, W], fp32 even under autocast
+    if mask is None:
+        m = None
+        n = s.new_tensor(float(s.shape[0] * s.shape[2] * s.shape[3]))
+        num = diff2.sum()
+    else:
+        m = _location_mask(mask, diff2, "masked_feat_l2")  # [B, 1, H, W]
+        n = m.sum()
+        num = (diff2 * m).sum()
+    if denom in ("tdkd", "fgfi"):
+        den = 2.0 * n
+    elif denom == "defeat":
+        den = 2.0 * s.shape[1] * n
+    else:
+        raise ValueError(f"masked_feat_l2: unknown denom {denom!r} (use 'tdkd', 'fgfi' or 'defeat')")
+    return num / den.clamp(min=1.0)
+
+
+def prob_l2_uncertain(p_s: Tensor, p_t: Tensor, lo: float = 0.1, hi: float = 0.9) -> Tensor:
+    """TDKD probability loss (§1.7): squared probability difference on teacher-uncertain entries.
+
+    ``p_s``, ``p_t`` ``[..., K]`` probabilities (student not detached). Selected entries: ``lo < p_t < hi``
+    (strict, per entry, so a 2-way prior contributes both columns). Returns Σ_S (p_t − p_s)² / max(1, |S|).
+    """
+    _check_pair(p_s, p_t, "prob_l2_uncertain")
+    sel = (p_t > lo) & (p_t < hi)
+    num = ((p_t.float() - p_s.float()).pow(2) * sel).sum()
+    return num / sel.sum().clamp(min=1).to(num.dtype)
+
+
+def kd_kl(
+    student_logits: Tensor, teacher_logits: Tensor, T: float = 1.0, mask: Tensor | None = None
+) -> Tensor:
+    """Temperature KD on softmax class logits: ``T²·KL(softmax(t/T) ‖ softmax(s/T))``.
+
+    ``student_logits``, ``teacher_logits`` ``[..., K]`` (softmax over the last axis); ``mask`` selects the
+    leading positions (``[...]``, bool), ``None`` = all. KL is summed over classes and averaged over the
+    selected positions (``max(1, n)``).
+    """
+    _check_pair(student_logits, teacher_logits, "kd_kl")
+    if T <= 0:
+        raise ValueError(f"kd_kl: temperature must be > 0, got {T}")
+    log_p = F.log_softmax(student_logits.float() / T, dim=-1)
+    log_q = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # [...]
+    if mask is None:
+        return kl.mean() * T * T
+    if mask.shape != kl.shape:
+        raise ValueError(f"kd_kl: mask shape {tuple(mask.shape)} != logits leading shape {tuple(kl.shape)}")
+    mask = mask.to(kl.device, torch.bool)
+    return (kl * mask).sum() / mask.sum().clamp(min=1).to(kl.dtype) * T * T
+
+
+def feat_mse(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    """FitNets hint loss: mean squared error over every element (``mask`` ``[B, H, W]`` restricts locations;
+    the mean is then over the C·#masked elements, guarded)."""
+    _check_pair(s, t, "feat_mse")
+    if mask is None:
+        return F.mse_loss(s.float(), t.float())
+    diff2 = (s.float() - t.float()).pow(2)  # [B, C, H, W]
+    m = _location_mask(mask, diff2, "feat_mse")
+    num = (diff2 * m).sum()
+    return num / (m.sum() * s.shape[1]).clamp(min=1.0)
