@@ -254,7 +254,10 @@ def parse_value(raw: str, hint: Any, current: Any = None) -> Any:
         return raw
     if origin in (list, tuple):
         text = raw if raw.startswith(("[", "(")) else f"[{raw}]"
-        items = ast.literal_eval(text)
+        try:
+            items = ast.literal_eval(text)
+        except (ValueError, SyntaxError):  # bare names: methods=[tdkd,kd] or methods=tdkd,kd
+            items = [t.strip() for t in text.strip("[]()").split(",") if t.strip()]
         if not isinstance(items, (list, tuple)):
             raise ValueError(f"expected a list, got {raw!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:

@@ -5,7 +5,6 @@ that can be used on its own.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detkd.config import DetEvalConfig, ExperimentConfig, to_dict
+from detkd.config import DetEvalConfig, ExperimentConfig
 from detkd.registry import build, build_model
 
 log = logging.getLogger(__name__)
@@ -159,9 +158,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) ->
     train_set = build_train_set(cfg)
     from detkd.data.loader import collate_detection
 
+    if cfg.distill is not None:  # fail fast: taps, shapes, identical inputs, teacher better than chance
+        sample = collate_detection([train_set[i] for i in range(min(2, len(train_set)))])
+        task.check_setup(sample, teacher_loaded=True, accuracy_batches=[sample])
     trainer = Trainer(cfg, task, train_set, evaluate=make_evaluator(cfg) if evaluate else None,
                       collate_fn=collate_detection)
-    result = trainer.fit(resume=resume)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
-    return result
+    return trainer.fit(resume=resume)
