@@ -1,1 +1,153 @@
-"""(being written)"""
+"""Single-image face detection with the reference RetinaFace pipelines (EVAL.md §4, METHODS.md §1.9).
+
+A ``Protocol`` fixes the test scale and the post-processing:
+
+* ``biubug6-origin``: the biubug6 HEAD ``test_widerface.py`` as it actually runs: original image size (r = 1),
+  face score > 0.02, greedy "+1" NMS at 0.4, no top-k before or after NMS.
+* ``tdkd-1600``: TDKD ``test_widerface.py``: r = 1600 / short side, or 2150 / long side if
+  ``round(r * long side) > 2150``; score > 0.02, top 5000 by score, NMS 0.3, keep the first 750.
+
+Pre-processing as the reference: the uint8 image becomes float32, is resized with ``cv2.INTER_LINEAR`` on the
+float image (``fx = fy = r``), not padded; the model subtracts its mean. Boxes and landmarks are decoded in
+resized-input pixels and divided by r, so ``detect_image`` returns original-image pixels:
+``{"boxes" [N, 4] xyxy, "scores" [N], "landmarks" [N, 5, 2]}`` (CPU tensors, descending score).
+Images are numpy ``uint8 [H, W, 3]`` RGB (``read_image``).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    target_size: int | None  # short side after resizing; None = original size
+    max_size: int | None  # cap on the long side (only with target_size)
+    conf_thresh: float
+    nms_thresh: float
+    top_k: int | None  # best-scoring boxes kept before NMS (None = all)
+    keep_top_k: int | None  # boxes kept after NMS (None = all)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "biubug6-origin": Protocol("biubug6-origin", None, None, 0.02, 0.4, None, None),
+    "tdkd-1600": Protocol("tdkd-1600", 1600, 2150, 0.02, 0.3, 5000, 750),
+}
+
+
+def get_protocol(protocol: str | Protocol) -> Protocol:
+    if isinstance(protocol, Protocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        near = difflib.get_close_matches(str(protocol), list(PROTOCOLS), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        raise ValueError(f"unknown protocol {protocol!r}{hint} (known: {', '.join(PROTOCOLS)})")
+    return PROTOCOLS[protocol]
+
+
+def resize_factor(height: int, width: int, protocol: str | Protocol) -> float:
+    """The reference's test-scale factor r for an image of ``height x width``."""
+    p = get_protocol(protocol)
+    if p.target_size is None:
+        return 1.0
+    short, long = min(height, width), max(height, width)
+    r = float(p.target_size) / float(short)
+    if p.max_size is not None and np.round(r * long) > p.max_size:
+        r = float(p.max_size) / float(long)
+    return r
+
+
+def read_image(path) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB via OpenCV; a clear error naming the file if it is missing or undecodable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not a readable image (corrupt or unsupported format)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def preprocess(image_rgb: np.ndarray, protocol: str | Protocol) -> tuple[torch.Tensor, float]:
+    """``(float32 [1, 3, h, w] RGB 0..255, r)`` with the reference resize applied."""
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image_rgb.shape}")
+    r = resize_factor(image_rgb.shape[0], image_rgb.shape[1], protocol)
+    img = image_rgb.astype(np.float32)
+    if r != 1.0:
+        img = cv2.resize(img, None, None, fx=r, fy=r, interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None], r
+
+
+@torch.no_grad()
+def detect_image(model: nn.Module, image_rgb: np.ndarray, protocol: str | Protocol = "biubug6-origin") -> dict:
+    """Detect faces in one RGB image; boxes/landmarks in original-image pixels (see module docstring)."""
+    p = get_protocol(protocol)
+    x, r = preprocess(image_rgb, p)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x.to(device))
+        d = model.postprocess(out, p.conf_thresh, p.nms_thresh, p.top_k, p.keep_top_k)[0]
+    finally:
+        model.train(was_training)
+    return {"boxes": d["boxes"].cpu() / r, "scores": d["scores"].cpu(), "landmarks": d["landmarks"].cpu() / r}
+
+
+def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, min_score: float = 0.5) -> Path:
+    """Write a PNG with detections (red boxes + score, 5 landmark dots) and optional GT boxes (green, xyxy)."""
+    canvas = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
+    if gt_boxes is not None:
+        for x1, y1, x2, y2 in np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4):
+            cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), (0, 200, 0), 1)
+    boxes = np.asarray(dets["boxes"], dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(dets["scores"], dtype=np.float64).reshape(-1)
+    lms = dets.get("landmarks")
+    lms = None if lms is None else np.asarray(lms, dtype=np.float64).reshape(-1, 5, 2)
+    colours = [(0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0)]  # BGR
+    for i in np.nonzero(scores >= min_score)[0]:
+        x1, y1, x2, y2 = (int(v) for v in boxes[i])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 255), 2)
+        cv2.putText(canvas, f"{scores[i]:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        if lms is not None:
+            for (px, py), c in zip(lms[i], colours):
+                cv2.circle(canvas, (int(px), int(py)), 1, c, 2)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out_png), canvas):
+        raise ValueError(f"{out_png}: could not write the PNG")
+    return out_png
+
+
+def detect_files(weights, protocol: str, out_dir, fmt: str, images) -> list[Path]:
+    """``detkd detect``: run an exported detector over image files; write WIDER txt files or PNGs.
+
+    ``fmt="widerface-txt"`` writes ``out_dir/<event>/<name>.txt`` with event = the image's parent directory name;
+    ``fmt="png"`` writes ``out_dir/<name>.png``. Returns the written paths.
+    """
+    from detkd.models.weights import load_model_file
+
+    if fmt not in ("widerface-txt", "png"):
+        raise ValueError(f"unknown output format {fmt!r}; choose widerface-txt or png")
+    p = get_protocol(protocol)
+    model, _ = load_model_file(weights)
+    out_dir = Path(out_dir)
+    written = []
+    for path in map(Path, images):
+        image = read_image(path)
+        dets = detect_image(model, image, p)
+        if fmt == "widerface-txt":
+            from detkd.eval.widerface import write_txt
+
+            written.append(write_txt(out_dir, path.parent.name, path.stem, dets["boxes"].numpy(), dets["scores"].numpy()))
+        else:
+            written.append(draw_detections(image, dets, out_dir / f"{path.stem}.png"))
+    return written
