@@ -35,10 +35,11 @@ class DemoSchedule:
     baseline_epochs: int = 12
     extra_epochs: int = 6
     teacher_epochs: int = 18
+    max_iters: int = 0  # >0: stop every run after this many iterations (smoke test)
 
     @classmethod
     def quick(cls):
-        return cls(baseline_epochs=1, extra_epochs=1, teacher_epochs=1)
+        return cls(baseline_epochs=1, extra_epochs=1, teacher_epochs=1, max_iters=3)
 
 
 def _run(config: str, name: str, out_dir: Path, overrides: list[str]) -> Path:
@@ -140,7 +141,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
     data_root = out_dir / "synthfaces"
     base = load_config(STUDENT_CFG, [f"data.root={data_root}"])
     ensure_synthfaces(base.data)
-    common = [f"data.root={data_root}", f"train.seed={seed}"]
+    common = [f"data.root={data_root}", f"train.seed={seed}", f"train.max_iters={sched.max_iters}"]
 
     # 1. teacher: the shipped checkpoint (trained by `detkd demo --retrain-teacher`), else train it here
     teacher = out_dir / "teacher" / "student.safetensors"
