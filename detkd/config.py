@@ -80,10 +80,10 @@ class DetDataConfig:
     """A detection data set in WIDER layout (real WIDER FACE or the generated SynthFaces)."""
 
     name: str = "synthfaces"  # registered dataset builder
-    root: str = "data/synthfaces"  # generated on first use when name == "synthfaces"
+    root: str = "data/synthfaces"  # SynthFaces is generated here on first use (seed 0)
     img_size: int = 320  # square training input
     augment: bool = True
-    seed: int = 0  # SynthFaces generation seed
+    seed: int = -1  # augmentation RNG seed; -1 = use train.seed
 
 
 @dataclass

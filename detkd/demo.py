@@ -132,7 +132,7 @@ def plot_all(out_dir: Path, names: list[str]) -> None:
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher: bool = False) -> dict:
-    from detkd.experiment import ensure_synthfaces
+    from detkd.data.synth import ensure_synthfaces
 
     t_start = time.time()
     out_dir = Path(out_dir)
@@ -140,7 +140,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
     sched = DemoSchedule.quick() if quick else DemoSchedule()
     data_root = out_dir / "synthfaces"
     base = load_config(STUDENT_CFG, [f"data.root={data_root}"])
-    ensure_synthfaces(base.data)
+    ensure_synthfaces(data_root)
     common = [f"data.root={data_root}", f"train.seed={seed}", f"train.max_iters={sched.max_iters}"]
 
     # 1. teacher: the shipped checkpoint (trained by `detkd demo --retrain-teacher`), else train it here

@@ -33,20 +33,10 @@ class DetectionTask(nn.Module):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def ensure_synthfaces(data_cfg) -> Path:
-    """Generate SynthFaces at ``data_cfg.root`` on first use (deterministic from ``data_cfg.seed``)."""
-    root = Path(data_cfg.root)
-    if data_cfg.name == "synthfaces" and not (root / "train" / "label.txt").is_file():
-        from detkd.data.synth import write_synthfaces
-
-        log.info("generating SynthFaces (seed %d) at %s", data_cfg.seed, root)
-        write_synthfaces(root, seed=data_cfg.seed)
-    return root
-
-
 def build_train_set(cfg: ExperimentConfig):
-    ensure_synthfaces(cfg.data)
-    return build("dataset", cfg.data, split="train")
+    """The training split; augmentation randomness is a pure function of (seed, epoch, index)."""
+    seed = cfg.data.seed if cfg.data.seed >= 0 else cfg.train.seed
+    return build("dataset", cfg.data, split="train", seed=seed)
 
 
 def val_paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
