@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from detkd.data.image import read_image  # noqa: F401  (re-exported)
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -62,17 +64,6 @@ def resize_factor(height: int, width: int, protocol: str | Protocol) -> float:
     if p.max_size is not None and np.round(r * long) > p.max_size:
         r = float(p.max_size) / float(long)
     return r
-
-
-def read_image(path) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB via OpenCV; a clear error naming the file if it is missing or undecodable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def preprocess(image_rgb: np.ndarray, protocol: str | Protocol) -> tuple[torch.Tensor, float]:

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -21,14 +20,6 @@ def cli(*args, ok=True):
     if ok:
         assert res.exit_code == 0, f"detkd {' '.join(map(str, args))} failed:\n{res.output}\n{res.exception!r}"
     return res
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,6 @@ from detkd.distill.masks import priors_to_locations, tdkd_location_masks, tdkd_p
 from detkd.structures import Assignment, DetOutput
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: intra-op threads only oversubscribe them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # ------------------------------------------------------------------------------------------ toy model
 

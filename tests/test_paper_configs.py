@@ -18,14 +18,6 @@ DETECTION_PAPER = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_batch(size=96):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, size, size, generator=g) * 255

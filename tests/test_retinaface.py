@@ -10,7 +10,6 @@ from detkd.models.weights import load_model_file, save_model_file
 from detkd.registry import build_model
 from detkd.structures import Assignment, DetOutput
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,6 @@ from detkd.models.retinaface import RetinaFaceConfig
 from detkd.registry import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: intra-op threads only oversubscribe them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def models(seed: int = 0):

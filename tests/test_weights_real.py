@@ -106,7 +106,6 @@ def test_real_image_recall_and_ap(leaky_file):
 
     from detkd.infer import detect_image, read_image
 
-    torch.set_num_threads(1)
     model, _ = load_model_file(leaky_file[0])
     dets = detect_image(model, read_image(IMAGE), "biubug6-origin")
     gt = load_gt(GT_DIR)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from detkd.data.image import read_image
 from detkd.registry import register
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -41,13 +42,7 @@ def decode_image(data: bytes | np.ndarray, what: str) -> np.ndarray:
 
 def read_face_image(path: str | Path) -> np.ndarray:
     """uint8 [H, W, 3] RGB from a file; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode image (corrupt or not an image): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return read_image(path)
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -20,10 +20,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
+from detkd.data.image import read_image  # noqa: F401  (re-exported)
 from detkd.data import transforms as T
 from detkd.registry import register
 
@@ -42,17 +42,6 @@ class Record:
     @property
     def rel(self) -> str:
         return "/".join(self.path.parts[-2:])
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB. FileNotFoundError / ValueError naming the file when missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode image (corrupt or not an image): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _finish(path: Path, rows: list[list[float]]) -> Record:
