@@ -303,3 +303,14 @@ def test_synthids_configs_are_consistent():
             assert cfg.distill.teacher.embedding_dim == cfg.model.embedding_dim
             if cfg.distill.method.startswith("triplet"):
                 assert cfg.train.batch_size == cfg.distill.bag_size // cfg.distill.imgs_per_id
+
+
+def test_md_repins_teacher_centres_after_init_weights():
+    student = _student()
+    centres = torch.randn(K, D)
+    task = build_face_task(student, FaceKDConfig(method="margin_distillation"), centres)
+    other = _student(seed=1).state_dict()  # e.g. an ArcFace student loaded through train.init_weights
+    student.load_state_dict(other)
+    assert not torch.equal(student.head.weight, centres)
+    task.train()
+    assert torch.equal(student.head.weight, centres) and not student.head.weight.requires_grad

@@ -163,6 +163,16 @@ class MarginDistillationTask(FaceTask):
         student.head.set_weight(self.centres, freeze=True)  # W := teacher fc7, excluded from the optimizer
         log.info("margin_distillation: %s margins", "faithful (unguarded)" if cfg.md_faithful else "guarded/clamped")
 
+    def train(self, mode: bool = True):
+        """Also re-pins the teacher centres: ``train.init_weights`` (loaded into the student after the task is
+        built) may have replaced the head weight by another classifier."""
+        super().train(mode)
+        head = self.student.head
+        if mode and not torch.equal(head.weight, self.centres.to(head.weight)):
+            log.warning("margin_distillation: student head weight differs from the teacher centres; re-pinned")
+            head.set_weight(self.centres, freeze=True)
+        return self
+
     def margins(self, teacher: Tensor, labels: Tensor) -> Tensor:  # [B]
         d = L.teacher_centre_cosine(teacher, self.student.head.weight.detach(), labels)
         return L.md_margins(d, self.cfg.m_min, self.cfg.m_max, faithful=self.cfg.md_faithful)
@@ -327,7 +337,9 @@ def build_facerec(cfg: Any, student: nn.Module | None = None) -> FaceRun:
         raise ValueError(
             f"model.num_classes={cfg.model.num_classes} but {data.root} holds {folder.num_classes} identities"
         )
-    student = student if student is not None else build_model(cfg.model)
+    if student is None:
+        torch.manual_seed(cfg.train.seed)  # the initialisation is a function of the run's seed
+        student = build_model(cfg.model)
     train_set, cache = folder, None
     if kd.method in NEEDS_TEACHER:
         cache_path = kd.cache_path or str(Path(cfg.train.out_dir) / cfg.name / "teacher_cache.pt")
