@@ -122,6 +122,10 @@ def make_evaluator(cfg: ExperimentConfig):
 def build_task(cfg: ExperimentConfig) -> nn.Module:
     """The trainable module for this config: a plain ``DetectionTask`` or a ``DistillTask``."""
     student = build_model(cfg.model)  # train.init_weights is loaded by the Trainer
+    if cfg.train.backbone_init:
+        from detkd.models.weights import load_backbone_imagenet
+
+        load_backbone_imagenet(student, cfg.train.backbone_init, trust=cfg.train.trust_pickle)
     if cfg.distill is None:
         return DetectionTask(student)
     from detkd.distill.distiller import build_distill_task

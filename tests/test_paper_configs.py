@@ -82,3 +82,17 @@ def test_every_config_loads():
     for name in names:
         cfg = load_config(name)
         assert cfg.name and cfg.model is not None, name
+
+
+def test_imagenet_backbone_init_needs_explicit_trust():
+    tar = SHARED / "weights" / "mobilenetv1_x025_imagenet.tar"
+    if not tar.is_file():
+        pytest.skip(f"real checkpoint not available: {tar}")
+    from detkd.experiment import build_task
+
+    cfg = load_config("retinaface/mnet025_widerface_tdkd", [f"train.backbone_init={tar}"])
+    with pytest.raises(PermissionError, match="trust_pickle"):
+        build_task(cfg)
+    cfg.train.trust_pickle = True
+    task = build_task(cfg)
+    assert task.student.body.stage1[0][0].weight.abs().sum() > 0

@@ -167,7 +167,7 @@ def load_backbone_imagenet(model: nn.Module, tar_path, trust: bool = False) -> N
         raise PermissionError(
             f"{tar_path}: refusing to unpickle: this legacy checkpoint stores optimizer state and can only be "
             "read with torch.load(weights_only=False), which executes arbitrary code from the file. "
-            "Pass trust=True (CLI: --trust) only if you trust where the file comes from."
+            "Pass trust=True (config: train.trust_pickle=true) only if you trust where the file comes from."
         )
     obj = torch.load(tar_path, map_location="cpu", weights_only=False)
     sd = {k: v for k, v in _unwrap(obj, tar_path).items() if not k.startswith("fc.")}
