@@ -19,6 +19,8 @@ import torch
 from detkd.config import load_config
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+# Re-create with: detkd train retinaface/mnet075_tasks_synthfaces
+#                 detkd export runs/mnet075_tasks_synthfaces --out detkd/assets/synthfaces_teacher_mnet075.safetensors
 TEACHER_ASSET = ASSETS / "synthfaces_teacher_mnet075.safetensors"
 
 STUDENT_CFG = "retinaface/mnet025_synthfaces"
@@ -32,9 +34,9 @@ FINETUNE_CFGS = {  # run name -> config; each fine-tunes the baseline for the sa
 
 @dataclass
 class DemoSchedule:
-    baseline_epochs: int = 12
+    baseline_epochs: int = 16
     extra_epochs: int = 6
-    teacher_epochs: int = 18
+    teacher_epochs: int = 30
     max_iters: int = 0  # >0: stop every run after this many iterations (smoke test)
 
     @classmethod

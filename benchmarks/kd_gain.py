@@ -1,0 +1,109 @@
+"""Does TDKD help? The demo's comparison over N seeds, plus the cost of a distillation step.
+
+    python benchmarks/kd_gain.py [--seeds 3] [--out runs/kd_gain] [--quick]
+
+Writes ``benchmarks/results/tdkd_synthfaces.json`` and ``benchmarks/results/tdkd_synthfaces.md``
+(mean ± std AP per model and subset). The step-time ratio is measured in one process on one batch:
+time(distillation step) / (time(student-only step) + time(teacher forward)), medians over interleaved runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detkd.config import load_config
+from detkd.demo import FINETUNE_CFGS, run_demo
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("teacher", "baseline", "baseline_extra", "tdkd", "feat")
+
+
+def step_time_ratio(data_root: Path, teacher_weights: Path, repeats: int = 12) -> dict:
+    """Median times of a TDKD step, a student-only step and a teacher forward on the same batch."""
+    from detkd.data.loader import collate_detection
+    from detkd.experiment import DetectionTask, build_task, build_train_set
+
+    cfg = load_config(FINETUNE_CFGS["tdkd"], [f"data.root={data_root}", f"distill.teacher_weights={teacher_weights}"])
+    distill_task = build_task(cfg)
+    plain = DetectionTask(distill_task.student)
+    teacher = distill_task.teacher
+    ds = build_train_set(cfg)
+    batch = collate_detection([ds[i] for i in range(cfg.train.batch_size)])
+    images = batch[0]
+    opt_d = torch.optim.SGD(distill_task.parameters(), lr=1e-5, momentum=0.9)
+    opt_s = torch.optim.SGD(plain.parameters(), lr=1e-5, momentum=0.9)
+
+    def step(task, opt):
+        loss = sum(task(batch).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def teacher_fwd():
+        with torch.no_grad():
+            teacher(images)
+
+    fns = {"distill_step": lambda: step(distill_task, opt_d), "student_step": lambda: step(plain, opt_s),
+           "teacher_forward": teacher_fwd}
+    times = {k: [] for k in fns}
+    for i in range(repeats + 2):  # interleaved, first two rounds are warm-up
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= 2:
+                times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    med["ratio"] = med["distill_step"] / (med["student_step"] + med["teacher_forward"])
+    return med
+
+
+def mean_std(values) -> str:
+    a = 100 * np.asarray(values)
+    return f"{a.mean():.1f} ± {a.std():.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("runs/kd_gain"))
+    ap.add_argument("--quick", action="store_true", help="1-epoch schedules (smoke test only)")
+    ap.add_argument("--reuse", action="store_true", help="reuse <out>/seed<k>/results.json where it exists")
+    args = ap.parse_args()
+
+    seeds = list(range(args.seeds))
+    per_model = {m: {"easy": [], "medium": [], "hard": []} for m in MODELS}
+    for seed in seeds:
+        done = args.out / f"seed{seed}" / "results.json"
+        if args.reuse and done.is_file():  # e.g. seed 0 = a `detkd demo --out-dir <out>/seed0` run
+            res = json.loads(done.read_text())
+            print(f"reusing {done}")
+        else:
+            res = run_demo(args.out / f"seed{seed}", quick=args.quick, seed=seed)
+        for m in MODELS:
+            for sub in ("easy", "medium", "hard"):
+                per_model[m][sub].append(res[m][sub])
+    timing = step_time_ratio(args.out / "seed0" / "synthfaces", args.out / "seed0" / "teacher" / "student.safetensors")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out = {"models": per_model, "step_time_ratio": timing["ratio"], "step_times_s": timing, "seeds": seeds,
+           "commit": commit, "quick": args.quick}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "tdkd_synthfaces.json").write_text(json.dumps(out, indent=2))
+    lines = [f"TDKD on SynthFaces, {len(seeds)} seeds (AP %, mean ± std; WIDER protocol, biubug6-origin)", "",
+             "| model | easy | medium | hard |", "|---|---|---|---|"]
+    for m in MODELS:
+        lines.append(f"| {m} | " + " | ".join(mean_std(per_model[m][s]) for s in ("easy", "medium", "hard")) + " |")
+    lines += ["", f"Distillation step / (student step + teacher forward): {timing['ratio']:.3f} "
+              f"(medians: distill {1000 * timing['distill_step']:.0f} ms, student {1000 * timing['student_step']:.0f} ms, "
+              f"teacher forward {1000 * timing['teacher_forward']:.0f} ms; commit {commit[:8]})"]
+    (RESULTS / "tdkd_synthfaces.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
