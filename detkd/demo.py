@@ -159,7 +159,9 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
     baseline = _run(STUDENT_CFG, "baseline", out_dir, [*common, f"train.epochs={sched.baseline_epochs}"])
     exports = {"teacher": teacher, "baseline": baseline}
     for name, config in FINETUNE_CFGS.items():
-        extra = [*common, f"train.epochs={sched.extra_epochs}", f"train.init_weights={baseline}"]
+        # identical schedule for all three (no warm-up: they continue a trained model), only the loss differs
+        extra = [*common, f"train.epochs={sched.extra_epochs}", f"train.init_weights={baseline}",
+                 "sched.warmup_iters=0"]
         if name != "baseline_extra":
             extra.append(f"distill.teacher_weights={teacher}")
         exports[name] = _run(config, name, out_dir, extra)
