@@ -115,7 +115,7 @@ def test_sgd_weight_decay_on_all_trainable_params_and_frozen_excluded():
 
 
 def test_bias_lr_mult_and_bias_weight_decay_for_fgfi():
-    cfg = SimpleNamespace(**vars(OptimConfig(lr=0.003)), bias_lr_mult=2.0, bias_weight_decay=0.0)
+    cfg = OptimConfig(lr=0.003, bias_lr_mult=2.0, bias_weight_decay=0.0)
     opt = build_optimizer(cfg, nn.Linear(3, 2))
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["biases"]["lr"] == pytest.approx(0.006) and groups["biases"]["weight_decay"] == 0.0

@@ -161,13 +161,13 @@ class Trainer:
         self.evaluate_fn, self.collate_fn = evaluate, collate_fn
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run_dir)
         tc = cfg.train
-        self.ckpt_every_iters = int(getattr(tc, "ckpt_every_iters", 0))
-        self.drop_last = bool(getattr(tc, "drop_last", False))
-        self.amp_dtype_name = str(getattr(tc, "amp_dtype", "auto"))
-        self.find_unused = bool(getattr(tc, "find_unused_parameters", False))
-        self.sync_bn = bool(getattr(tc, "sync_bn", False))
-        self.use_tb = bool(getattr(tc, "tensorboard", True))
-        self.show_progress = bool(getattr(tc, "progress", True))
+        self.ckpt_every_iters = int(tc.ckpt_every_iters)
+        self.drop_last = bool(tc.drop_last)
+        self.amp_dtype_name = str(tc.amp_dtype)
+        self.find_unused = bool(tc.find_unused_parameters)
+        self.sync_bn = bool(tc.sync_bn)
+        self.use_tb = bool(tc.tensorboard)
+        self.show_progress = bool(tc.progress)
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -375,7 +375,7 @@ class Trainer:
         tc = self.cfg.train
         self._setup()
         t0 = time.time()
-        resume = bool(getattr(tc, "resume", False)) if resume is None else resume
+        resume = bool(tc.resume) if resume is None else resume
         ckpt = find_resume(self.run_dir) if resume else None
         if ckpt is not None:
             self._resume(ckpt)
