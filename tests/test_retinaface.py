@@ -196,7 +196,10 @@ def test_r50_variant():
 
 
 def test_protocols_and_resize_factor():
-    assert set(PROTOCOLS) == {"biubug6-origin", "tdkd-1600"}
+    assert set(PROTOCOLS) == {"biubug6-origin", "tdkd-1600", "tdkd-640"}
+    a, b = PROTOCOLS["tdkd-640"], PROTOCOLS["tdkd-1600"]  # same post-processing, smaller scale
+    assert (a.conf_thresh, a.nms_thresh, a.top_k, a.keep_top_k) == (b.conf_thresh, b.nms_thresh, b.top_k, b.keep_top_k)
+    assert resize_factor(320, 320, "tdkd-640") == pytest.approx(2.0)
     p = PROTOCOLS["tdkd-1600"]
     assert (p.nms_thresh, p.top_k, p.keep_top_k) == (0.3, 5000, 750)
     assert resize_factor(683, 1024, "biubug6-origin") == 1.0
