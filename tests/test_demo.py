@@ -1,0 +1,54 @@
+"""The demo's result structure and the kd_gain benchmark's pass/fail rule."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detkd.demo import PROTOCOLS, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_kd_gain():
+    spec = importlib.util.spec_from_file_location("kd_gain", ROOT / "benchmarks" / "kd_gain.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def per_model(tdkd, ctl, feat):
+    out = {m: {"easy": [0.1] * 3, "medium": [0.1] * 3, "hard": [0.1] * 3} for m in ("teacher", "baseline")}
+    for name, hard in (("tdkd", tdkd), ("baseline_extra", ctl), ("feat", feat)):
+        out[name] = {"easy": [0.0] * 3, "medium": [0.0] * 3, "hard": hard}
+    return out
+
+
+def test_kd_gain_verdict_rule():
+    kd_gain = load_kd_gain()
+    # gain 4.0 AP, larger std = std([0.42, 0.44, 0.46]) = 1.633 AP -> 2 std = 3.27: met; TDKD >= feat
+    v = kd_gain.verdict(per_model([0.42, 0.44, 0.46], [0.40, 0.40, 0.40], [0.41, 0.41, 0.41]))
+    assert v["gain_over_control"] == pytest.approx(4.0)
+    assert v["two_std"] == pytest.approx(2 * 100 * np.std([0.42, 0.44, 0.46]))
+    assert v["gain_ok"] and v["feat_ok"]
+    assert v["paired_gain"] == pytest.approx([2.0, 4.0, 6.0])
+    # same mean gain with a noisier control: the bar is the larger of the two stds -> not met
+    v = kd_gain.verdict(per_model([0.42, 0.44, 0.46], [0.35, 0.40, 0.45], [0.50, 0.50, 0.50]))
+    assert not v["gain_ok"] and not v["feat_ok"]
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_both_protocols(tmp_path):
+    res = run_demo(tmp_path / "demo", quick=True)
+    assert set(res) == {"teacher", "baseline", "baseline_extra", "tdkd", "feat"}
+    for r in res.values():
+        for p in PROTOCOLS:
+            assert set(r[p]) == {"easy", "medium", "hard"}
+        assert r["hard"] == r[PROTOCOLS[0]]["hard"]  # the headline protocol is also at the top level
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["tdkd"][PROTOCOLS[1]] == pytest.approx(res["tdkd"][PROTOCOLS[1]])
+    table = (tmp_path / "demo" / "results.md").read_text()
+    assert PROTOCOLS[1] in table and table.count("\n") == 7  # header, rule, five models
+    for png in ("pr_curves.png", "loss_curves.png"):
+        assert (tmp_path / "demo" / png).stat().st_size > 1000
