@@ -26,7 +26,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("teacher", "baseline", "baseline_extra", "tdkd", "feat")
 
 
-def step_time_ratio(data_root: Path, teacher_weights: Path, repeats: int = 12) -> dict:
+def step_time_ratio(data_root: Path, teacher_weights: Path, repeats: int = 30) -> dict:
     """Median times of a TDKD step, a student-only step and a teacher forward on the same batch."""
     from detkd.data.loader import collate_detection
     from detkd.experiment import DetectionTask, build_task, build_train_set
@@ -71,17 +71,22 @@ def mean_std(values) -> str:
 
 
 def verdict(per_model: dict, subset: str = "hard") -> dict:
-    """The issue's criterion on ``subset``: gain over the control > 2 x max(seed std), and TDKD >= feat.
+    """The issue's criterion on ``subset``: gain over the control > 2 x seed std, and TDKD >= feat.
 
-    Stds are population stds over seeds (``np.std``), as in the table; the paired per-seed differences are
-    reported too (each seed's three fine-tunes start from that seed's baseline).
+    Two readings of "seed std" (population stds over seeds, ``np.std``, as in the table):
+    - unpaired: the larger of the TDKD and control stds. It carries the baseline's own seed-to-seed spread,
+      which every fine-tune of that seed inherits.
+    - paired: the std of the per-seed gains. Each seed's fine-tunes start from that seed's baseline, so this is
+      the spread of the effect of distillation itself.
     """
     t, c, f = (100 * np.asarray(per_model[m][subset]) for m in ("tdkd", "baseline_extra", "feat"))
     gain, bar = float(t.mean() - c.mean()), float(2 * max(t.std(), c.std()))
+    paired = t - c
     return {
-        "subset": subset, "gain_over_control": gain, "two_std": bar, "gain_ok": gain > bar,
-        "paired_gain": (t - c).tolist(), "tdkd_minus_feat": float(t.mean() - f.mean()),
-        "feat_ok": bool(t.mean() >= f.mean()),
+        "subset": subset, "gain_over_control": gain, "two_std": bar, "gain_ok": bool(gain > bar),
+        "paired_gain": paired.tolist(), "paired_two_std": float(2 * paired.std()),
+        "paired_ok": bool(gain > 2 * paired.std()),
+        "tdkd_minus_feat": float(t.mean() - f.mean()), "feat_ok": bool(t.mean() >= f.mean()),
     }
 
 
@@ -90,9 +95,12 @@ def table(per_model: dict, title: str) -> list[str]:
     for m in MODELS:
         lines.append(f"| {m} | " + " | ".join(mean_std(per_model[m][s]) for s in ("easy", "medium", "hard")) + " |")
     v = verdict(per_model)
-    lines += ["", f"Hard AP, TDKD − control: {v['gain_over_control']:+.1f} (2 × seed std {v['two_std']:.1f}: "
-              f"{'met' if v['gain_ok'] else 'NOT met'}; per seed " + ", ".join(f"{g:+.1f}" for g in v["paired_gain"])
-              + f"); TDKD − feat: {v['tdkd_minus_feat']:+.1f} ({'met' if v['feat_ok'] else 'NOT met'})", ""]
+    ok = {True: "met", False: "NOT met"}
+    lines += ["", f"Hard AP, TDKD − control: {v['gain_over_control']:+.1f}; per seed "
+              + ", ".join(f"{g:+.1f}" for g in v["paired_gain"])
+              + f". Against 2 × the larger seed std of the two rows ({v['two_std']:.1f}): {ok[v['gain_ok']]}; "
+              f"against 2 × the std of the per-seed gains ({v['paired_two_std']:.1f}): {ok[v['paired_ok']]}. "
+              f"TDKD − feat: {v['tdkd_minus_feat']:+.1f} ({ok[v['feat_ok']]}).", ""]
     return lines
 
 

@@ -33,9 +33,14 @@ def test_kd_gain_verdict_rule():
     assert v["two_std"] == pytest.approx(2 * 100 * np.std([0.42, 0.44, 0.46]))
     assert v["gain_ok"] and v["feat_ok"]
     assert v["paired_gain"] == pytest.approx([2.0, 4.0, 6.0])
-    # same mean gain with a noisier control: the bar is the larger of the two stds -> not met
+    assert v["paired_two_std"] == pytest.approx(2 * np.std([2.0, 4.0, 6.0])) and v["paired_ok"]
+    # same mean gain with a noisier control: the bar is the larger of the two stds -> not met; the paired
+    # gains (7, 4, 1) spread as widely -> not met either
     v = kd_gain.verdict(per_model([0.42, 0.44, 0.46], [0.35, 0.40, 0.45], [0.50, 0.50, 0.50]))
-    assert not v["gain_ok"] and not v["feat_ok"]
+    assert not v["gain_ok"] and not v["feat_ok"] and not v["paired_ok"]
+    # a shared baseline spread (both rows move together per seed): unpaired not met, paired met
+    v = kd_gain.verdict(per_model([0.34, 0.44, 0.54], [0.30, 0.40, 0.50], [0.0] * 3))
+    assert not v["gain_ok"] and v["paired_ok"] and v["paired_two_std"] == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.slow
