@@ -13,7 +13,7 @@ from detkd.distill.tdkd import TDKDConfig
 def config():
     cfg = load_config("retinaface/mnet025_synthfaces")
     cfg.name = "tdkd_mnet075_to_mnet025_synthfaces"
-    cfg.train.epochs = 6  # the demo's fine-tune length; the same for the no-KD control and `feat`
+    cfg.train.epochs = 10  # the demo's fine-tune length; the same for the no-KD control and `feat`
     cfg.sched.warmup_iters = 0
     teacher = load_config("retinaface/mnet075_tasks_synthfaces").model
     cfg.distill = DistillConfig(teacher=teacher, methods=["tdkd"], tdkd=TDKDConfig(scale="dynamic"))
