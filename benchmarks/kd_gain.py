@@ -1,11 +1,13 @@
 """Does TDKD help? The demo's comparison over N seeds, plus the cost of a distillation step.
 
-    python benchmarks/kd_gain.py [--seeds 3] [--out runs/kd_gain] [--quick]
+    python benchmarks/kd_gain.py [--seeds 3] [--out runs/kd_gain] [--quick] [--reuse]
+                                 [--baseline-epochs N --extra-epochs M --tag _suffix]
 
 Writes ``benchmarks/results/tdkd_synthfaces.json`` and ``benchmarks/results/tdkd_synthfaces.md``
 (mean ± std AP per model and subset, for the demo's headline test protocol ``tdkd-640`` and for
 ``biubug6-origin``), and the verdict: is TDKD's hard AP above the schedule-matched control by more than twice
-the larger of the two seed stds, and at least the ``feat`` baseline's? The step-time ratio is measured in one process on one batch:
+the seed std (unpaired and paired, see ``verdict``), and at least the ``feat`` baseline's? The step-time ratio
+is measured in one process on one batch:
 time(distillation step) / (time(student-only step) + time(teacher forward)), medians over interleaved runs.
 """
 from __future__ import annotations
@@ -110,8 +112,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/kd_gain"))
     ap.add_argument("--quick", action="store_true", help="1-epoch schedules (smoke test only)")
     ap.add_argument("--reuse", action="store_true", help="reuse <out>/seed<k>/results.json where it exists")
+    ap.add_argument("--baseline-epochs", type=int, help=f"default {DemoSchedule.baseline_epochs} (the demo's)")
+    ap.add_argument("--extra-epochs", type=int, help=f"default {DemoSchedule.extra_epochs} (the demo's)")
+    ap.add_argument("--tag", default="", help="results file suffix: tdkd_synthfaces<tag>.{json,md}")
     args = ap.parse_args()
 
+    sched = DemoSchedule.quick() if args.quick else DemoSchedule()
+    if args.baseline_epochs:
+        sched.baseline_epochs = args.baseline_epochs
+    if args.extra_epochs:
+        sched.extra_epochs = args.extra_epochs
     seeds = list(range(args.seeds))
     per_proto = {p: {m: {"easy": [], "medium": [], "hard": []} for m in MODELS} for p in PROTOCOLS}
     for seed in seeds:
@@ -120,21 +130,21 @@ def main() -> None:
             res = json.loads(done.read_text())
             print(f"reusing {done}")
         else:
-            res = run_demo(args.out / f"seed{seed}", quick=args.quick, seed=seed, shipped_baseline=False)
+            res = run_demo(args.out / f"seed{seed}", quick=args.quick, seed=seed, shipped_baseline=False,
+                           schedule=sched)
         for p in PROTOCOLS:
             for m in MODELS:
                 for sub in ("easy", "medium", "hard"):
                     per_proto[p][m][sub].append(res[m][p][sub])
     timing = step_time_ratio(args.out / "seed0" / "synthfaces", args.out / "seed0" / "teacher" / "student.safetensors")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    sched = DemoSchedule.quick() if args.quick else DemoSchedule()
     head = PROTOCOLS[0]
     out = {"models": per_proto[head], "protocol": head, "protocols": per_proto,
            "verdict": {p: verdict(per_proto[p]) for p in PROTOCOLS}, "step_time_ratio": timing["ratio"],
            "step_times_s": timing, "seeds": seeds, "commit": commit, "quick": args.quick,
            "schedule": {"baseline_epochs": sched.baseline_epochs, "extra_epochs": sched.extra_epochs}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tdkd_synthfaces.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / f"tdkd_synthfaces{args.tag}.json").write_text(json.dumps(out, indent=2))
     lines = [f"TDKD on SynthFaces, {len(seeds)} seeds, baseline {sched.baseline_epochs} epochs from scratch, then "
              f"{sched.extra_epochs} epochs of each fine-tune (AP %, mean ± std over seeds; WIDER evaluation).", ""]
     for p in PROTOCOLS:
@@ -142,7 +152,7 @@ def main() -> None:
     lines += [f"Distillation step / (student step + teacher forward): {timing['ratio']:.3f} "
               f"(medians: distill {1000 * timing['distill_step']:.0f} ms, student {1000 * timing['student_step']:.0f} ms, "
               f"teacher forward {1000 * timing['teacher_forward']:.0f} ms; commit {commit[:8]})"]
-    (RESULTS / "tdkd_synthfaces.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"tdkd_synthfaces{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

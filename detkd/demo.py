@@ -159,13 +159,15 @@ def _shipped(asset: Path, dest: Path, what: str) -> Path:
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher: bool = False,
-             shipped_baseline: bool = True) -> dict:
+             shipped_baseline: bool = True, schedule: DemoSchedule | None = None) -> dict:
     from detkd.data.synth import ensure_synthfaces
 
     t_start = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sched = DemoSchedule.quick() if quick else DemoSchedule()
+    sched = schedule or (DemoSchedule.quick() if quick else DemoSchedule())
+    if sched != DemoSchedule():
+        shipped_baseline = False  # the shipped baseline is the default schedule's
     data_root = out_dir / "synthfaces"
     base = load_config(STUDENT_CFG, [f"data.root={data_root}"])
     ensure_synthfaces(data_root)
