@@ -55,5 +55,5 @@ def test_demo_quick_writes_both_protocols(tmp_path):
     assert saved["tdkd"][PROTOCOLS[1]] == pytest.approx(res["tdkd"][PROTOCOLS[1]])
     table = (tmp_path / "demo" / "results.md").read_text()
     assert PROTOCOLS[1] in table and table.count("\n") == 7  # header, rule, five models
-    for png in ("pr_curves.png", "loss_curves.png"):
-        assert (tmp_path / "demo" / png).stat().st_size > 1000
+    # (3 iterations log no loss rows, so the quick demo has no loss_curves.png)
+    assert (tmp_path / "demo" / "pr_curves.png").stat().st_size > 1000
