@@ -2,6 +2,7 @@
 
     python benchmarks/kd_gain.py [--seeds 3] [--out runs/kd_gain] [--quick] [--reuse]
                                  [--baseline-epochs N --extra-epochs M --tag _suffix]
+                                 [--baseline-weights runs/x/student.safetensors]
 
 Writes ``benchmarks/results/tdkd_synthfaces.json`` and ``benchmarks/results/tdkd_synthfaces.md``
 (mean ± std AP per model and subset, for the demo's headline test protocol ``tdkd-640`` and for
@@ -114,6 +115,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse <out>/seed<k>/results.json where it exists")
     ap.add_argument("--baseline-epochs", type=int, help=f"default {DemoSchedule.baseline_epochs} (the demo's)")
     ap.add_argument("--extra-epochs", type=int, help=f"default {DemoSchedule.extra_epochs} (the demo's)")
+    ap.add_argument("--baseline-weights", help="fine-tune this exported student instead of training a baseline per "
+                    "seed; '{seed}' in the path is replaced by the seed. Without '{seed}' every seed fine-tunes the "
+                    "same converged student (TDKD's protocol), so the seed std is that of the fine-tunes alone")
     ap.add_argument("--tag", default="", help="results file suffix: tdkd_synthfaces<tag>.{json,md}")
     args = ap.parse_args()
 
@@ -130,8 +134,9 @@ def main() -> None:
             res = json.loads(done.read_text())
             print(f"reusing {done}")
         else:
+            bw = Path(args.baseline_weights.format(seed=seed)) if args.baseline_weights else None
             res = run_demo(args.out / f"seed{seed}", quick=args.quick, seed=seed, shipped_baseline=False,
-                           schedule=sched)
+                           schedule=sched, baseline_weights=bw)
         for p in PROTOCOLS:
             for m in MODELS:
                 for sub in ("easy", "medium", "hard"):
@@ -142,11 +147,18 @@ def main() -> None:
     out = {"models": per_proto[head], "protocol": head, "protocols": per_proto,
            "verdict": {p: verdict(per_proto[p]) for p in PROTOCOLS}, "step_time_ratio": timing["ratio"],
            "step_times_s": timing, "seeds": seeds, "commit": commit, "quick": args.quick,
-           "schedule": {"baseline_epochs": sched.baseline_epochs, "extra_epochs": sched.extra_epochs}}
+           "schedule": {"baseline_epochs": sched.baseline_epochs, "extra_epochs": sched.extra_epochs},
+           "baseline_weights": args.baseline_weights}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"tdkd_synthfaces{args.tag}.json").write_text(json.dumps(out, indent=2))
-    lines = [f"TDKD on SynthFaces, {len(seeds)} seeds, baseline {sched.baseline_epochs} epochs from scratch, then "
-             f"{sched.extra_epochs} epochs of each fine-tune (AP %, mean ± std over seeds; WIDER evaluation).", ""]
+    if args.baseline_weights and "{seed}" not in args.baseline_weights:
+        source = f"one converged baseline for every seed ({args.baseline_weights}; seeds vary the fine-tunes only)"
+    elif args.baseline_weights:
+        source = f"baseline per seed from {args.baseline_weights}"
+    else:
+        source = f"baseline {sched.baseline_epochs} epochs from scratch per seed"
+    lines = [f"TDKD on SynthFaces, {len(seeds)} seeds, {source}, then {sched.extra_epochs} epochs of each "
+             "fine-tune (AP %, mean ± std over seeds; WIDER evaluation).", ""]
     for p in PROTOCOLS:
         lines += table(per_proto[p], f"Test protocol `{p}`" + (" (headline)" if p == head else ""))
     lines += [f"Distillation step / (student step + teacher forward): {timing['ratio']:.3f} "

@@ -21,8 +21,10 @@ import torch
 from detkd.config import load_config
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# Re-create with: detkd train retinaface/mnet075_tasks_synthfaces
+# Re-create with: detkd train retinaface/mnet075_tasks_synthfaces train.epochs=90   (about 40 min on 2 cores)
 #                 detkd export runs/mnet075_tasks_synthfaces --out detkd/assets/synthfaces_teacher_mnet075.safetensors
+# (or `detkd demo --retrain-teacher`). 90 epochs, not the student's 30: with 30 the students caught up with it
+# (benchmarks/results/tdkd_synthfaces_investigation.md, cause 3).
 TEACHER_ASSET = ASSETS / "synthfaces_teacher_mnet075.safetensors"
 # The seed-0 baseline of `python benchmarks/kd_gain.py` (runs/kd_gain/seed0/baseline/student.*), shipped so that
 # `make demo` fits in 15 minutes; `detkd demo --retrain-baseline` trains it again with the same recipe
@@ -43,7 +45,7 @@ class DemoSchedule:
     # tdkd_synthfaces_investigation.md); 16 epochs left students that fall apart at the 2x test scale
     baseline_epochs: int = 30
     extra_epochs: int = 10
-    teacher_epochs: int = 30
+    teacher_epochs: int = 90
     max_iters: int = 0  # >0: stop every run after this many iterations (smoke test)
 
     @classmethod
@@ -150,19 +152,31 @@ def plot_all(out_dir: Path, names: list[str]) -> None:
         plot_loss_curves(logs, out_dir / "loss_curves.png")
 
 
-def _shipped(asset: Path, dest: Path, what: str) -> Path:
+def _shipped(asset: Path, dest: Path, what: str, source: str = "shipped checkpoint") -> Path:
+    """Copy an exported model (weights and its .json model config) to ``dest``."""
+    if not asset.with_suffix(".json").is_file():
+        raise FileNotFoundError(f"{asset.with_suffix('.json')} not found: {what} weights need the model config "
+                                "that `detkd export` writes beside them")
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(asset, dest)
     shutil.copy(asset.with_suffix(".json"), dest.with_suffix(".json"))
-    print(f"[demo] {what}: shipped checkpoint {asset.name}")
+    print(f"[demo] {what}: {source} {asset}")
     return dest
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher: bool = False,
-             shipped_baseline: bool = True, schedule: DemoSchedule | None = None) -> dict:
+             shipped_baseline: bool = True, schedule: DemoSchedule | None = None,
+             baseline_weights: Path | None = None) -> dict:
+    """Run the demo under ``out_dir`` and return {model: results}.
+
+    ``baseline_weights``: an exported student to fine-tune instead of the shipped or trained baseline (then the
+    seed only changes the three fine-tunes: data order, augmentation, adapter initialisation).
+    """
     from detkd.data.synth import ensure_synthfaces
 
     t_start = time.time()
+    if baseline_weights is not None and not Path(baseline_weights).is_file():  # fail before any training
+        raise FileNotFoundError(f"baseline weights {baseline_weights} not found (give a `detkd export` file)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sched = schedule or (DemoSchedule.quick() if quick else DemoSchedule())
@@ -181,7 +195,10 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
         teacher = _run(TEACHER_CFG, "teacher", out_dir, [*common, f"train.epochs={sched.teacher_epochs}"])
 
     # 2. baseline student, 3. three schedule-matched fine-tunes of it
-    if shipped_baseline and BASELINE_ASSET.is_file() and seed == 0 and not quick:
+    if baseline_weights is not None:
+        baseline = _shipped(Path(baseline_weights), out_dir / "baseline" / "student.safetensors", "baseline",
+                            "given checkpoint")
+    elif shipped_baseline and BASELINE_ASSET.is_file() and seed == 0 and not quick:
         baseline = _shipped(BASELINE_ASSET, out_dir / "baseline" / "student.safetensors", "baseline")
     else:
         baseline = _run(STUDENT_CFG, "baseline", out_dir, [*common, f"train.epochs={sched.baseline_epochs}"])

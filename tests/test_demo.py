@@ -57,3 +57,10 @@ def test_demo_quick_writes_both_protocols(tmp_path):
     assert PROTOCOLS[1] in table and table.count("\n") == 7  # header, rule, five models
     # (3 iterations log no loss rows, so the quick demo has no loss_curves.png)
     assert (tmp_path / "demo" / "pr_curves.png").stat().st_size > 1000
+
+
+def test_demo_missing_baseline_weights_fails_before_training(tmp_path):
+    missing = tmp_path / "nowhere" / "student.safetensors"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_demo(tmp_path / "demo", quick=True, baseline_weights=missing)
+    assert not (tmp_path / "demo").exists()
