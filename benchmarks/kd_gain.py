@@ -147,7 +147,9 @@ def main() -> None:
     out = {"models": per_proto[head], "protocol": head, "protocols": per_proto,
            "verdict": {p: verdict(per_proto[p]) for p in PROTOCOLS}, "step_time_ratio": timing["ratio"],
            "step_times_s": timing, "seeds": seeds, "commit": commit, "quick": args.quick,
-           "schedule": {"baseline_epochs": sched.baseline_epochs, "extra_epochs": sched.extra_epochs},
+           # with --baseline-weights the baseline was trained elsewhere: its epochs are known only if given
+           "schedule": {"baseline_epochs": args.baseline_epochs if args.baseline_weights else sched.baseline_epochs,
+                        "extra_epochs": sched.extra_epochs},
            "baseline_weights": args.baseline_weights}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"tdkd_synthfaces{args.tag}.json").write_text(json.dumps(out, indent=2))
@@ -157,6 +159,8 @@ def main() -> None:
         source = f"baseline per seed from {args.baseline_weights}"
     else:
         source = f"baseline {sched.baseline_epochs} epochs from scratch per seed"
+    if args.baseline_weights and args.baseline_epochs:
+        source += f", trained {args.baseline_epochs} epochs"
     lines = [f"TDKD on SynthFaces, {len(seeds)} seeds, {source}, then {sched.extra_epochs} epochs of each "
              "fine-tune (AP %, mean ± std over seeds; WIDER evaluation).", ""]
     for p in PROTOCOLS:
