@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/kd_gain"))
     ap.add_argument("--quick", action="store_true", help="1-epoch schedules (smoke test only)")
     ap.add_argument("--reuse", action="store_true", help="reuse <out>/seed<k>/results.json where it exists")
-    ap.add_argument("--baseline-epochs", type=int, help=f"default {DemoSchedule.baseline_epochs} (the demo's)")
+    ap.add_argument("--baseline-epochs", type=int, help=f"default {DemoSchedule.baseline_epochs} (the demo's); with "
+                    "--baseline-weights only recorded: the epochs those weights were trained for")
     ap.add_argument("--extra-epochs", type=int, help=f"default {DemoSchedule.extra_epochs} (the demo's)")
     ap.add_argument("--baseline-weights", help="fine-tune this exported student instead of training a baseline per "
                     "seed; '{seed}' in the path is replaced by the seed. Without '{seed}' every seed fine-tunes the "

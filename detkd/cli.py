@@ -206,7 +206,8 @@ def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), help="everything is written under this directory"),
     quick: bool = typer.Option(False, help="a much shorter schedule (smoke test, numbers meaningless)"),
     seed: int = typer.Option(0, help="training seed"),
-    retrain_teacher: bool = typer.Option(False, help="train the teacher here (90 epochs, about 40 min on 2 cores) instead of using the shipped one"),
+    retrain_teacher: bool = typer.Option(
+        False, help="train the teacher here (90 epochs, about 40 min on 2 cores) instead of using the shipped one"),
     retrain_baseline: bool = typer.Option(
         False, help="train the 30-epoch baseline student here (about 6 min) instead of using the shipped one"),
 ):
