@@ -80,7 +80,7 @@ class ToyDet(nn.Module):
             loc = (conf[pos] ** 2).sum() / n
             out.assign = Assignment(pos.long(), torch.full((b, p), -1), pos, neg, ~sel, torch.zeros(b, p), rank)
             out.losses = {"task.loc": 2 * loc, "task.cls": cls}
-            out.extra["raw_losses"] = {"loc": loc, "cls": cls}
+            out.raw_losses = {"loc": loc, "cls": cls}
         return out
 
 

@@ -115,8 +115,8 @@ def test_detoutput_complete_in_both_modes(teacher, mode):
         assert [t.shape for t in out.head[key]] == [(2, n, k) for n in sizes]
     assert [p.shape for p in out.priors] == [(n, 4) for n in sizes]
     assert set(out.losses) == {"task.loc", "task.cls", "task.landm"}
-    assert set(out.extra["raw_losses"]) == {"loc", "cls", "landm"}
-    assert torch.allclose(out.losses["task.loc"], 2 * out.extra["raw_losses"]["loc"])
+    assert set(out.raw_losses) == {"loc", "cls", "landm"}
+    assert torch.allclose(out.losses["task.loc"], 2 * out.raw_losses["loc"])
     assert all(torch.isfinite(v) for v in out.losses.values())
     assert len(out.dets) == 2
     for d in out.dets:
@@ -169,7 +169,7 @@ def test_loss_value_equals_reference_formula(student):
     n = a.pos.sum().item()
     sel = a.pos | a.neg
     ce = torch.nn.functional.cross_entropy(conf[sel], a.pos[sel].long(), reduction="sum") / n
-    assert out.extra["raw_losses"]["cls"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert out.raw_losses["cls"].item() == pytest.approx(ce.item(), rel=1e-5)
 
 
 def test_wrong_target_count_and_channels_are_errors(student):

@@ -8,7 +8,7 @@ teacher taps its per-task conv blocks):
   each ``× feat_weight × scale``, so their sum is ``d_feat · scale · L_feat`` with ``L_feat = Σ_l (cls + loc)``;
   ``scale = 1`` (``"fixed"``, the reference's current HEAD) or ``sg(L_loc) / sg(L_feat)`` (``"dynamic"``, the
   first release, which produced the released distilled weights; 0 when ``L_feat == 0``). ``L_loc`` is the
-  student's unweighted box loss ``extra["raw_losses"]["loc"]``.
+  student's unweighted box loss ``raw_losses["loc"]``.
 - ``kd.tdkd.prob`` = ``prob_weight · Σ_S (p_t − p_s)² / max(1, |S|)`` over all priors, both softmax columns,
   ``S = {prob_band[0] < p_t < prob_band[1]}`` (strict).
 
@@ -49,7 +49,7 @@ class TDKDConfig:
     adapter_seed: int = 0
     levels: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
     logits: str = "cls_logits"  # 2-way head output, also gives the per-level prior counts
-    loc_key: str = "loc"  # student extra["raw_losses"] key of the unweighted box loss
+    loc_key: str = "loc"  # student raw_losses key of the unweighted box loss
 
 
 def level_masks(ctx: DistillContext, cfg: TDKDConfig) -> list[tuple[Tensor, Tensor]]:
@@ -75,10 +75,10 @@ def prob_loss(s_logits: Tensor, t_logits: Tensor, mask: Tensor | None = None, ba
 
 def loc_over_feat(l_feat: Tensor, ctx: DistillContext, loc_key: str = "loc") -> Tensor:
     """Dynamic scale ``sg(L_loc) / sg(L_feat)``, 0 when ``L_feat == 0`` (no positives in the batch)."""
-    raw = ctx.student.extra.get("raw_losses", {})
+    raw = ctx.student.raw_losses
     if loc_key not in raw:
         raise KeyError(
-            f"TDKD scale='dynamic' needs the student's unweighted box loss extra['raw_losses'][{loc_key!r}] "
+            f"TDKD scale='dynamic' needs the student's unweighted box loss raw_losses[{loc_key!r}] "
             f"(has: {sorted(raw)}); use scale='fixed' for models without it"
         )
     l_loc = raw[loc_key].detach().float()

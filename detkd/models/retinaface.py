@@ -15,7 +15,7 @@ Conventions (docs/contracts.md, METHODS.md §1.2-1.6, EVAL.md §4):
 * Targets: ``boxes [N, 4]`` xyxy pixels, ``landmarks [N, 5, 2]``, ``landmarks_valid [N]``; a face without
   landmarks gets label -1 (box + class losses only). N may be 0.
 * Losses (MultiBoxLoss): ``task.loc = loc_weight * L_loc``, ``task.cls = L_conf``, ``task.landm = L_landm``;
-  the unweighted terms are in ``extra["raw_losses"]``. Decoding: softmax face score > conf, "+1" NMS.
+  the unweighted terms are in ``raw_losses``. Decoding: softmax face score > conf, "+1" NMS.
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ class RetinaFace(nn.Module):
             out.assign, raw = self.loss(out, targets)
             cfg = self.config
             out.losses = {"task.loc": cfg.loc_weight * raw["loc"], "task.cls": raw["cls"], "task.landm": raw["landm"]}
-            out.extra["raw_losses"] = raw
+            out.raw_losses = raw
         if decode:
             out.dets = self.postprocess(out)
         return out
