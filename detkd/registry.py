@@ -9,14 +9,20 @@ from typing import Any, Callable
 MODELS: dict[str, Callable] = {}
 DATASETS: dict[str, Callable] = {}
 METHODS: dict[str, Callable] = {}
+# model name -> keyword arguments of a tiny CPU instance; tests/test_contract.py builds every registered model
+# with them and checks the output contract (docs/contracts.md, "Adding a model family")
+TINY_CONFIGS: dict[str, dict[str, Any]] = {}
 
 _TABLES = {"model": MODELS, "dataset": DATASETS, "method": METHODS}
 # Modules whose import fills the tables (kept explicit: no import-time magic elsewhere).
 _PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill")
 
 
-def register(kind: str, name: str | None = None):
-    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``)."""
+def register(kind: str, name: str | None = None, tiny: dict[str, Any] | None = None):
+    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``).
+
+    ``tiny`` (models): keyword arguments that make a small, fast CPU instance for the contract test.
+    """
     table = _TABLES[kind]
 
     def wrap(fn):
@@ -24,6 +30,8 @@ def register(kind: str, name: str | None = None):
         if key in table and table[key] is not fn:
             raise KeyError(f"{kind} {key!r} is registered twice")
         table[key] = fn
+        if tiny is not None:
+            TINY_CONFIGS[key] = dict(tiny)
         return fn
 
     return wrap
