@@ -86,6 +86,7 @@ class DetDataConfig:
     img_size: int = 320  # square training input
     augment: bool = True
     seed: int = -1  # augmentation RNG seed; -1 = use train.seed
+    size_divisor: int = 32  # batches are padded bottom/right to a multiple of this (collate, not the dataset)
 
 
 @dataclass

@@ -52,7 +52,7 @@ class ToyDet(nn.Module):
             self.towers = nn.ModuleDict({name: nn.Conv2d(c, c, 1) for name in tower_names})
             self.channels.update({f"{t}_feat.{lvl}": c for t in ("cls", "reg") for lvl in self.levels})
 
-    def forward(self, images, targets=None, decode=False):
+    def forward(self, images, targets=None, decode=False, image_sizes=None):
         if self.inplace:
             images.div_(255.0)  # a bug the start-up check must catch
         x = images / 255.0

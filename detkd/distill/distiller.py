@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detkd.data.loader import batch_image_sizes
 from detkd.distill.adapters import AdapterSpec, build_adapter
 from detkd.distill.masks import MaskInputs, mask_inputs
 from detkd.registry import METHODS, close_matches, load_all, register
@@ -270,11 +271,13 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def run_models(teacher: nn.Module, student: nn.Module, images: Tensor, targets: Any) -> tuple[Any, Any]:
-    """Teacher (no grad, no targets: taps only) and student (with targets) on the identical ``images``."""
+def run_models(teacher: nn.Module, student: nn.Module, images: Tensor, targets: Any,
+               image_sizes: list[tuple[int, int]] | None = None) -> tuple[Any, Any]:
+    """Teacher (no grad, no targets: taps only) and student (with targets) on the identical ``images``,
+    both told the valid ``image_sizes`` of the padded batch."""
     with torch.no_grad():
-        t_out = teacher(images)
-    s_out = student(images, targets)
+        t_out = teacher(images, image_sizes=image_sizes)
+    s_out = student(images, targets, image_sizes=image_sizes)
     return t_out, s_out
 
 
@@ -321,7 +324,7 @@ class DistillTask(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         images, targets = _batch_parts(batch)
-        t_out, s_out = run_models(self._teacher, self.student, images, targets)
+        t_out, s_out = run_models(self._teacher, self.student, images, targets, batch_image_sizes(batch))
         step = int(self.kd_step)
         if self.training:
             self.kd_step += 1
@@ -413,7 +416,7 @@ def teacher_balanced_accuracy(teacher: nn.Module, batches: Iterable) -> float | 
     tp = n_pos = tn = n_neg = 0
     for batch in batches:
         images, targets = _batch_parts(batch)
-        out = teacher(images, targets)
+        out = teacher(images, targets, image_sizes=batch_image_sizes(batch))
         if getattr(out, "assign", None) is None or key not in getattr(out, "head", {}):
             return None
         logits = out.cat_head(key).float()  # [B, P, K+1] or [B, P, K]
@@ -470,7 +473,7 @@ def check_setup(
     student.eval()  # no BN statistics update from a check
     try:
         with torch.no_grad():
-            t_out, s_out = run_models(teacher, student, images, targets)
+            t_out, s_out = run_models(teacher, student, images, targets, batch_image_sizes(sample_batch))
     finally:
         student.train(was_training)
         for h in handles:
