@@ -78,7 +78,7 @@ def config_for(method: str, work: Path, seed: int, quick: bool):
 def run_one(method: str, work: str, seed: int, quick: bool, fresh: bool, threads: int) -> dict:
     """Train (or reuse) one run; returns its verification metrics and wall time."""
     torch.set_num_threads(threads)
-    from detkd.distill.face import train_facerec
+    from detkd.experiment_facerec import train_facerec
 
     cfg = config_for(method, Path(work), seed, quick)
     run_dir = cfg.run_dir
@@ -104,7 +104,9 @@ def step_ratio(work: Path, quick: bool, steps: int = 12, batch: int = 64) -> dic
     """Median step time of MarginDistillation with the cached teacher (embedding lookup by key included)
     over a student-only ArcFace step, on the same batch and student; plus an online-teacher step."""
     from detkd.distill.cache import TeacherCache
-    from detkd.distill.face import build_face_task, build_facerec, load_face_teacher
+    from detkd.distill.facerec_objectives import build_face_task
+    from detkd.experiment_facerec import build_facerec
+    from detkd.models.weights import load_teacher
     from detkd.registry import build_model
 
     cfg = config_for("margin_distillation", work, 0, quick)
@@ -114,7 +116,7 @@ def step_ratio(work: Path, quick: bool, steps: int = 12, batch: int = 64) -> dic
     images = torch.stack([folder[i][0] for i in range(batch)])
     labels = torch.as_tensor(folder.labels[:batch])
     keys = folder.keys[:batch]
-    teacher = load_face_teacher(cfg.distill.teacher, cfg.distill.teacher_weights)
+    teacher = load_teacher(cfg.distill.teacher, cfg.distill.teacher_weights)
 
     torch.manual_seed(0)
     plain = build_face_task(build_model(cfg.model), dataclasses.replace(cfg.distill, method="arcface"))
@@ -222,8 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work)
     seeds = list(range(args.seeds))
 
-    from detkd.data.synth_ids import write_synthids
-    from detkd.distill.face import build_facerec
+    from detkd.data.synthids import write_synthids
+    from detkd.experiment_facerec import build_facerec
 
     write_synthids(work / "synthids48", seed=0, img_size=48)
     results = [run_one("teacher", str(work), 0, args.quick, args.fresh, max(1, args.jobs))]

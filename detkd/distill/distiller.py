@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from detkd.distill.adapters import AdapterSpec, build_adapter
-from detkd.registry import METHODS, close_matches, register
+from detkd.registry import close_matches, lookup, register
 
 HEAD_PREFIX = "head."
 
@@ -444,10 +444,7 @@ def distill_method(config_cls: type, name: str | None = None):
 def method_builder(name: str) -> Callable:
     import detkd.distill  # noqa: F401  (fills the method table)
 
-    if name not in METHODS or not hasattr(METHODS[name], "config_cls"):
-        known = sorted(k for k, v in METHODS.items() if hasattr(v, "config_cls"))
-        raise KeyError(f"unknown distillation method {name!r}{close_matches(name, known)} (known: {', '.join(known)})")
-    return METHODS[name]
+    return lookup("method", name)  # the error names the kind a misplaced name has (e.g. an objective)
 
 
 def method_config(name: str) -> Any:

@@ -1,6 +1,6 @@
 """Does TDKD help? The demo's comparison over N seeds, plus the cost of a distillation step.
 
-    python benchmarks/kd_gain.py [--seeds 3] [--out runs/kd_gain] [--quick] [--reuse]
+    python benchmarks/kd_gain_tdkd.py [--seeds 3] [--out runs/kd_gain] [--quick] [--reuse]
                                  [--baseline-epochs N --extra-epochs M --tag _suffix]
                                  [--baseline-weights runs/x/student.safetensors]
 
