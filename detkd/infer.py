@@ -99,7 +99,7 @@ def to_original(det: dict, scale: float) -> dict:
 
 
 def _postprocess(model: nn.Module, out, p: Protocol) -> list[dict]:
-    return model.postprocess(out, conf_thresh=p.conf_thresh, nms_thresh=p.nms_thresh, top_k=p.top_k,
+    return model.postprocess(out, score_thresh=p.conf_thresh, nms_thresh=p.nms_thresh, top_k=p.top_k,
                              keep_top_k=p.keep_top_k)
 
 

@@ -131,7 +131,7 @@ class _NoLandmarks(nn.Module):
     def forward(self, images, targets=None, decode=False):
         return DetOutput(feats={}, head={}, priors=[])
 
-    def postprocess(self, out, conf_thresh=None, nms_thresh=None, top_k=None, keep_top_k=None):
+    def postprocess(self, out, score_thresh=None, nms_thresh=None, top_k=None, keep_top_k=None):
         return [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "scores": torch.tensor([0.9]),
                  "labels": torch.tensor([3])}]
 
