@@ -54,7 +54,7 @@ class DetRecord:
     def split(self, train_difficult: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(boxes [N,4], labels [N], ignore_boxes [M,4])``: crowd regions always go to ``ignore_boxes``,
         difficult objects too unless ``train_difficult``."""
-        ignore = self.crowd | (self.difficult & ~train_difficult)
+        ignore = self.crowd | (self.difficult & (not train_difficult))
         return self.boxes[~ignore], self.labels[~ignore], self.boxes[ignore]
 
 
