@@ -247,7 +247,7 @@ def data_synthids(out: Path = typer.Argument(..., help="output root (identity fo
 def data_synthshapes(
     out: Path = typer.Argument(..., help="output root: VOC layout + annotations/instances_{train,val}.json"),
     seed: int = typer.Option(0, help="every pixel and box is a function of the seed"),
-    train: int = typer.Option(2000, "--train", help="number of train scenes"),
+    train: int = typer.Option(1500, "--train", help="number of train scenes"),
     val: int = typer.Option(500, "--val", help="number of val scenes"),
 ):
     """Write SynthShapes: multi-class shape scenes in VOC layout and as COCO instances JSON."""

@@ -8,6 +8,7 @@
   ``iscrowd = 1`` so that COCO evaluation ignores them as VOC does) marks a VOC difficult object instead: it
   trains only with ``train_difficult=True``, exactly as the VOC reader.
 * Annotations with ``w <= 1`` or ``h <= 1`` are dropped, with one warning giving the count.
+* A non-standard ``truncated`` field (same writers) is kept; absent means False.
 * Images without annotations are kept (evaluation needs them); ``drop_empty=True`` drops them (training).
 
 Errors name the file and the offending entry: duplicated image ids, an annotation of an unknown image or
@@ -118,7 +119,8 @@ def read_coco(ann_file: str | Path | dict, images_dir: str | Path | None = None,
         records.append(DetRecord(
             image_id=int(im["id"]), path=base / im.get("file_name", f"{im['id']}.jpg"),
             width=int(im.get("width", 0)), height=int(im.get("height", 0)), boxes=boxes,
-            labels=[label_of[a["category_id"]] for a in anns], difficult=difficult, crowd=crowd))
+            labels=[label_of[a["category_id"]] for a in anns], difficult=difficult, crowd=crowd,
+            truncated=[bool(a.get("truncated", 0)) for a in anns]))
     return records, cats
 
 
