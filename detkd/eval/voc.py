@@ -52,6 +52,16 @@ class VOCGroundTruth:
         if len(self.index) != len(self.image_ids):
             raise ValueError("VOC ground truth: an image id is listed twice")
 
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All GT concatenated in image order: ``(boxes [G,4] float64, labels [G], difficult [G], image [G])``."""
+        if getattr(self, "_flat", None) is None:
+            n = [len(lab) for lab in self.labels]
+            self._flat = (np.concatenate(self.boxes).reshape(-1, 4).astype(np.float64) if self.boxes else np.zeros((0, 4)),
+                          np.concatenate(self.labels).astype(np.int64) if self.labels else np.zeros(0, np.int64),
+                          np.concatenate(self.difficult).astype(bool) if self.difficult else np.zeros(0, bool),
+                          np.repeat(np.arange(len(n)), n).astype(np.int64))
+        return self._flat
+
     @classmethod
     def from_records(cls, records, class_names: Sequence[str] = VOC_CLASSES) -> "VOCGroundTruth":
         """From :class:`detkd.data.detection.DetRecord` s (labels 1..K); crowd regions, if any, count as difficult."""
@@ -113,14 +123,13 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, metric: str = "voc07") -> float:
 
 
 def _class_gt(gt: VOCGroundTruth, c: int):
-    """GT of class ``c`` grouped by image: ``(boxes [G,4], difficult [G], start [I], count [I])``."""
-    counts = np.array([int((lab == c).sum()) for lab in gt.labels], np.int64)
-    boxes = [b[lab == c] for b, lab in zip(gt.boxes, gt.labels)]
-    diff = [d[lab == c] for d, lab in zip(gt.difficult, gt.labels)]
-    start = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-    cat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-    return cat.reshape(-1, 4).astype(np.float64), np.concatenate(diff).astype(bool) if diff else np.zeros(0, bool), \
-        start, counts
+    """GT of class ``c`` grouped by image, in file order: ``(boxes [G,4], difficult [G], start [I], count [I])``
+    (image ``i``'s boxes are ``boxes[start[i] : start[i] + count[i]]``)."""
+    boxes, labels, difficult, image = gt.flat()
+    m = labels == c
+    count = np.bincount(image[m], minlength=len(gt.image_ids)).astype(np.int64)
+    start = np.concatenate(([0], np.cumsum(count)[:-1])).astype(np.int64)
+    return boxes[m], difficult[m], start, count
 
 
 def match_class(gt: VOCGroundTruth, c: int, dets: ClassDetections, iou_thrs: Sequence[float],
@@ -231,35 +240,62 @@ def result_files(pred_dir: str | Path, class_names: Sequence[str], split: str | 
 
 def read_result_file(path: str | Path, image_index: dict[str, int]) -> ClassDetections:
     """Parse ``image_id score xmin ymin xmax ymax`` lines (blank lines skipped). Raises ``ValueError`` naming
-    ``file:line`` for a malformed line, a non-finite number or an image id outside ``image_index``."""
+    ``file:line`` for a malformed line, a non-finite number or an image id outside ``image_index``.
+
+    Fast path: one ``split()`` of the whole file when it has exactly 6 tokens per line and every id and number
+    checks out; anything else goes through the line-by-line reader, which finds and names the bad line."""
     path = Path(path)
-    rows = [line.split() for line in path.read_text().splitlines()]
+    raw = path.read_bytes()
+    tokens = raw.split()
+    n_lines = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
+    if len(tokens) == 6 * n_lines:
+        try:
+            table = np.array(tokens, dtype=bytes).reshape(-1, 6)
+            known, order = _sorted_ids(image_index)
+            pos = np.minimum(np.searchsorted(known, table[:, 0]), len(known) - 1)
+            values = table[:, 1:].astype(np.float64)
+            if len(known) and (known[pos] == table[:, 0]).all() and np.isfinite(values).all():
+                return ClassDetections(order[pos], values[:, 0].copy(), np.ascontiguousarray(values[:, 1:]))
+        except ValueError:
+            pass
+    return _read_result_lines(path, raw.decode(), image_index)
+
+
+_ID_CACHE: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}
+
+
+def _sorted_ids(image_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted ids as bytes [I], their indices [I])`` for vectorised id lookup (cached per index dict)."""
+    hit = _ID_CACHE.get(id(image_index))
+    if hit is None or hit[0] is not image_index:
+        keys = sorted(image_index)
+        hit = (image_index, np.array([k.encode() for k in keys], dtype=bytes),
+               np.array([image_index[k] for k in keys], np.int64))
+        _ID_CACHE.clear()
+        _ID_CACHE[id(image_index)] = hit
+    return hit[1], hit[2]
+
+
+def _read_result_lines(path: Path, text: str, image_index: dict[str, int]) -> ClassDetections:
     ids, nums = [], []
-    for lineno, r in enumerate(rows, 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
+        r = line.split()
         if not r:
             continue
         if len(r) != 6:
-            raise ValueError(f"{path}:{lineno}: expected 'image_id score xmin ymin xmax ymax', got {' '.join(r)!r}")
-        ids.append((lineno, r[0]))
-        nums.append(r[1:])
-    try:
-        values = np.array(nums, dtype=np.float64).reshape(-1, 5)
-    except ValueError:
-        for (lineno, _), r in zip(ids, nums):
-            try:
-                [float(v) for v in r]
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: non-numeric value in {' '.join(r)!r}") from None
-        raise
-    if not np.isfinite(values).all():
-        lineno = ids[int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])][0]
-        raise ValueError(f"{path}:{lineno}: non-finite number")
-    try:
-        image = np.array([image_index[i] for _, i in ids], np.int64)
-    except KeyError:
-        lineno, bad = next((ln, i) for ln, i in ids if i not in image_index)
-        raise ValueError(f"{path}:{lineno}: image id {bad!r} is not in the evaluated image set") from None
-    return ClassDetections(image, values[:, 0].copy(), values[:, 1:].copy())
+            raise ValueError(f"{path}:{lineno}: expected 'image_id score xmin ymin xmax ymax', got {line.strip()!r}")
+        if r[0] not in image_index:
+            raise ValueError(f"{path}:{lineno}: image id {r[0]!r} is not in the evaluated image set")
+        try:
+            v = [float(t) for t in r[1:]]
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: non-numeric value in {line.strip()!r}") from None
+        if not np.isfinite(v).all():
+            raise ValueError(f"{path}:{lineno}: non-finite number in {line.strip()!r}")
+        ids.append(image_index[r[0]])
+        nums.append(v)
+    values = np.array(nums, np.float64).reshape(-1, 5)
+    return ClassDetections(np.array(ids, np.int64), values[:, 0].copy(), np.ascontiguousarray(values[:, 1:]))
 
 
 def evaluate_dir(pred_dir: str | Path, gt: VOCGroundTruth, split: str | None = None, metric: str = "voc07",
