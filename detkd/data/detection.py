@@ -10,7 +10,9 @@ Sample (what ``DetectionDataset[i]`` returns):
 ``target = {boxes float32 [N, 4] xyxy input pixels, labels int64 [N] (1..K), ignore_boxes float32 [M, 4]}``
 (``ignore_boxes``: COCO crowd regions and, unless trained on, VOC difficult objects; an assigner may ignore
 priors that fall in them) and ``meta = {image_id, path, orig_size (H, W), size (h, w), scale, flipped, index}``.
-A prediction in input pixels maps back to the original image as ``box / scale`` (after un-flipping).
+A prediction in input pixels maps back to the original image by un-flipping (``x -> w - x``) and
+multiplying x by ``W / w`` and y by ``H / h`` (``scale`` is the nominal factor; the rounded size makes the
+per-axis factors differ from it slightly).
 ``h, w`` differ per image (keep-ratio resize); batching pads them (``detkd.data.loader``).
 
 Augmentation randomness is a pure function of ``(seed, epoch, index)``: call ``set_epoch(e)`` each epoch.
