@@ -208,10 +208,11 @@ class GFL(nn.Module):
         for h, w in out.image_sizes:
             ph, pw = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
             level = []
-            for f, s in zip(out.head["cls_logits"], STRIDES):
-                fh, fw = out.feats[LEVELS[STRIDES.index(s)]].shape[-2:]
-                vy = torch.arange(fh, device=f.device) < min(math.ceil(ph / s), fh)
-                vx = torch.arange(fw, device=f.device) < min(math.ceil(pw / s), fw)
+            for lvl, s in zip(LEVELS, STRIDES):
+                fh, fw = out.feats[lvl].shape[-2:]
+                dev = out.feats[lvl].device
+                vy = torch.arange(fh, device=dev) < min(math.ceil(ph / s), fh)
+                vx = torch.arange(fw, device=dev) < min(math.ceil(pw / s), fw)
                 level.append((vy[:, None] & vx[None, :]).reshape(-1))
             rows.append(torch.cat(level))
         return torch.stack(rows)

@@ -16,7 +16,6 @@ with ``channels`` / ``strides`` declared for the levels ``p3..p7``. Its forward 
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -64,7 +63,7 @@ def resnet_fpn(depth: int = 50, fpn_channels: int = 256, extra: str = "p6p7_relu
 
 
 def freeze_stages(trunk: nn.Module, n: int) -> None:
-    """mmdet ``frozen_stages=n``: no gradient for the stem (n >= 0... 1 freezes conv1/bn1 and layer1, ...)."""
+    """mmdet ``frozen_stages=n``: no gradient for the stem conv1/bn1 and layer1..layer n (n <= 0: nothing)."""
     if n <= 0:
         return
     for name in ["conv1", "bn1"] + [f"layer{i}" for i in range(1, n + 1)]:
@@ -83,9 +82,3 @@ def levels_of(fpn_out: dict) -> dict[str, Tensor]:
     """Rename ``BackboneWithFPN`` outputs to ``p3..p7``."""
     return dict(zip(LEVELS, fpn_out.values()))
 
-
-def pad_to(x: Tensor, multiple: int, value: float = 0.0) -> Tensor:
-    """Pad ``[B, C, H, W]`` bottom/right to a multiple of ``multiple``."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (0, pw, 0, ph), value=value) if ph or pw else x
