@@ -30,8 +30,8 @@ def test_gfl_fills_detoutput_and_spec():
     x = torch.rand(2, 3, 128, 160) * 255
     out = m(x, targets(), decode=True, image_sizes=[(128, 160), (90, 100)])
     assert set(out.losses) == {"task.cls", "task.box", "task.dfl"}
-    assert set(out.raw_losses) == {"qfl", "giou", "dfl"}
-    assert torch.allclose(out.losses["task.box"], 2.0 * out.raw_losses["giou"])
+    assert set(out.raw_losses) == {"cls", "box", "dfl"}
+    assert torch.allclose(out.losses["task.box"], 2.0 * out.raw_losses["box"])
     assert torch.allclose(out.losses["task.dfl"], 0.25 * out.raw_losses["dfl"])
     sum(out.losses.values()).backward()
     spec = m.head_spec["box_dist"]
@@ -89,8 +89,8 @@ def test_gfl_loss_matches_per_level_transcription():
     with torch.no_grad():
         out = m(x, t, image_sizes=[(160, 192), (130, 150)])
     q, g, d = reference_loss(m, out, t)
-    assert out.raw_losses["qfl"].item() == pytest.approx(float(q), rel=1e-5)
-    assert out.raw_losses["giou"].item() == pytest.approx(float(g), rel=1e-5)
+    assert out.raw_losses["cls"].item() == pytest.approx(float(q), rel=1e-5)
+    assert out.raw_losses["box"].item() == pytest.approx(float(g), rel=1e-5)
     assert out.raw_losses["dfl"].item() == pytest.approx(float(d), rel=1e-5)
 
 

@@ -24,9 +24,12 @@ Conventions:
   reuses); ``neg`` = every valid non-positive prior (QFL uses all of them).
 * Losses (summed over levels, §3.2): ``task.cls`` QFL (β 2) / Σ_images max(n_pos, 1); ``task.box`` 2 · Σ ω GIoU-loss;
   ``task.dfl`` 0.25 · Σ ω DFL / 4; the last two divided by Σ ω + 1e-6, ω = max_c σ(z) of the positive (detached).
-  The IoU quality target, GIoU and DFL are computed in stride units. ``raw_losses`` are the unweighted terms.
-* Decoding (``postprocess``): per level top ``nms_pre`` (1000) priors by max score, integral boxes clamped to the
-  image's valid size, (box, class) pairs with score > 0.05, class-wise NMS 0.6, 100 detections.
+  The IoU quality target, GIoU and DFL are computed in stride units. ``raw_losses`` ``cls`` / ``box`` / ``dfl``
+  are the unweighted terms.
+* Decoding (``postprocess``, thresholds ``score_thresh``, ``nms_thresh``, ``nms_pre``, ``max_dets``): per level
+  top ``nms_pre`` (1000) priors by max score, integral boxes clamped to the image's valid size, (box, class) pairs
+  with score > 0.05, class-wise NMS 0.6, 100 detections.
+* Built on ``detkd.models.dense.DenseDetector`` (``loss_weights`` = {"box": 2.0, "dfl": 0.25}).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
+from detkd.models.dense import DenseDetector
 from detkd.models.resnet_fpn import LEVELS, STRIDES, freeze_stages, levels_of, resnet_fpn, set_norm_eval
 from detkd.ops.assign import atss_assign
 from detkd.ops.gfl import aligned_iou, bbox2distance, distance2bbox, distribution_focal_loss, integral, \
@@ -129,17 +133,19 @@ def square_priors(fh: int, fw: int, stride: int, size: float, device=None) -> Te
     return torch.cat([c - size / 2, c + size / 2], dim=1)
 
 
-class GFL(nn.Module):
-    def __init__(self, cfg: GFLConfig):
+class GFL(DenseDetector):
+    levels = LEVELS
+
+    def __init__(self, cfg: GFLConfig, backbone: nn.Module | None = None, head: nn.Module | None = None):
         super().__init__()
         self.config = cfg
-        self.backbone = resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7")
-        self.head = GFLHead(cfg, len(LEVELS))
+        self.backbone = backbone if backbone is not None else resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7")
+        self.head = head if head is not None else GFLHead(cfg, len(LEVELS))
         self.register_buffer("pixel_mean", torch.tensor(MMDET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(MMDET_STD).view(1, 3, 1, 1), persistent=False)
         freeze_stages(self.backbone.body, cfg.frozen_stages)
-        self.channels = dict(self.backbone.channels)
-        self.strides = dict(self.backbone.strides)
+        self.channels = {lvl: cfg.fpn_channels for lvl in LEVELS}
+        self.strides = dict(zip(LEVELS, STRIDES))
         for lvl in LEVELS:
             for tower in ("cls_feat", "reg_feat"):
                 self.channels[f"{tower}.{lvl}"] = cfg.fpn_channels
@@ -148,6 +154,9 @@ class GFL(nn.Module):
             "cls_logits": HeadKey("sigmoid", cfg.num_classes),
             "box_dist": HeadKey("distribution", 4 * (cfg.reg_max + 1), encoding="ltrb", reg_max=cfg.reg_max),
         }
+        self.loss_weights = {"box": cfg.giou_weight, "dfl": cfg.dfl_weight}
+        self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh, "nms_pre": cfg.nms_pre,
+                           "max_dets": cfg.max_per_img}
         self._prior_cache: dict[tuple, list[Tensor]] = {}
 
     def train(self, mode: bool = True):
@@ -161,45 +170,28 @@ class GFL(nn.Module):
                     getattr(body, name).eval()
         return self
 
-    # ------------------------------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------------------------------ stages
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None, decode: bool = False,
-                image_sizes: list[tuple[int, int]] | None = None) -> DetOutput:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"GFL expects RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        if image_sizes is None:
-            image_sizes = [(h, w)] * images.shape[0]
-        x = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        feats = levels_of(self.backbone(x))
-        head = {"cls_logits": [], "box_dist": []}
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        return levels_of(self.backbone(x))  # p3..p7: [B, C, h_l, w_l]
+
+    def head_forward(self, feats: dict[str, Tensor]) -> tuple[dict[str, list[Tensor]], dict[str, Tensor]]:
+        head, taps = {"cls_logits": [], "box_dist": []}, {}
         for i, lvl in enumerate(LEVELS):
-            cls, dist, cls_feat, reg_feat = self.head(feats[lvl], i)
+            cls, dist, taps[f"cls_feat.{lvl}"], taps[f"reg_feat.{lvl}"] = self.head(feats[lvl], i)
             head["cls_logits"].append(cls)
             head["box_dist"].append(dist)
-            feats[f"cls_feat.{lvl}"], feats[f"reg_feat.{lvl}"] = cls_feat, reg_feat
-        priors = self.make_priors([tuple(feats[lvl].shape[-2:]) for lvl in LEVELS], images.device)
-        out = DetOutput(feats=feats, head=head, priors=priors, image_sizes=[tuple(s) for s in image_sizes])
-        if targets is not None:
-            if len(targets) != images.shape[0]:
-                raise ValueError(f"{len(targets)} targets for a batch of {images.shape[0]} images")
-            out.assign = self.assign(out, targets)
-            raw = self.loss(out, targets)
-            cfg = self.config
-            out.raw_losses = raw
-            out.losses = {"task.cls": raw["qfl"], "task.box": cfg.giou_weight * raw["giou"],
-                          "task.dfl": cfg.dfl_weight * raw["dfl"]}
-        if decode:
-            out.dets = self.postprocess(out)
-        return out
+        return head, taps
 
-    def make_priors(self, grid_sizes: list[tuple[int, int]], device) -> list[Tensor]:
-        key = (tuple(grid_sizes), str(device))
+    def make_priors(self, height: int, width: int, device: torch.device) -> list[Tensor]:
+        """One square prior per location and level (grid ``ceil(H / s) x ceil(W / s)``), xyxy pixels."""
+        key = (int(height), int(width), str(device))
         if key not in self._prior_cache:
             if len(self._prior_cache) > 32:
                 self._prior_cache.clear()
-            self._prior_cache[key] = [square_priors(fh, fw, s, self.config.octave_base_scale * s, device)
-                                      for (fh, fw), s in zip(grid_sizes, STRIDES)]
+            self._prior_cache[key] = [
+                square_priors(math.ceil(height / s), math.ceil(width / s), s, self.config.octave_base_scale * s, device)
+                for s in STRIDES]
         return self._prior_cache[key]
 
     def valid_priors(self, out: DetOutput) -> Tensor:
@@ -246,7 +238,7 @@ class GFL(nn.Module):
                           thresholds=thresholds)
 
     def loss(self, out: DetOutput, targets: list[dict]) -> dict[str, Tensor]:
-        """Unweighted GFL terms ``{"qfl", "giou", "dfl"}`` (normalised as in the module docstring)."""
+        """Unweighted GFL terms ``{"cls": QFL, "box": GIoU, "dfl": DFL}`` (normalised as in the module docstring)."""
         cfg, a = self.config, out.assign
         n = cfg.reg_max + 1
         cls = out.cat_head("cls_logits")  # [B, P, K]
@@ -279,19 +271,14 @@ class GFL(nn.Module):
         else:
             giou = dfl = dist.sum() * 0
         avg = weight.sum() + 1e-6
-        return {"qfl": qfl / num_total, "giou": giou / avg, "dfl": dfl / avg}
+        return {"cls": qfl / num_total, "box": giou / avg, "dfl": dfl / avg}
 
     # ------------------------------------------------------------------------------------------ decode
 
-    @torch.no_grad()
-    def postprocess(self, out: DetOutput, score_thresh: float | None = None, nms_thresh: float | None = None,
-                    nms_pre: int | None = None, max_dets: int | None = None) -> list[dict[str, Tensor]]:
+    def decode(self, out: DetOutput, score_thresh: float, nms_thresh: float, nms_pre: int,
+               max_dets: int) -> list[dict[str, Tensor]]:
         """mmdet v2 ``GFLHead.get_bboxes`` + ``multiclass_nms`` per image: ``{"boxes" xyxy, "scores", "labels"}``."""
         cfg = self.config
-        score_thresh = cfg.score_thresh if score_thresh is None else score_thresh
-        nms_thresh = cfg.nms_thresh if nms_thresh is None else nms_thresh
-        nms_pre = cfg.nms_pre if nms_pre is None else nms_pre
-        max_dets = cfg.max_per_img if max_dets is None else max_dets
         dets = []
         for i, size in enumerate(out.image_sizes):
             boxes_all, scores_all = [], []

@@ -17,6 +17,8 @@ Conventions:
   for s = 32..512, ratios 0.5/1/2, ratio-major as torchvision; location order row-major then anchor.
 * ``priors`` xyxy pixels, from torchvision's ``AnchorGenerator`` with its stride rule ``padded size // grid size``
   (not always 64 / 128 on P6 / P7: e.g. 800 // 13 = 61).
+* Built on ``detkd.models.dense.DenseDetector``; ``postprocess`` thresholds: ``score_thresh`` (0.05),
+  ``nms_thresh`` (0.5), ``topk_candidates`` (1000 per level), ``max_dets`` (300).
 * Assignment: IoU ``Matcher(0.5, 0.4, allow_low_quality_matches=True)``; ``neg`` below 0.4, ``ignore`` between.
 * Losses as torchvision: ``task.cls`` = mean over images of focal loss (α 0.25, γ 2, summed over the non-ignored
   anchors) / max(1, n_pos of the image); ``task.box`` = mean over images of L1 on the deltas / max(1, n_pos).
@@ -33,10 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, sigmoid_focal_loss
+from torchvision.ops import batched_nms, clip_boxes_to_image, sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
-from detkd.models.resnet_fpn import LEVELS, freeze_stages, levels_of, resnet_fpn, set_norm_eval
+from detkd.models.dense import DenseDetector
+from detkd.models.resnet_fpn import LEVELS, STRIDES, freeze_stages, levels_of, resnet_fpn, set_norm_eval
+from detkd.ops.assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, max_iou_match
 from detkd.registry import register
 from detkd.structures import Assignment, DetOutput, HeadKey
 
@@ -101,21 +105,22 @@ class RetinaNetHead(nn.Module):
         self.regression_head = Tower(channels, num_anchors * 4, num_convs, "bbox_reg")
 
 
-class RetinaNet(nn.Module):
-    def __init__(self, cfg: RetinaNetConfig):
+class RetinaNet(DenseDetector):
+    levels = LEVELS
+
+    def __init__(self, cfg: RetinaNetConfig, backbone: nn.Module | None = None, head: nn.Module | None = None):
         super().__init__()
         self.config = cfg
-        self.backbone = resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7_relu")
+        self.backbone = backbone if backbone is not None else resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7_relu")
         self.anchor_generator = default_anchor_generator(cfg.anchor_base)
         a = self.anchor_generator.num_anchors_per_location()[0]
-        self.head = RetinaNetHead(cfg.fpn_channels, a, cfg.num_classes, cfg.num_convs)
+        self.head = head if head is not None else RetinaNetHead(cfg.fpn_channels, a, cfg.num_classes, cfg.num_convs)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
-        self.matcher = det_utils.Matcher(cfg.fg_iou, cfg.bg_iou, allow_low_quality_matches=True)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         freeze_stages(self.backbone.body, cfg.frozen_stages)
-        self.channels = dict(self.backbone.channels)
-        self.strides = dict(self.backbone.strides)
+        self.channels = {lvl: cfg.fpn_channels for lvl in LEVELS}
+        self.strides = dict(zip(LEVELS, STRIDES))
         for lvl in LEVELS:
             for tower in ("cls_feat", "reg_feat"):
                 self.channels[f"{tower}.{lvl}"] = cfg.fpn_channels
@@ -124,6 +129,8 @@ class RetinaNet(nn.Module):
             "cls_logits": HeadKey("sigmoid", cfg.num_classes),
             "box_reg": HeadKey("deltas", 4, encoding="rcnn"),
         }
+        self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
+                           "topk_candidates": cfg.topk_candidates, "max_dets": cfg.detections_per_img}
         self._anchor_cache: dict[tuple, list[Tensor]] = {}
 
     def train(self, mode: bool = True):
@@ -132,52 +139,42 @@ class RetinaNet(nn.Module):
             set_norm_eval(self.backbone.body)
         return self
 
-    # ------------------------------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------------------------------ stages
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None, decode: bool = False,
-                image_sizes: list[tuple[int, int]] | None = None) -> DetOutput:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"RetinaNet expects RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        if image_sizes is None:
-            image_sizes = [(h, w)] * images.shape[0]
-        x = (images / 255.0 - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        feats = levels_of(self.backbone(x))  # p3..p7: [B, C, h_l, w_l]
-        head = {"cls_logits": [], "box_reg": []}
+    def preprocess(self, images: Tensor) -> Tensor:
+        """torchvision's normalisation of ``images / 255`` (ImageNet mean / std)."""
+        return (images / 255.0 - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        return levels_of(self.backbone(x))  # p3..p7: [B, C, h_l, w_l]
+
+    def head_forward(self, feats: dict[str, Tensor]) -> tuple[dict[str, list[Tensor]], dict[str, Tensor]]:
+        head, taps = {"cls_logits": [], "box_reg": []}, {}
         k = self.config.num_classes
         for lvl in LEVELS:
-            cls, cls_feat = self.head.classification_head(feats[lvl], k)
-            box, reg_feat = self.head.regression_head(feats[lvl], 4)
+            cls, taps[f"cls_feat.{lvl}"] = self.head.classification_head(feats[lvl], k)
+            box, taps[f"reg_feat.{lvl}"] = self.head.regression_head(feats[lvl], 4)
             head["cls_logits"].append(cls)
             head["box_reg"].append(box)
-            feats[f"cls_feat.{lvl}"], feats[f"reg_feat.{lvl}"] = cls_feat, reg_feat
-        priors = self.make_priors((h, w), [feats[lvl].shape[-2:] for lvl in LEVELS], images.device, x.dtype)
-        out = DetOutput(feats=feats, head=head, priors=priors, image_sizes=[tuple(s) for s in image_sizes])
-        if targets is not None:
-            if len(targets) != images.shape[0]:
-                raise ValueError(f"{len(targets)} targets for a batch of {images.shape[0]} images")
-            out.assign = self.assign(out, targets)
-            out.raw_losses = self.loss(out, targets)
-            out.losses = {"task.cls": out.raw_losses["cls"], "task.box": out.raw_losses["box"]}
-        if decode:
-            out.dets = self.postprocess(out)
-        return out
+        return head, taps
 
-    def make_priors(self, image_size, grid_sizes, device, dtype) -> list[Tensor]:
-        """Anchors per level ``[h*w*A, 4]`` xyxy, exactly torchvision's for a padded batch of ``image_size``."""
-        key = (tuple(image_size), tuple(tuple(g) for g in grid_sizes), str(device), dtype)
+    def make_priors(self, height: int, width: int, device: torch.device) -> list[Tensor]:
+        """Anchors per level ``[h*w*A, 4]`` xyxy, exactly torchvision's for a padded batch of ``height x width``.
+
+        Grid sizes are ``ceil(H / s)`` (the ResNet/FPN strides round up); torchvision's stride per level is
+        ``padded size // grid size``.
+        """
+        key = (int(height), int(width), str(device))
         if key not in self._anchor_cache:
+            grids = [[math.ceil(height / s), math.ceil(width / s)] for s in STRIDES]
+            strides = [[torch.tensor(height // g[0], dtype=torch.int64, device=device),
+                        torch.tensor(width // g[1], dtype=torch.int64, device=device)] for g in grids]
             gen = self.anchor_generator
-            strides = [[torch.empty((), dtype=torch.int64, device=device).fill_(image_size[0] // g[0]),
-                        torch.empty((), dtype=torch.int64, device=device).fill_(image_size[1] // g[1])]
-                       for g in grid_sizes]
-            gen.set_cell_anchors(dtype, device)
+            gen.set_cell_anchors(torch.float32, device)
             if len(self._anchor_cache) > 32:
                 self._anchor_cache.clear()
-            self._anchor_cache[key] = gen.grid_anchors([list(g) for g in grid_sizes], strides)
+            self._anchor_cache[key] = gen.grid_anchors(grids, strides)
         return self._anchor_cache[key]
-
-    # ------------------------------------------------------------------------------------- assign + loss
 
     @staticmethod
     def _gt(t: dict, dev) -> tuple[Tensor, Tensor]:
@@ -189,27 +186,22 @@ class RetinaNet(nn.Module):
 
     @torch.no_grad()
     def assign(self, out: DetOutput, targets: list[dict]) -> Assignment:
+        """torchvision's ``Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)`` per image."""
+        cfg = self.config
         anchors = torch.cat(out.priors)  # [P, 4]
-        b, p, dev = len(targets), anchors.shape[0], anchors.device
-        matched = torch.full((b, p), -1, dtype=torch.long, device=dev)
-        codes = torch.full((b, p), det_utils.Matcher.BELOW_LOW_THRESHOLD, dtype=torch.long, device=dev)
-        labels = torch.zeros(b, p, dtype=torch.long, device=dev)
-        iou = torch.zeros(b, p, device=dev)
-        for i, t in enumerate(targets):
-            boxes, gt_labels = self._gt(t, dev)
-            if boxes.numel() == 0:
-                continue
-            q = box_iou(boxes, anchors)  # [G, P]
-            iou[i] = q.max(dim=0).values
-            m = self.matcher(q)  # [P]: gt index, -1 below low, -2 between
-            codes[i] = m
-            fg = m >= 0
-            matched[i] = torch.where(fg, m, -1)
-            labels[i] = torch.where(fg, gt_labels[m.clamp(min=0)], 0)
+        codes, labels, iou = [], [], []
+        for t in targets:
+            boxes, gt_labels = self._gt(t, anchors.device)
+            m = max_iou_match(boxes, anchors, cfg.fg_iou, cfg.bg_iou, allow_low_quality=True)
+            codes.append(m.matched)
+            labels.append(torch.where(m.pos, gt_labels[m.matched.clamp(min=0)], 0) if boxes.numel()
+                          else torch.zeros_like(m.matched))
+            iou.append(m.iou)
+        codes = torch.stack(codes)  # [B, P]: gt index, -1 below low, -2 between
         pos = codes >= 0
-        neg = codes == det_utils.Matcher.BELOW_LOW_THRESHOLD
-        ignore = codes == det_utils.Matcher.BETWEEN_THRESHOLDS
-        return Assignment(labels=labels, matched=matched, pos=pos, neg=neg, ignore=ignore, iou=iou)
+        return Assignment(labels=torch.stack(labels), matched=torch.where(pos, codes, -1), pos=pos,
+                          neg=codes == BELOW_LOW_THRESHOLD, ignore=codes == BETWEEN_THRESHOLDS,
+                          iou=torch.stack(iou))
 
     def loss(self, out: DetOutput, targets: list[dict]) -> dict[str, Tensor]:
         """torchvision's RetinaNet losses (unweighted): ``{"cls": focal, "box": L1}``."""
@@ -229,24 +221,17 @@ class RetinaNet(nn.Module):
             gt_cls = torch.zeros_like(cls[i])
             gt_cls[pos.nonzero().squeeze(1), col] = 1.0
             valid = ~a.ignore[i]
-            cls_losses.append(sigmoid_focal_loss(cls[i][valid].float(), gt_cls[valid], cfg.focal_alpha,
+            cls_losses.append(sigmoid_focal_loss(cls[i][valid].float(), gt_cls[valid].float(), cfg.focal_alpha,
                                                  cfg.focal_gamma, reduction="sum") / n)
             target = self.box_coder.encode_single(boxes[a.matched[i][pos]], anchors[pos])
             box_losses.append(F.l1_loss(reg[i][pos].float(), target, reduction="sum") / n)
         b = max(1, len(targets))
         return {"cls": torch.stack(cls_losses).sum() / b, "box": torch.stack(box_losses).sum() / b}
 
-    # ------------------------------------------------------------------------------------------ decode
-
-    @torch.no_grad()
-    def postprocess(self, out: DetOutput, score_thresh: float | None = None, nms_thresh: float | None = None,
-                    topk_candidates: int | None = None, max_dets: int | None = None) -> list[dict[str, Tensor]]:
+    def decode(self, out: DetOutput, score_thresh: float, nms_thresh: float, topk_candidates: int,
+               max_dets: int) -> list[dict[str, Tensor]]:
         """torchvision's ``postprocess_detections`` per image: ``{"boxes" xyxy, "scores", "labels"}``."""
-        cfg = self.config
-        score_thresh = cfg.score_thresh if score_thresh is None else score_thresh
-        nms_thresh = cfg.nms_thresh if nms_thresh is None else nms_thresh
-        topk = cfg.topk_candidates if topk_candidates is None else topk_candidates
-        max_dets = cfg.detections_per_img if max_dets is None else max_dets
+        label_base = self.config.label_base
         dets = []
         for i, size in enumerate(out.image_sizes):
             boxes_all, scores_all, labels_all = [], [], []
@@ -256,7 +241,7 @@ class RetinaNet(nn.Module):
                 keep = scores > score_thresh
                 scores = scores[keep]
                 idx = torch.where(keep)[0]
-                scores, top = scores.topk(min(topk, idx.numel()))
+                scores, top = scores.topk(min(topk_candidates, idx.numel()))
                 idx = idx[top]
                 anchor_idx = torch.div(idx, k, rounding_mode="floor")
                 boxes = self.box_coder.decode_single(reg[i][anchor_idx], anchors[anchor_idx])
@@ -265,7 +250,7 @@ class RetinaNet(nn.Module):
                 labels_all.append(idx % k)
             boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
             keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_dets]
-            dets.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] + cfg.label_base})
+            dets.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] + label_base})
         return dets
 
 
