@@ -301,7 +301,7 @@ class GFL(DenseDetector):
 
 # -------------------------------------------------------------------------------------------- builders
 
-@register("model")
+@register("model", tiny={"depth": 18, "num_classes": 3, "fpn_channels": 16, "stacked_convs": 1, "gn_groups": 4})
 def gfl(*, depth: int = 50, num_classes: int = 80, fpn_channels: int = 256, stacked_convs: int = 4,
         gn_groups: int = 32, reg_max: int = 16, octave_base_scale: int = 8, atss_topk: int = 9,
         qfl_beta: float = 2.0, giou_weight: float = 2.0, dfl_weight: float = 0.25, frozen_stages: int = 1,

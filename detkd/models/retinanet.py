@@ -256,7 +256,7 @@ class RetinaNet(DenseDetector):
 
 # -------------------------------------------------------------------------------------------- builders
 
-@register("model")
+@register("model", tiny={"depth": 18, "num_classes": 3, "fpn_channels": 16, "num_convs": 1})
 def retinanet(*, depth: int = 50, num_classes: int = 91, label_base: int = 1, fpn_channels: int = 256,
               num_convs: int = 4, anchor_base=(32, 64, 128, 256, 512), fg_iou: float = 0.5, bg_iou: float = 0.4,
               focal_alpha: float = 0.25, focal_gamma: float = 2.0, frozen_stages: int = 0, norm_eval: bool = False,
