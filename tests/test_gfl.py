@@ -136,7 +136,7 @@ def test_mmdet_gfl_import(tmp_path):
     sd = mmdet_layout()
     torch.save({"meta": {"epoch": 12, "CLASSES": ("a", "b", "c")}, "state_dict": sd}, tmp_path / "ld_r18.pth")
     card = import_mmdet_gfl(tmp_path / "ld_r18.pth", tmp_path / "gfl.safetensors")
-    cfg = card["config"]
+    cfg = card["model"]
     assert (cfg["depth"], cfg["num_classes"], cfg["fpn_channels"], cfg["stacked_convs"], cfg["reg_max"]) == \
         (18, 3, 64, 2, 16)
     model, _ = load_model_file(tmp_path / "gfl.safetensors")

@@ -105,7 +105,7 @@ def test_torchvision_oracle_small_scale(tmp_path):
     tv = torchvision_model()
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     card = import_torchvision_retinanet(tmp_path / "tv.pth", tmp_path / "rn.safetensors")
-    assert card["config"]["num_classes"] == 91 and card["config"]["label_base"] == 0
+    assert card["model"]["num_classes"] == 91 and card["model"]["label_base"] == 0
     model, _ = load_model_file(tmp_path / "rn.safetensors")
     image = read_image(REAL)
     proto = dataclasses.replace(PROTOCOLS["torchvision"], short=256, long=427)
