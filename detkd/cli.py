@@ -174,11 +174,26 @@ def eval_verification(
 def detect(
     images: List[Path] = typer.Argument(..., help="image files"),
     weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
-    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600"),
+    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600 | "
+                                 "tdkd-640 (faces); torchvision | mmdet-gfl (objects)"),
     out_dir: Path = typer.Option(..., help="output directory"),
-    format: str = typer.Option("png", "--format", help="widerface-txt (one txt per image) or png (drawn boxes)"),
+    format: str = typer.Option("png", "--format", help="widerface-txt (faces), coco (objects: D/detections.json) "
+                               "or png (drawn boxes)"),
 ):
-    """Detect faces in images; write WIDER txt files or PNGs with boxes, scores and landmarks."""
+    """Detect faces (face protocols) or objects (torchvision, mmdet-gfl); write WIDER txt, COCO JSON or PNGs."""
+    from detkd.detect_generic import PROTOCOLS as GENERIC
+
+    if protocol in GENERIC:
+        from detkd.detect_generic import detect_files as detect_generic
+
+        if format not in ("png", "coco"):
+            _fail(f"--format must be png or coco for protocol {protocol}, got {format!r}")
+        try:
+            written = detect_generic(weights, protocol, out_dir, format, images)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            _fail(str(e))
+        typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
+        return
     from detkd.infer import detect_files
 
     if format not in ("png", "widerface-txt"):
@@ -207,18 +222,29 @@ def export(
 
 @app.command("import-weights")
 def import_weights(
-    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints)"),
+    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints), "
+                               "torchvision-retinanet, mmdet-gfl (mmdet GFL / LD checkpoints)"),
     src: Path = typer.Argument(..., help="foreign checkpoint (.pth)"),
-    activation: str = typer.Option(..., help="leaky0.1 (biubug6 HEAD) or relu (first release, TDKD)"),
+    activation: Optional[str] = typer.Option(None, help="retinaface-biubug6 only: leaky0.1 (biubug6 HEAD) or relu "
+                                             "(first release, TDKD)"),
     out: Path = typer.Option(..., help="output .safetensors (model card .json beside it)"),
     width: float = typer.Option(0.25, help="MobileNetV1 width of the checkpoint (0.25 student, 0.75 teacher)"),
     task_convs: bool = typer.Option(False, help="the checkpoint has per-task conv blocks (TDKD teacher)"),
 ):
     """Convert a foreign checkpoint into detkd's safetensors + model card, with a strict key check."""
+    from detkd.models.import_onestage import IMPORTERS
+
+    if kind in IMPORTERS:
+        try:
+            card = IMPORTERS[kind](src, out)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(card, indent=2, default=str))
+        return
     from detkd.models.weights import import_retinaface_biubug6
 
     if kind != "retinaface-biubug6":
-        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6")
+        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6, {', '.join(IMPORTERS)}")
     if activation not in ("relu", "leaky0.1"):
         _fail("--activation must be relu or leaky0.1")
     try:
@@ -274,9 +300,10 @@ def list_(what: str = typer.Argument(
         "evaluators": sorted(registry.EVALUATORS),
         "configs": list_configs(),
     }
+    from detkd.detect_generic import PROTOCOLS as GENERIC
     from detkd.infer import PROTOCOLS
 
-    sections["protocols"] = sorted(PROTOCOLS)
+    sections["protocols"] = sorted([*PROTOCOLS, *GENERIC])
     if what != "all" and what not in sections:
         _fail(f"unknown section {what!r}; choose from {', '.join(sections)} or all")
     titles = {"methods": "methods (detection distillation, distill.methods=[...])",
