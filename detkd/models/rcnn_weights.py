@@ -120,6 +120,7 @@ def jwyang_fasterrcnn_state(sd: dict[str, Tensor], where="state dict") -> tuple[
         "num_classes": sd["RCNN_cls_score.weight"].shape[0] - 1,
         "class_agnostic": sd["RCNN_bbox_pred.weight"].shape[0] == 4,
         "hidden": sd["RCNN_top.3.weight"].shape[0] if "RCNN_top.3.weight" in sd else 4096,
+        "width": sd["RCNN_base.0.weight"].shape[0] / 64,  # 1.0 for the reference VGGs
     }
     return out, kw, dropped
 
