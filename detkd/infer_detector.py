@@ -9,6 +9,8 @@ A ``DetProtocol`` fixes geometry and post-processing:
   scaled back with torchvision's per-axis ratios.
 * ``jwyang-600``: faster-rcnn.pytorch's test (FGFI): short side 600 (no long-side cap), ``cv2.resize``
   INTER_LINEAR on the float image, no padding, score > 0.0, per-class NMS 0.3, 100 detections.
+* ``mmdet-600``: mmdetection 2.0's VOC test (DeFeat): keep-ratio resize to fit (1000, 600) (cv2 bilinear),
+  pad to 32, score > 0.05, per-class NMS 0.5, 100 detections.
 
 Images are numpy ``uint8 [H, W, 3]`` RGB; ``detect_image`` returns original-image pixels
 ``{"boxes" [N, 4] xyxy, "scores" [N], "labels" [N]}`` (the model's own label ids).
@@ -45,6 +47,7 @@ class DetProtocol:
 DET_PROTOCOLS: dict[str, DetProtocol] = {
     "torchvision": DetProtocol("torchvision", 800, 1333, "torch", 32, 0.05, 0.5, 100),
     "jwyang-600": DetProtocol("jwyang-600", 600, None, "cv2", 1, 0.0, 0.3, 100),
+    "mmdet-600": DetProtocol("mmdet-600", 600, 1000, "cv2", 32, 0.05, 0.5, 100),
 }
 
 
