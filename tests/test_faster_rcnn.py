@@ -167,7 +167,7 @@ def test_training_reduces_the_loss_on_one_image():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(sum(m(x, t).losses.values())) < 0.7 * first
+    assert float(sum(m(x, t).losses.values()).detach()) < 0.7 * first
 
 
 def test_family_defaults():
@@ -178,3 +178,13 @@ def test_family_defaults():
     assert m.channels == {"c5": 512} and m.strides == {"c5": 16}
     frozen = [n for n, p in m.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith("backbone.") and int(n.split(".")[1]) < 10 for n in frozen)
+
+
+def test_autocast_keeps_anchors_and_losses_in_float32():
+    torch.manual_seed(5)
+    m = faster_rcnn_vgg_lite(num_classes=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.rand(2, 3, 96, 128) * 255, _targets(), decode=True)
+    assert all(p.dtype == torch.float32 for p in out.priors)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.losses.values())
+    assert out.rois.proposals[0].dtype == torch.float32

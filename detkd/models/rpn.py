@@ -89,9 +89,9 @@ class RPN(nn.Module):
         return [flatten_level(o, 1) for o in logits], [flatten_level(d, 4) for d in deltas]
 
     def anchors(self, feats: list[Tensor], input_hw: tuple[int, int]) -> list[Tensor]:
-        """Per level ``[h*w*A, 4]`` xyxy input pixels, cached per (grids, input size, device, dtype)."""
+        """Per level ``[h*w*A, 4]`` float32 xyxy input pixels, cached per (grids, input size, device)."""
         grids = [tuple(f.shape[-2:]) for f in feats]
-        dtype, device = feats[0].dtype, feats[0].device
+        dtype, device = torch.float32, feats[0].device  # float32 even under autocast (pixel coordinates)
         key = (tuple(grids), tuple(input_hw), str(device), dtype)
         hit = self._anchor_cache.get(key)
         if hit is not None:
@@ -122,8 +122,8 @@ class RPN(nn.Module):
         """torchvision's ``filter_proposals``: per image ``[n_i, 4]`` xyxy, best first, detached."""
         pre_nms, post_nms = (self.pre_nms[0], self.post_nms[0]) if train else (self.pre_nms[1], self.post_nms[1])
         b = objectness[0].shape[0]
-        obj = torch.cat([o.reshape(b, -1) for o in objectness], 1).detach()  # [B, P]
-        deltas = torch.cat(box_reg, 1).detach()  # [B, P, 4]
+        obj = torch.cat([o.reshape(b, -1) for o in objectness], 1).detach().float()  # [B, P]
+        deltas = torch.cat(box_reg, 1).detach().float()  # [B, P, 4]
         all_anchors = torch.cat(anchors)  # [P, 4]
         props = self.box_coder.decode_single(deltas.reshape(-1, 4), all_anchors.repeat(b, 1)).view(b, -1, 4)
         idx, offset, levels = [], 0, []
