@@ -32,6 +32,7 @@ from detkd.infer import PROTOCOLS, detect_image, preprocess, read_image
 from detkd.models.retinaface import decode_detections, retinaface_mnet
 from detkd.ops.nms import nms_plus1
 from detkd.ops.priors import make_priors
+from detkd.reporting import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -79,7 +80,7 @@ def bench_case(model, image, protocol: str, runs: int) -> dict:
     model.prior_cache(h, w)  # warm: forward timing excludes prior building
     out = model(x)
     cls, box, landm = out.cat_head("cls_logits"), out.cat_head("box_reg"), out.cat_head("landmarks")
-    priors = torch.cat(out.priors)
+    priors = model.priors_cxcywh(out)  # the coders' (cx, cy, w, h) form; out.priors are xyxy
     var = model.variance
 
     def decode_only():  # everything of decode_detections but the NMS
@@ -106,7 +107,7 @@ def bench_case(model, image, protocol: str, runs: int) -> dict:
         "preprocess": lambda: preprocess(image, p),
         "forward": lambda: model(x),
         "priors": lambda: make_priors(h, w, model.config.min_sizes, model.config.steps),
-        "priors_cached": lambda: model.prior_cache(h, w),
+        "priors_cached": lambda: model.prior_cache.xyxy(h, w),
         "decode": decode_only,
         "nms": lambda: nms_plus1(boxes, scores, p.nms_thresh),
         "pipeline": lambda: detect_image(model, image, p),
@@ -133,8 +134,6 @@ def main():
         "torch": torch.__version__, "threads": args.threads, "runs": args.runs,
         "cpu": platform.processor() or platform.machine(), "budget": BUDGET, "cases": cases,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "infer_speed.json").write_text(json.dumps(report, indent=2))
     lines = [
         "# RetinaFace-MobileNet0.25 inference speed (CPU)",
         "",
@@ -154,7 +153,7 @@ def main():
             f"{100 * c['post_over_forward']:.1f} % {'ok' if c['within_budget'] else 'OVER'} "
             f"(min: {100 * c['post_over_forward_min']:.1f} %) |"
         )
-    (RESULTS / "infer_speed.md").write_text("\n".join(lines) + "\n")
+    write_results(RESULTS, "infer_speed", report, lines)
     print("\n".join(lines))
 
 

@@ -103,7 +103,8 @@ def detect_image(model: nn.Module, image_rgb: np.ndarray, protocol="torchvision"
     model.eval()
     try:
         out = model(x.to(device), image_sizes=[hw])
-        d = model.postprocess(out, p.score_thresh, p.nms_thresh, p.detections_per_img)[0]
+        d = model.postprocess(out, score_thresh=p.score_thresh, nms_thresh=p.nms_thresh,
+                              detections_per_img=p.detections_per_img)[0]
     finally:
         model.train(was_training)
     boxes = rescale_boxes(d["boxes"].float().cpu(), hw, image_rgb.shape[:2])
@@ -112,7 +113,7 @@ def detect_image(model: nn.Module, image_rgb: np.ndarray, protocol="torchvision"
 
 def class_names(card: dict) -> list[str]:
     """Names by label id (index 0 = background) from the card, or COCO's for a 90-class torchvision import."""
-    cfg = card.get("config") or {}
+    cfg = card.get("model") or {}
     names = card.get("class_names") or cfg.get("class_names")
     if names:
         return ["__background__", *names]
@@ -121,6 +122,10 @@ def class_names(card: dict) -> list[str]:
 
         return list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
     return ["__background__"] + [f"class_{i}" for i in range(1, int(cfg.get("num_classes", 0)) + 1)]
+
+
+def cfg_name(card: dict) -> str:
+    return str((card.get("model") or {}).get("name"))
 
 
 def draw(image_rgb: np.ndarray, dets: dict, names: list[str], out_png, min_score: float = 0.3) -> Path:
@@ -154,7 +159,7 @@ def detect_files(weights, protocol: str, out_dir, fmt: str, images) -> list[Path
     p = get_det_protocol(protocol)
     model, card = load_model_file(weights)
     if not hasattr(model, "roi_forward") and not hasattr(model, "postprocess"):
-        raise ValueError(f"{weights}: {card.get('architecture')} is not a detector")
+        raise ValueError(f"{weights}: {cfg_name(card)} is not a detector")
     names = class_names(card)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def test_torchvision_oracle_r18_small_protocol(tmp_path):
     src = tmp_path / "tv_r18.pth"
     torch.save(tv.state_dict(), src)
     card = import_torchvision_fasterrcnn(src, tmp_path / "r18.safetensors")
-    assert card["config"]["depth"] == 18 and card["config"]["num_classes"] == 5
+    assert card["model"]["depth"] == 18 and card["model"]["num_classes"] == 5
     model, _ = load_model_file(tmp_path / "r18.safetensors")
     proto = DetProtocol("tv-320", 320, 533, "torch", 32, 0.05, 0.5, 100)
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_jwyang_import_folds_the_softmax_rpn_and_maps_the_head(tmp_path):
     src = tmp_path / "faster_rcnn_1_7_10021.pth"
     torch.save({"session": 1, "epoch": 7, "model": sd, "pooling_mode": "align", "class_agnostic": False}, src)
     card = import_jwyang_fasterrcnn(src, tmp_path / "vgg.safetensors")
-    assert card["config"]["depth"] == 11 and card["config"]["num_classes"] == 20
+    assert card["model"]["depth"] == 11 and card["model"]["num_classes"] == 20
     assert card["source"]["dropped"] == ["stu_feature_adap.0.weight", "stu_feature_adap.0.bias"]
     model, _ = load_model_file(tmp_path / "vgg.safetensors")
     x = torch.rand(1, 3, 96, 128) * 255

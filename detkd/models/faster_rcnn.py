@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from detkd.models.dense import check_image_sizes
 from detkd.models.rcnn_trunks import resnet_fpn, vgg_c4
 from detkd.models.roi_head import RoIHeads, SingleLevelPooler, VGGBoxHead, fpn_pooler, two_mlp_head
 from detkd.models.rpn import RPN
@@ -137,6 +138,9 @@ class FasterRCNN(nn.Module):
                                   box_weights=cfg.box_weights, score_thresh=cfg.score_thresh,
                                   nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
         self.head_spec = {"rpn.objectness": HeadKey("objectness", 1), "rpn.box_reg": HeadKey("deltas", 4, "rcnn")}
+        self.num_classes = cfg.num_classes  # the RoI head's softmax has num_classes + 1 columns (0 = background)
+        self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
+                           "detections_per_img": cfg.detections_per_img}
         if cfg.normalize == "imagenet":
             mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         else:
@@ -190,9 +194,7 @@ class FasterRCNN(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Faster R-CNN expects RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
         b, (h, w) = images.shape[0], images.shape[-2:]
-        sizes = [(int(s[0]), int(s[1])) for s in image_sizes] if image_sizes is not None else [(h, w)] * b
-        if len(sizes) != b:
-            raise ValueError(f"{len(sizes)} image_sizes for a batch of {b} images")
+        sizes = check_image_sizes(images, image_sizes)
         feats = self.features(self.normalize(images, sizes))
         rpn_feats = [feats[k] for k in self.levels]
         objectness, box_reg = self.rpn(rpn_feats)
@@ -226,12 +228,17 @@ class FasterRCNN(nn.Module):
                          box_reg=box_reg)
 
     @torch.no_grad()
-    def postprocess(self, out: DetOutput, score_thresh: float | None = None, nms_thresh: float | None = None,
-                    detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
-        """Detections from ``out.rois`` (model defaults unless given)."""
+    def postprocess(self, out: DetOutput, **thresholds) -> list[dict[str, Tensor]]:
+        """Detections from ``out.rois``; keyword ``thresholds`` (``score_thresh``, ``nms_thresh``,
+        ``detections_per_img``) override ``self.thresholds`` (``None`` = the model's default)."""
+        unknown = set(thresholds) - set(self.thresholds)
+        if unknown:
+            raise TypeError(f"FasterRCNN.postprocess: unknown thresholds {sorted(unknown)} "
+                            f"(known: {', '.join(self.thresholds)})")
+        t = {k: (thresholds[k] if thresholds.get(k) is not None else v) for k, v in self.thresholds.items()}
         r = out.rois
-        return self.roi_heads.postprocess(r.cls_logits, r.box_reg, r.rois, out.image_sizes, score_thresh,
-                                          nms_thresh, detections_per_img)
+        return self.roi_heads.postprocess(r.cls_logits, r.box_reg, r.rois, out.image_sizes, t["score_thresh"],
+                                          t["nms_thresh"], t["detections_per_img"])
 
 
 # -------------------------------------------------------------------------------------------- builders
@@ -246,19 +253,19 @@ def _build(family: str, kw: dict) -> FasterRCNN:
     return FasterRCNN(cfg)
 
 
-@register("model")
+@register("model", tiny={"depth": 11, "width": 0.125, "hidden": 64, "num_classes": 3, "anchor_sizes": [32, 64, 128]})
 def faster_rcnn_vgg(**kw) -> FasterRCNN:
     """faster-rcnn.pytorch C4 Faster R-CNN on VGG-11/13/16 (``depth``); keyword arguments: ``FasterRCNNConfig``."""
     return _build("vgg", kw)
 
 
-@register("model")
+@register("model", tiny={"depth": 18, "norm": "bn", "fpn_channels": 32, "hidden": 64, "num_classes": 3})
 def faster_rcnn_fpn(**kw) -> FasterRCNN:
     """torchvision's Faster R-CNN ResNet-FPN (``depth`` 18/34/50/101); keyword arguments: ``FasterRCNNConfig``."""
     return _build("fpn", kw)
 
 
-@register("model")
+@register("model", tiny={"hidden": 64, "num_classes": 3})
 def faster_rcnn_vgg_lite(**kw) -> FasterRCNN:
     """CPU-sized C4 model: VGG-11 at width 0.25 (128-channel conv5), 512-unit fc6/fc7, anchors 32-128."""
     base = dict(name="faster_rcnn_vgg_lite", depth=11, width=0.25, hidden=512, vgg_frozen=0, normalize="imagenet",
@@ -267,7 +274,7 @@ def faster_rcnn_vgg_lite(**kw) -> FasterRCNN:
     return _build("vgg", {**base, **kw})
 
 
-@register("model")
+@register("model", tiny={"fpn_channels": 32, "hidden": 64, "num_classes": 3})
 def faster_rcnn_fpn_lite(**kw) -> FasterRCNN:
     """CPU-sized FPN model: ResNet-18 with trainable BN, 64-channel FPN, 256-unit two-fc head, anchors 16-256."""
     base = dict(name="faster_rcnn_fpn_lite", depth=18, norm="bn", trainable_layers=5, fpn_channels=64, hidden=256,

@@ -46,7 +46,7 @@ def _finish(model: nn.Module, sd: dict[str, Tensor], src: Path, out, extra: dict
     check_state(model, sd, src)
     model.load_state_dict(sd, strict=True)
     source = {"path": str(src.resolve()), "md5": md5sum(src), **(extra or {})}
-    return save_model_file(model, out, source=source)
+    return save_model_file(model, out, source=source, task="detection")
 
 
 def torchvision_fasterrcnn_state(sd: dict[str, Tensor], where="state dict") -> tuple[dict[str, Tensor], dict]:
