@@ -100,3 +100,16 @@ def test_scores_unchanged_max_100_and_empty_input():
     assert (out_s[:-1] >= out_s[1:]).all()
     e = cluster_diou_voting_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     assert all(t.shape[0] == 0 for t in e)
+
+
+def test_row_chunks_do_not_change_the_result():
+    boxes, scores, labels = random_boxes(500, 4, 3)
+    a = cluster_diou_voting_nms(boxes, scores, labels, chunk=7)
+    b = cluster_diou_voting_nms(boxes, scores, labels)
+    assert torch.equal(a[3], b[3]) and torch.equal(a[0], b[0])
+
+
+def test_negative_threshold_is_refused():
+    boxes, scores, labels = random_boxes(5, 1, 0)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        cluster_diou_voting_nms(boxes, scores, labels, iou_threshold=-0.1)
