@@ -1,0 +1,96 @@
+"""DeFeat (METHODS.md §4): the fg mask with every quirk, the decoupled neck loss, the head KD (§4.9)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detkd.distill.losses import decoupled_roi_kd, masked_feat_l2, sigmoid_kd
+from detkd.distill.masks import defeat_fg_masks, defeat_gt_level
+
+STRIDES = [4, 8, 16, 32, 64]
+
+
+def hw_for(h, w):
+    return [(-(-h // s), -(-w // s)) for s in STRIDES]
+
+
+def test_level_assignment_and_cells():
+    gts = torch.tensor([[10.0, 20, 100, 60], [0, 0, 300, 300]])
+    assert defeat_gt_level(gts, 5).tolist() == [0, 2]  # s 61.08 -> P2; s 301 -> P4
+    masks = defeat_fg_masks([gts[:1]], STRIDES, hw_for(400, 400))
+    idx = masks[0][0].nonzero()
+    assert len(idx) == 230 and idx[:, 0].min() == 5 and idx[:, 0].max() == 14
+    assert idx[:, 1].min() == 2 and idx[:, 1].max() == 24
+    assert not any(m.any() for m in masks[1:])  # the GT is background on every other level
+    masks = defeat_fg_masks([gts[1:]], STRIDES, hw_for(400, 400))
+    idx = masks[2][0].nonzero()
+    assert len(idx) == 324 and idx.max(0).values.tolist() == [17, 17] and idx.min(0).values.tolist() == [0, 0]
+
+
+def test_level_boundaries():
+    def box(side):
+        return torch.tensor([[0.0, 0, side - 1, side - 1]])  # s = side exactly
+
+    assert [defeat_gt_level(box(s), 5).item() for s in (111, 112, 223, 224, 447, 448, 895, 896, 5000)] == [
+        0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_single_cell_quirk_and_border_clamp():
+    hw = hw_for(64, 64)  # P2 16x16
+    wide = torch.tensor([[8.0, 20, 60, 22]])  # one cell tall: ly == ry -> only mask[ly, lx]
+    m = defeat_fg_masks([wide], STRIDES, hw)[0][0]
+    assert m.nonzero().tolist() == [[5, 2]]
+    edge = torch.tensor([[64.0, 10, 66, 30]])  # lx == rx == w = 16 -> clamped to w - 1
+    m = defeat_fg_masks([edge], STRIDES, hw)[0][0]
+    assert m.nonzero().tolist() == [[2, 15]]
+    empty = defeat_fg_masks([torch.zeros(0, 4), wide], STRIDES, hw)
+    assert not empty[0][0].any() and empty[0][1].any()
+
+
+def test_neck_normalisation_identity_and_background_level():
+    s = torch.zeros(1, 256, 16, 24)
+    t = s.clone()
+    mask = torch.zeros(1, 16, 24, dtype=torch.bool)
+    mask[0, 5:15, 2:25] = True  # 230 cells
+    t[:, :, mask[0]] = 1.0
+    assert masked_feat_l2(s, t, mask, denom="defeat").item() == pytest.approx(0.5)
+    assert masked_feat_l2(s, t, ~mask, denom="defeat").item() == 0.0
+    assert masked_feat_l2(t, t, mask, denom="defeat").item() == 0.0
+    t2 = torch.randn(2, 256, 6, 7)
+    none = torch.zeros(2, 6, 7, dtype=torch.bool)
+    assert masked_feat_l2(s[:1, :, :6, :7].expand(2, -1, -1, -1), t2, ~none, denom="defeat").item() == pytest.approx(
+        t2.pow(2).mean().item() / 2, rel=1e-5)  # all-background level: mean of squared diffs / 2
+    assert masked_feat_l2(s[:1, :, :6, :7].expand(2, -1, -1, -1), t2, none, denom="defeat").item() == 0.0
+
+
+def test_roi_head_kd_pos_neg():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(10, 21, generator=g), torch.randn(10, 21, generator=g)
+    labels = torch.tensor([0, 3, 0, 0, 7, 1, 0, 0, 0, 20])
+    pos, neg = decoupled_roi_kd(s, t, labels, T=1.0)
+    q, logp = t.softmax(-1), s.log_softmax(-1)
+    kl = (q * (q.log() - logp)).sum(-1)
+    assert pos.item() == pytest.approx(kl[labels > 0].mean().item(), rel=1e-5)
+    assert neg.item() == pytest.approx(kl[labels == 0].mean().item(), rel=1e-5)
+    pos0, neg0 = decoupled_roi_kd(s, t, torch.zeros(10, dtype=torch.long))
+    assert pos0.item() == 0.0 and neg0.item() > 0  # empty group -> 0
+    assert decoupled_roi_kd(t, t, labels)[0].abs().item() < 1e-6
+    p2, _ = decoupled_roi_kd(s, t, labels, T=2.0)
+    assert p2.item() == pytest.approx(4 * (
+        (t / 2).softmax(-1) * ((t / 2).log_softmax(-1) - (s / 2).log_softmax(-1))).sum(-1)[labels > 0].mean().item(),
+        rel=1e-5)
+
+
+def test_sigmoid_head_kd():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 5, 3, generator=g, requires_grad=True), torch.randn(2, 5, 3, generator=g)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, 1] = mask[1, 4] = True
+    q, p = t.sigmoid(), s.sigmoid()
+    kl = (q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()).sum(-1)
+    val = sigmoid_kd(s, t, mask)
+    assert val.item() == pytest.approx(kl[mask].mean().item(), rel=1e-5)
+    val.backward()
+    assert s.grad.abs().sum() > 0 and s.grad[0, 0].abs().sum() == 0
+    assert sigmoid_kd(t, t).abs().item() < 1e-6
+    assert sigmoid_kd(s, t, torch.zeros_like(mask)).item() == 0.0

@@ -1,0 +1,87 @@
+"""FGFI (METHODS.md §2): the imitation mask with the reference's anchors, the loss normalisation (§2.7)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detkd.distill.losses import masked_feat_l2
+from detkd.distill.masks import fgfi_level_mask, fgfi_location_masks
+
+# generate_anchors(base 16, ratios [0.5, 1, 2], scales [8, 16, 32]) as the Python code computes them (§2.3)
+BASE_ANCHORS = torch.tensor([
+    [-84, -40, 99, 55], [-176, -88, 191, 103], [-360, -184, 375, 199],
+    [-56, -56, 71, 71], [-120, -120, 135, 135], [-248, -248, 263, 263],
+    [-36, -80, 51, 95], [-80, -168, 95, 183], [-168, -344, 183, 359],
+], dtype=torch.float32)
+
+
+def vgg_anchors(h: int = 38, w: int = 50, stride: int = 16) -> torch.Tensor:
+    """All H·W·9 anchors, row-major (y, x) then anchor; shifts (16x, 16y) from 0 as in the reference."""
+    ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride, indexing="ij")
+    shifts = torch.stack([xs, ys, xs, ys], -1).float()  # [H, W, 4]
+    return (shifts[:, :, None, :] + BASE_ANCHORS[None, None]).reshape(-1, 4)
+
+
+def cells(mask):
+    idx = mask.nonzero()
+    return len(idx), (idx[:, 0].min().item(), idx[:, 0].max().item()), (idx[:, 1].min().item(), idx[:, 1].max().item())
+
+
+def test_gt_equal_to_an_anchor():
+    gt = torch.tensor([[104.0, 136, 231, 263]])  # the ratio-1 / scale-8 anchor at (y=12, x=10)
+    anchors = vgg_anchors()
+    assert torch.equal(anchors[(12 * 50 + 10) * 9 + 3], gt[0])
+    mask = fgfi_level_mask(anchors, gt, (38, 50))
+    assert mask.shape == (38, 50) and mask[12, 10]
+    assert cells(mask) == (17, (10, 14), (8, 12))
+
+
+def test_second_gt_and_union():
+    anchors = vgg_anchors()
+    gt = torch.tensor([[100.0, 100, 300, 250]])
+    from detkd.ops.boxes import box_iou_plus1
+
+    assert box_iou_plus1(anchors, gt).max().item() == pytest.approx(0.5820, abs=1e-4)
+    mask = fgfi_level_mask(anchors, gt, (38, 50))
+    assert cells(mask) == (165, (3, 18), (4, 20))
+    first = fgfi_level_mask(anchors, torch.tensor([[104.0, 136, 231, 263]]), (38, 50))
+    both = fgfi_level_mask(anchors, torch.tensor([[104.0, 136, 231, 263], [100, 100, 300, 250]]), (38, 50))
+    assert int(both.sum()) == 165 and torch.equal(both, mask | first)  # per-GT thresholds, then the union
+
+
+def test_strict_threshold_all_anchors_and_degenerate_gts():
+    anchors = vgg_anchors()
+    # zero-width GT: normal "+1" IoUs (max 0.00652) and 91 cells (§2.6)
+    from detkd.ops.boxes import box_iou_plus1
+
+    thin = torch.tensor([[100.0, 100, 100, 200]])
+    assert box_iou_plus1(anchors, thin).max().item() == pytest.approx(0.00652, abs=1e-5)
+    assert int(fgfi_level_mask(anchors, thin, (38, 50)).sum()) == 91
+    # a point GT adds nothing; no GT gives an empty mask
+    assert not fgfi_level_mask(anchors, torch.tensor([[50.0, 50, 50, 50]]), (38, 50)).any()
+    assert not fgfi_level_mask(anchors, torch.zeros(0, 4), (38, 50)).any()
+    # ψ = 1 with strict '>' marks nothing (no anchor beats its own max)
+    assert not fgfi_level_mask(anchors, torch.tensor([[104.0, 136, 231, 263]]), (38, 50), psi=1.0).any()
+    # a GT at the border reaches anchors that cross the border (no inside filtering)
+    corner = fgfi_level_mask(anchors, torch.tensor([[0.0, 0, 30, 30]]), (38, 50))
+    assert corner[0, 0]
+
+
+def test_per_level_masks_batch_and_shape_errors():
+    anchors = vgg_anchors(10, 12)
+    gts = [torch.tensor([[20.0, 20, 80, 90]]), torch.zeros(0, 4)]
+    masks = fgfi_location_masks([anchors, vgg_anchors(5, 6, 32)], gts, [(10, 12), (5, 6)])
+    assert [tuple(m.shape) for m in masks] == [(2, 10, 12), (2, 5, 6)]
+    assert masks[0][0].any() and masks[1][0].any() and not masks[0][1].any()
+    with pytest.raises(ValueError, match="cannot be split"):
+        fgfi_level_mask(anchors, gts[0], (10, 13))
+
+
+def test_loss_normalisation_and_identity():
+    s = torch.zeros(1, 512, 4, 4)
+    t = s + 0.1
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 1, 1] = mask[0, 2, 3] = True
+    assert masked_feat_l2(s, t, mask, denom="fgfi").item() == pytest.approx(2 * 512 * 0.01 / 4, rel=1e-5)  # 2.56
+    assert masked_feat_l2(t, t, mask, denom="fgfi").item() == 0.0
+    assert masked_feat_l2(s, t, torch.zeros_like(mask), denom="fgfi").item() == 0.0  # guarded, not NaN

@@ -1,0 +1,148 @@
+"""LD (METHODS.md §3.3, §3.4, §3.7, §3.9): KD rows, weighted LD terms, the VLR selection."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from detkd.distill.losses import kd_rows, weighted_kd
+from detkd.distill.masks import atss_thresholds, vlr_diou, vlr_weights
+
+
+def test_kd_row_reference_values():
+    z = torch.zeros(17)
+    t = torch.zeros(17)
+    t[3] = 10
+    assert kd_rows(z, t, 10.0).item() == pytest.approx(0.287843, abs=1e-6)
+    k = torch.arange(17.0)
+    assert kd_rows(0.5 * k, 0.5 * (16 - k), 10.0).item() == pytest.approx(0.697497, abs=1e-6)
+    assert kd_rows(0.5 * k, 0.5 * (16 - k), 1.0).item() == pytest.approx(0.380116, abs=1e-6)
+    s, t = torch.zeros(80), torch.zeros(80)
+    s[5], t[5] = 4, 8
+    assert kd_rows(s, t, 2.0).item() == pytest.approx(0.0190687, abs=1e-7)
+
+
+def test_identity_is_zero_up_to_float32():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 30, 68, generator=g) * 5
+    w = torch.rand(2, 30, generator=g)
+    assert abs(weighted_kd(x, x.clone(), w, 10.0, bins=17, denom=4).item()) < 1.3e-6 * 4 * 60
+    c = torch.randn(2, 30, 80, generator=g)
+    assert abs(weighted_kd(c, c.clone(), w, 2.0).item()) < 1e-5
+
+
+def test_main_ld_is_not_normalised_by_positives():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(1, 4, 68, generator=g), torch.randn(1, 4, 68, generator=g)
+    w = torch.tensor([[0.7, 0.0, 0.0, 0.0]])
+    one = weighted_kd(s, t, w, 10.0, bins=17, denom=4)
+    s2, t2 = s.clone(), t.clone()
+    s2[0, 1], t2[0, 1] = s[0, 0], t[0, 0]
+    two = weighted_kd(s2, t2, torch.tensor([[0.7, 0.7, 0.0, 0.0]]), 10.0, bins=17, denom=4)
+    assert two.item() == pytest.approx(2 * one.item(), rel=1e-6)
+    # the sum over the 4 edges of ω · kd_row, / 4
+    rows = kd_rows(s[0, 0].view(4, 17), t[0, 0].view(4, 17), 10.0)
+    assert one.item() == pytest.approx(0.7 * rows.sum().item() / 4, rel=1e-6)
+
+
+def test_empty_selection_gives_a_zero_that_keeps_the_graph():
+    s = torch.randn(2, 5, 68, requires_grad=True)
+    out = weighted_kd(s, torch.randn(2, 5, 68), torch.zeros(2, 5), 10.0, bins=17, denom=4)
+    assert out.item() == 0.0 and out.requires_grad
+    out.backward()
+    assert torch.equal(s.grad, torch.zeros_like(s))
+    with pytest.raises(ValueError, match="weight shape"):
+        weighted_kd(s, s.detach(), torch.zeros(2, 4), 10.0)
+    with pytest.raises(ValueError, match="multiple of 17"):
+        weighted_kd(s[..., :60], s[..., :60].detach(), torch.zeros(2, 5), 10.0, bins=17)
+
+
+# ------------------------------------------------------------------------------------------- VLR
+
+
+def square_priors(h, w, stride, size_factor=8):
+    """One square prior per location, size 8·stride, centre (x·s, y·s) (mmdet v2, centre offset 0)."""
+    ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride, indexing="ij")
+    c = torch.stack([xs, ys], -1).reshape(-1, 2).float()
+    half = size_factor * stride / 2
+    return torch.cat([c - half, c + half], 1)
+
+
+def brute_vlr(level_priors, gts, alpha=0.25, faithful=True):
+    """Per-anchor loops, written straight from §3.4 (float64)."""
+    def iou(a, b, iof=False):
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = iw * ih
+        area_a = (a[2] - a[0]) * (a[3] - a[1])
+        area_b = (b[2] - b[0]) * (b[3] - b[1])
+        return inter / (area_a if iof else area_a + area_b - inter)
+
+    def diou(a, b):
+        rho2 = ((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) ** 2 + ((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) ** 2
+        c2 = (max(a[2], b[2]) - min(a[0], b[0])) ** 2 + (max(a[3], b[3]) - min(a[1], b[1])) ** 2
+        return iou(a, b, iof=faithful) - rho2 / c2
+
+    levels = [p.double().tolist() for p in level_priors]
+    thr = []
+    for g in gts.double().tolist():
+        cand = []
+        for pri in levels:
+            gc = ((g[0] + g[2]) / 2, (g[1] + g[3]) / 2)
+            d = sorted(range(len(pri)), key=lambda i: math.dist(gc, ((pri[i][0] + pri[i][2]) / 2, (pri[i][1] + pri[i][3]) / 2)))
+            cand += [iou(pri[i], g) for i in d[:9]]
+        m = sum(cand) / len(cand)
+        thr.append(m + math.sqrt(sum((c - m) ** 2 for c in cand) / (len(cand) - 1)))
+    out = []
+    for a in [p for pri in levels for p in pri]:
+        best = 0.0
+        for g, t in zip(gts.double().tolist(), thr):
+            if alpha * t <= diou(a, g) < t:
+                best = max(best, iou(a, g))
+        out.append(best)
+    return torch.tensor(out, dtype=torch.float64), torch.tensor(thr, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("faithful", [True, False])
+def test_vlr_matches_a_per_anchor_transcription(faithful):
+    levels = [square_priors(12, 12, 8), square_priors(6, 6, 16), square_priors(3, 3, 32)]
+    gts = torch.tensor([[10.0, 12, 50, 60], [40, 30, 90, 80], [5, 60, 30, 85]])
+    ours = vlr_weights(levels, gts, faithful=faithful)
+    ref, thr = brute_vlr(levels, gts, faithful=faithful)
+    torch.testing.assert_close(atss_thresholds(levels, gts).double(), thr, atol=1e-5, rtol=1e-5)
+    assert ((ours > 0) == (ref > 0)).all()
+    torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-5)
+    assert (ours > 0).sum() > 5
+
+
+def test_faithful_and_clean_differ_where_iof_and_iou_differ():
+    levels = [square_priors(12, 12, 8)]
+    gts = torch.tensor([[10.0, 12, 70, 80]])
+    a = vlr_weights(levels, gts, faithful=True)
+    b = vlr_weights(levels, gts, faithful=False)
+    assert not torch.equal(a > 0, b > 0)
+    small_inside = torch.tensor([[30.0, 30, 34, 34]])
+    d_f = vlr_diou(small_inside, gts, faithful=True)
+    d_c = vlr_diou(small_inside, gts, faithful=False)
+    assert d_f.item() > 0.9 and d_c.item() < 0.01  # IoF = 1 inside the GT, IoU tiny
+
+
+def test_conflicts_take_the_highest_iou_gt_and_given_thresholds():
+    levels = [square_priors(12, 12, 8)]
+    gts = torch.tensor([[10.0, 10, 60, 60], [14, 14, 62, 62]])
+    thr = torch.tensor([0.9, 0.9])
+    w = vlr_weights(levels, gts, thresholds=thr)
+    from torchvision.ops import box_iou
+
+    iou = box_iou(levels[0], gts)
+    d = vlr_diou(levels[0], gts)
+    both = ((d >= 0.225) & (d < 0.9)).all(1)
+    assert both.any()
+    torch.testing.assert_close(w[both], iou[both].max(1).values)
+
+
+def test_gt_less_image_and_non_positive_threshold_give_an_empty_vlr():
+    levels = [square_priors(4, 4, 8)]
+    assert not vlr_weights(levels, torch.zeros(0, 4)).any()
+    assert not vlr_weights(levels, torch.tensor([[0.0, 0, 20, 20]]), thresholds=torch.tensor([0.0])).any()
