@@ -94,3 +94,61 @@ def test_sigmoid_head_kd():
     assert s.grad.abs().sum() > 0 and s.grad[0, 0].abs().sum() == 0
     assert sigmoid_kd(t, t).abs().item() < 1e-6
     assert sigmoid_kd(s, t, torch.zeros_like(mask)).item() == 0.0
+
+
+# ------------------------------------------------------------------------ the method on RetinaFace
+
+
+def test_defeat_terms_weights_and_adapters():
+    from _method_e2e import shipped_pair
+
+    from detkd.distill.defeat import DeFeatConfig
+    from detkd.distill.distiller import DistillConfig, build_distill_task
+
+    student, teacher = shipped_pair()
+    cfg = DistillConfig(methods=["defeat"])
+    cfg.defeat = DeFeatConfig()
+    task = build_distill_task(cfg, student, teacher)
+    keys = [t.key for t in task.distiller.terms]
+    assert keys == [f"kd.defeat.{g}.{l}" for l in ("p3", "p4", "p5") for g in ("fg", "bg")]
+    assert [t.weight for t in task.distiller.terms[:2]] == [1.0, 4.0]  # 3/3 levels, 12/3 levels
+    assert len(task.distiller.adapters) == 3  # fg and bg share the level's adapter
+    for conv in task.distiller.adapters.values():
+        assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.bias is not None
+        assert conv.weight.abs().max() < 2e-4
+    cfg.defeat = DeFeatConfig(head="roi")
+    with pytest.raises(NotImplementedError, match="teacher-query hook"):
+        build_distill_task(cfg, student, teacher)
+    cfg.defeat = DeFeatConfig(head="dense")
+    with pytest.raises(ValueError, match="head_activation"):
+        build_distill_task(cfg, student, teacher)
+
+
+def test_defeat_runs_on_retinaface_synthfaces_with_dense_head(tmp_path):
+    from _method_e2e import run_steps
+
+    from detkd.distill.defeat import DeFeatConfig
+
+    task, history, grads = run_steps("defeat", DeFeatConfig(head="dense", head_activation="softmax"), tmp_path / "sf")
+    for losses in history:
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+        assert losses["kd.defeat.bg.p3"] > 0 and losses["kd.defeat.head.neg"] > 0
+        assert sum(v for k, v in losses.items() if k.startswith("kd.defeat.fg")) > 0
+    assert all(sum(g.values()) > 0 for g in grads)
+
+
+def test_defeat_gt_less_batch_gives_zero_fg_and_finite_loss():
+    from _method_e2e import shipped_pair
+
+    from detkd.distill.defeat import DeFeatConfig
+    from detkd.distill.distiller import DistillConfig, build_distill_task
+
+    student, teacher = shipped_pair()
+    cfg = DistillConfig(methods=["defeat"])
+    cfg.defeat = DeFeatConfig()
+    task = build_distill_task(cfg, student, teacher)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+             "landmarks": torch.zeros(0, 5, 2), "landmarks_valid": torch.zeros(0, dtype=torch.bool)}
+    losses = task((torch.rand(2, 3, 96, 96) * 255, [empty, dict(empty)], [{}, {}]))
+    assert all(losses[f"kd.defeat.fg.{l}"].item() == 0.0 for l in ("p3", "p4", "p5"))
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["kd.defeat.bg.p3"] > 0

@@ -85,3 +85,73 @@ def test_loss_normalisation_and_identity():
     assert masked_feat_l2(s, t, mask, denom="fgfi").item() == pytest.approx(2 * 512 * 0.01 / 4, rel=1e-5)  # 2.56
     assert masked_feat_l2(t, t, mask, denom="fgfi").item() == 0.0
     assert masked_feat_l2(s, t, torch.zeros_like(mask), denom="fgfi").item() == 0.0  # guarded, not NaN
+
+
+# ------------------------------------------------------------------------ the method on RetinaFace
+
+
+def test_fgfi_terms_adapters_and_warmup():
+    from _method_e2e import shipped_pair
+
+    from detkd.distill.distiller import DistillConfig, build_distill_task
+    from detkd.distill.fgfi import FGFIConfig
+
+    student, teacher = shipped_pair()
+    cfg = DistillConfig(methods=["fgfi"])
+    cfg.fgfi = FGFIConfig()
+    task = build_distill_task(cfg, student, teacher)
+    assert [t.key for t in task.distiller.terms] == ["kd.fgfi.imit.p3", "kd.fgfi.imit.p4", "kd.fgfi.imit.p5"]
+    for t in task.distiller.terms:
+        assert t.weight == 0.01 and t.schedule.factor(399) == 0.0 and t.schedule.factor(400) == 1.0
+    for a in task.distiller.adapters.values():
+        conv, act = a[0], a[1]
+        assert isinstance(act, torch.nn.ReLU) and conv.kernel_size == (3, 3) and conv.bias is not None
+        assert conv.weight.abs().max() < 2e-4 and conv.weight.std() > 5e-5  # normal·fmod(2)·1e-4
+        assert conv.bias.abs().max() > 1e-3  # PyTorch default bias init kept
+    with pytest.raises(KeyError, match="no tap 'p6'"):
+        cfg.fgfi = FGFIConfig(student_taps=["p3", "p6"], teacher_taps=["p3", "p6"])
+        build_distill_task(cfg, student, teacher)
+    with pytest.raises(ValueError, match="stride 8 but teacher tap 'p4' has stride 16"):
+        cfg.fgfi = FGFIConfig(student_taps=["p3"], teacher_taps=["p4"])
+        build_distill_task(cfg, student, teacher)
+
+
+def test_fgfi_runs_on_retinaface_synthfaces(tmp_path):
+    from _method_e2e import run_steps
+
+    from detkd.distill.fgfi import FGFIConfig
+
+    task, history, grads = run_steps("fgfi", FGFIConfig(warmup_iters=0), tmp_path / "sf")
+    for losses in history:
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+        assert sum(v for k, v in losses.items() if k.startswith("kd.fgfi.")) > 0
+    for g in grads:
+        assert sum(g.values()) > 0
+    masks = task.distiller.terms[0].mask  # the mask is the student's anchors against the GT
+    assert masks is not None
+
+
+def test_fgfi_mask_on_retinaface_priors_and_gt_less_image():
+    from _method_e2e import shipped_pair
+
+    from detkd.distill.distiller import DistillConfig, DistillContext, build_distill_task
+    from detkd.distill.fgfi import FGFIConfig
+
+    student, teacher = shipped_pair()
+    cfg = DistillConfig(methods=["fgfi"])
+    cfg.fgfi = FGFIConfig(warmup_iters=0)
+    task = build_distill_task(cfg, student, teacher)
+    images = torch.rand(2, 3, 96, 96) * 255
+    targets = [{"boxes": torch.tensor([[20.0, 20, 52, 52]]), "labels": torch.ones(1, dtype=torch.long),
+                "landmarks": torch.zeros(1, 5, 2), "landmarks_valid": torch.tensor([False])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                "landmarks": torch.zeros(0, 5, 2), "landmarks_valid": torch.zeros(0, dtype=torch.bool)}]
+    losses = task((images, targets, [{}, {}]))
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        s_out = task.student(images, targets)
+    ctx = DistillContext(teacher=None, student=s_out, targets=targets, step=0)
+    m = [t.mask(ctx) for t in task.distiller.terms]
+    assert m[0][0].any() and not any(x[1].any() for x in m)  # GT-less image: empty mask on every level
+    # the 32 px face matches the 32 px anchor at stride 8 near its centre (36, 36) -> cell (4, 4)
+    assert m[0][0, 4, 4]

@@ -6,6 +6,9 @@
 Kinds: ``"conv1x1"`` (TDKD, FitNets), ``"conv3x3"`` (DeFeat; padding 1), ``"conv3x3_relu"`` (FGFI: conv + ReLU),
 ``"identity"`` (only when ``c_in == c_out``).
 
+``init``: ``"default"`` (PyTorch's conv init) or ``"normal_fmod2"`` (FGFI §2.2 / DeFeat §4.4: weights
+``normal(0, 1).fmod(2) · 1e-4``, the reference's "truncated normal"; the bias keeps PyTorch's default init).
+
 ``frozen=True`` reproduces TDKD's released code (METHODS.md §1.11.1): PyTorch's default init drawn from a
 private generator seeded with ``seed`` (same weights on every run and every rank, global RNG untouched), then
 ``requires_grad_(False)`` so the projection is never optimised.
@@ -19,6 +22,8 @@ import torch
 from torch import nn
 
 AdapterKind = Literal["conv1x1", "conv3x3", "conv3x3_relu", "identity"]
+AdapterInit = Literal["default", "normal_fmod2"]
+INIT_STD = 1e-4  # FGFI/DeFeat adapter weight scale
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class AdapterSpec:
     bias: bool = False
     frozen: bool = False
     seed: int = 0
+    init: AdapterInit = "default"
 
 
 def make_adapter(
@@ -68,8 +74,23 @@ def make_adapter(
     return module
 
 
+@torch.no_grad()
+def init_normal_fmod2_(module: nn.Module, std: float = INIT_STD) -> nn.Module:
+    """FGFI/DeFeat adapter init: every conv weight ``normal(0, 1).fmod(2) · std`` (values in (−2·std, 2·std));
+    biases untouched (PyTorch default). Uses the global RNG like any init."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.copy_(torch.randn_like(m.weight).fmod_(2).mul_(std))
+    return module
+
+
 def build_adapter(spec: AdapterSpec, c_in: int, c_out: int) -> nn.Module:
     """The adapter a term's ``AdapterSpec`` asks for (seeded when frozen, so faithful runs are repeatable)."""
-    return make_adapter(
+    module = make_adapter(
         c_in, c_out, spec.kind, bias=spec.bias, frozen=spec.frozen, seed=spec.seed if spec.frozen else None
     )
+    if spec.init == "normal_fmod2":
+        init_normal_fmod2_(module)
+    elif spec.init != "default":
+        raise ValueError(f"adapter {spec.key!r}: unknown init {spec.init!r} (use 'default' or 'normal_fmod2')")
+    return module

@@ -292,3 +292,18 @@ def vlr_weights(
     iou = box_iou(priors, gts)  # [P, G]
     best = torch.where(inside, iou, torch.full_like(iou, -1.0)).max(1)  # highest-IoU GT among the VLRs
     return torch.where(best.values >= 0, best.values.clamp(min=0), torch.zeros_like(best.values))
+
+
+# ------------------------------------------------------------------------------------ mask inputs
+
+
+def target_boxes(targets: Sequence[dict] | None, device: torch.device | str | None = None) -> list[Tensor]:
+    """The GT boxes of each image, ``float32 [G_b, 4]`` xyxy on ``device`` (a clear error without targets)."""
+    if targets is None:
+        raise ValueError("this distillation mask needs the batch's targets (GT boxes)")
+    out = []
+    for i, t in enumerate(targets):
+        if "boxes" not in t:
+            raise KeyError(f"target {i} has no 'boxes' (keys: {sorted(t)})")
+        out.append(torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4))
+    return out
