@@ -146,3 +146,160 @@ def test_gt_less_image_and_non_positive_threshold_give_an_empty_vlr():
     levels = [square_priors(4, 4, 8)]
     assert not vlr_weights(levels, torch.zeros(0, 4)).any()
     assert not vlr_weights(levels, torch.tensor([[0.0, 0, 20, 20]]), thresholds=torch.tensor([0.0])).any()
+
+
+# -------------------------------------------------------------- the method on a distribution head
+
+
+from torch import nn  # noqa: E402
+
+from detkd.distill.distiller import DistillConfig, DistillContext, build_distill_task  # noqa: E402
+from detkd.distill.ld import LDConfig  # noqa: E402
+from detkd.structures import Assignment, DetOutput, HeadKey  # noqa: E402
+
+
+class ToyGFL(nn.Module):
+    """A two-level dense detector with GFL's outputs: K sigmoid logits and a 4·(reg_max+1) distribution per
+    square prior (size 8·stride, centre (x·s, y·s)); positives = IoU ≥ 0.3 with a GT."""
+
+    def __init__(self, k=3, reg_max=16, width=8, strides=(8, 16)):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, stride=strides[0], padding=1)
+        self.down = nn.Conv2d(width, width, 3, stride=strides[1] // strides[0], padding=1)
+        self.cls = nn.Conv2d(width, k, 3, padding=1)
+        self.reg = nn.Conv2d(width, 4 * (reg_max + 1), 3, padding=1)
+        self.levels = ("p3", "p4")
+        self.channels = {lvl: width for lvl in self.levels}
+        self.strides = dict(zip(self.levels, strides))
+        self.head_spec = {"cls_logits": HeadKey("sigmoid", k),
+                          "box_dist": HeadKey("distribution", 4 * (reg_max + 1), "ltrb", reg_max)}
+
+    def forward(self, images, targets=None, decode=False):
+        p3 = torch.relu(self.stem(images / 255))
+        feats = {"p3": p3, "p4": torch.relu(self.down(p3))}
+        head = {"cls_logits": [], "box_dist": []}
+        priors = []
+        for lvl in self.levels:
+            f = feats[lvl]
+            head["cls_logits"].append(self.cls(f).flatten(2).transpose(1, 2))
+            head["box_dist"].append(self.reg(f).flatten(2).transpose(1, 2))
+            h, w, s = f.shape[-2], f.shape[-1], self.strides[lvl]
+            ys, xs = torch.meshgrid(torch.arange(h) * s, torch.arange(w) * s, indexing="ij")
+            c = torch.stack([xs, ys], -1).reshape(-1, 2).float()
+            priors.append(torch.cat([c - 4 * s, c + 4 * s], 1))
+        out = DetOutput(feats=feats, head=head, priors=priors)
+        if targets is not None:
+            allp = torch.cat(priors)
+            pos = torch.zeros(len(targets), allp.shape[0], dtype=torch.bool)
+            for b, t in enumerate(targets):
+                if len(t["boxes"]):
+                    pos[b] = (box_iou(allp, t["boxes"]) >= 0.3).any(1)
+            z = torch.zeros_like(pos, dtype=torch.long)
+            out.assign = Assignment(labels=pos.long(), matched=z - 1, pos=pos, neg=~pos, ignore=pos & False,
+                                    iou=pos.float())
+            logits = out.cat_head("cls_logits")
+            out.losses = {"task.cls": nn.functional.binary_cross_entropy_with_logits(
+                logits, pos[..., None].float().expand_as(logits))}
+        return out
+
+
+from torchvision.ops import box_iou  # noqa: E402
+
+
+def ld_task(cfg=None, student=None, teacher=None):
+    torch.manual_seed(0)
+    student = student or ToyGFL()
+    teacher = teacher or ToyGFL()
+    dc = DistillConfig(methods=["ld"])
+    dc.ld = cfg or LDConfig()
+    return build_distill_task(dc, student, teacher)
+
+
+def ld_batch():
+    g = torch.Generator().manual_seed(3)
+    targets = [{"boxes": torch.tensor([[8.0, 10, 60, 50], [30, 30, 90, 95]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[40.0, 5, 100, 70], [0, 0, 110, 90]]), "labels": torch.tensor([3, 1])}]
+    return torch.rand(2, 3, 96, 112, generator=g) * 255, targets, [{}, {}]
+
+
+def test_ld_terms_values_and_gradients():
+    task = ld_task()
+    assert [t.key for t in task.distiller.terms] == ["kd.ld.ld", "kd.ld.kd", "kd.ld.vlr"]
+    assert [t.weight for t in task.distiller.terms] == [0.25, 10.0, 0.25]
+    images, targets, meta = ld_batch()
+    losses = task((images, targets, meta))
+    assert all(torch.isfinite(v) and v > 0 for k, v in losses.items() if k.startswith("kd.ld."))
+    # recompute the three terms by hand from the two models' outputs
+    with torch.no_grad():
+        s = task.student(images, targets)
+        t = task.teacher(images)
+    pos = s.assign.pos
+    sd, td = s.cat_head("box_dist"), t.cat_head("box_dist")
+    sc, tc = s.cat_head("cls_logits"), t.cat_head("cls_logits")
+    omega = sc.sigmoid().amax(-1)
+    rows = kd_rows(sd.unflatten(-1, (4, 17)), td.unflatten(-1, (4, 17)), 10.0).sum(-1)  # [B, P]
+    assert losses["kd.ld.ld"].item() == pytest.approx(0.25 * (rows * omega)[pos].sum().item() / 4, rel=1e-5)
+    n3 = s.level_sizes()[0]
+    kd = kd_rows(sc, tc, 2.0)
+    assert pos[:, :n3].any() and pos[:, n3:].any()
+    per_level = [kd[:, :n3][pos[:, :n3]].sum() / pos[:, :n3].sum(), kd[:, n3:][pos[:, n3:]].sum() / pos[:, n3:].sum()]
+    assert losses["kd.ld.kd"].item() == pytest.approx(10 * sum(per_level).item(), rel=1e-5)
+    v = torch.stack([vlr_weights(s.priors, tg["boxes"]) for tg in targets])
+    assert (v > 0).any()
+    assert losses["kd.ld.vlr"].item() == pytest.approx(0.25 * (rows * v).sum().item() / 16, rel=1e-5)
+    sum(losses.values()).backward()
+    assert task.student.reg.weight.grad.abs().sum() > 0 and task.student.cls.weight.grad.abs().sum() > 0
+
+
+def test_ld_identity_gives_zero_and_gt_less_batch_zeros_with_graph():
+    torch.manual_seed(0)
+    student = ToyGFL()
+    teacher = ToyGFL()
+    teacher.load_state_dict(student.state_dict())
+    task = ld_task(student=student, teacher=teacher)
+    losses = task(ld_batch())
+    assert all(abs(losses[k].item()) < 1e-4 for k in ("kd.ld.ld", "kd.ld.kd", "kd.ld.vlr"))
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    task = ld_task()
+    losses = task((torch.rand(2, 3, 64, 64) * 255, [empty, dict(empty)], [{}, {}]))
+    for k in ("kd.ld.ld", "kd.ld.kd", "kd.ld.vlr"):
+        assert losses[k].item() == 0.0 and losses[k].requires_grad
+
+
+def test_ld_uses_assigner_thresholds_and_faithful_flag():
+    task = ld_task(LDConfig(faithful=False))
+    images, targets, meta = ld_batch()
+    with torch.no_grad():
+        s = task.student(images, targets)
+    ctx = DistillContext(teacher=None, student=s, targets=targets, step=0)
+    vlr_term = task.distiller.terms[2]
+    clean = vlr_term.mask(ctx)
+    assert torch.equal(clean[1], vlr_weights(s.priors, targets[1]["boxes"], faithful=False))
+    s.assign.thresholds = [torch.full((2,), 0.95), torch.full((2,), 0.0)]
+    given = vlr_term.mask(DistillContext(teacher=None, student=s, targets=targets, step=0))
+    assert not given[1].any() and torch.equal(
+        given[0], vlr_weights(s.priors, targets[0]["boxes"], faithful=False, thresholds=torch.full((2,), 0.95)))
+
+
+def test_ld_start_up_errors_name_the_key():
+    from detkd.models.retinaface import RetinaFaceConfig
+    from detkd.registry import build_model
+
+    face = build_model(RetinaFaceConfig(width=0.25))
+    with pytest.raises(ValueError, match="no distribution head key 'box_dist'"):
+        ld_task(teacher=face)
+    with pytest.raises(ValueError, match="reg_max 16 on the student but 7"):
+        ld_task(teacher=ToyGFL(reg_max=7))
+    with pytest.raises(ValueError, match="strides"):
+        ld_task(teacher=ToyGFL(strides=(8, 32)))
+    with pytest.raises(ValueError, match=r"sigmoid\[3\] on the student but sigmoid\[5\]"):
+        ld_task(teacher=ToyGFL(k=5))
+
+
+def test_ld_imitation_term():
+    task = ld_task(LDConfig(im_weight=2.0, im_taps=["p3", "p4"]))
+    assert [t.key for t in task.distiller.terms][-2:] == ["kd.ld.im.p3", "kd.ld.im.p4"]
+    losses = task(ld_batch())
+    assert losses["kd.ld.im.p3"] > 0 and torch.isfinite(losses["kd.ld.im.p4"])
+    task = ld_task(LDConfig(im_weight=2.0, imitation="fitnet", im_taps=["p3", "p4"]))
+    assert torch.isfinite(task(ld_batch())["kd.ld.im.p3"])
