@@ -92,7 +92,8 @@ def detect_image(model: nn.Module, image_rgb: np.ndarray, protocol: str | Protoc
     model.eval()
     try:
         out = model(x.to(device))
-        d = model.postprocess(out, p.conf_thresh, p.nms_thresh, p.top_k, p.keep_top_k)[0]
+        d = model.postprocess(out, score_thresh=p.conf_thresh, nms_thresh=p.nms_thresh, top_k=p.top_k,
+                              keep_top_k=p.keep_top_k)[0]
     finally:
         model.train(was_training)
     return {"boxes": d["boxes"].cpu() / r, "scores": d["scores"].cpu(), "landmarks": d["landmarks"].cpu() / r}
