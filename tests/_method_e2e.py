@@ -10,26 +10,9 @@ from detkd.data.loader import collate_detection
 from detkd.data.widerface import WiderFaceTrain
 from detkd.distill.distiller import DistillConfig, build_distill_task
 from detkd.models.weights import load_model_file
-from detkd.ops.boxes import cxcywh_to_xyxy
 from detkd.registry import build_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "detkd" / "assets"
-
-
-def xyxy_priors(model):
-    """Present the priors as xyxy (the DetOutput contract). RetinaFace built before the contract change reports
-    cxcywh; models that declare ``head_spec`` already follow the contract and are returned unchanged."""
-    if hasattr(model, "head_spec"):
-        return model
-    forward = model.forward
-
-    def wrapped(images, targets=None, decode=False, **kw):
-        out = forward(images, targets, decode, **kw)
-        out.priors = [cxcywh_to_xyxy(p) for p in out.priors]
-        return out
-
-    model.forward = wrapped
-    return model
 
 
 def shipped_pair():
@@ -39,7 +22,7 @@ def shipped_pair():
     teacher, _ = load_model_file(ASSETS / "synthfaces_teacher_mnet075.safetensors")
     torch.manual_seed(0)
     student = build_model(RetinaFaceConfig(width=0.25))
-    return xyxy_priors(student), xyxy_priors(teacher)
+    return student, teacher
 
 
 def synth_batches(root: Path, n: int = 3, batch_size: int = 2, img_size: int = 128):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detkd.distill.losses import decoupled_roi_kd, masked_feat_l2, sigmoid_kd
+from detkd.distill.losses import decoupled_roi_kd, kd_kl, masked_feat_l2, sigmoid_kd
 from detkd.distill.masks import defeat_fg_masks, defeat_gt_level
 
 STRIDES = [4, 8, 16, 32, 64]
@@ -119,7 +119,11 @@ def test_defeat_terms_weights_and_adapters():
     cfg.defeat = DeFeatConfig(head="roi")
     with pytest.raises(NotImplementedError, match="teacher-query hook"):
         build_distill_task(cfg, student, teacher)
-    cfg.defeat = DeFeatConfig(head="dense")
+    cfg.defeat = DeFeatConfig(head="dense")  # RetinaFace declares cls_logits as a softmax head
+    head = build_distill_task(cfg, student, teacher).distiller.terms[-2:]
+    assert [t.key for t in head] == ["kd.defeat.head.pos", "kd.defeat.head.neg"]
+    assert all(t.loss.func is kd_kl and t.weight == 2.0 for t in head)
+    del student.head_spec
     with pytest.raises(ValueError, match="head_activation"):
         build_distill_task(cfg, student, teacher)
 
@@ -129,7 +133,7 @@ def test_defeat_runs_on_retinaface_synthfaces_with_dense_head(tmp_path):
 
     from detkd.distill.defeat import DeFeatConfig
 
-    task, history, grads = run_steps("defeat", DeFeatConfig(head="dense", head_activation="softmax"), tmp_path / "sf")
+    task, history, grads = run_steps("defeat", DeFeatConfig(head="dense"), tmp_path / "sf")
     for losses in history:
         assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
         assert losses["kd.defeat.bg.p3"] > 0 and losses["kd.defeat.head.neg"] > 0
