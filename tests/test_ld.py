@@ -290,7 +290,7 @@ def test_ld_start_up_errors_name_the_key():
         ld_task(teacher=face)
     with pytest.raises(ValueError, match="reg_max 16 on the student but 7"):
         ld_task(teacher=ToyGFL(reg_max=7))
-    with pytest.raises(ValueError, match="strides"):
+    with pytest.raises(ValueError, match="level 'p4' has stride 16 on the student but 32"):
         ld_task(teacher=ToyGFL(strides=(8, 32)))
     with pytest.raises(ValueError, match=r"sigmoid\[3\] on the student but sigmoid\[5\]"):
         ld_task(teacher=ToyGFL(k=5))

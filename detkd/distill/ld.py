@@ -86,12 +86,17 @@ def check_models(cfg: LDConfig, student: nn.Module, teacher: nn.Module) -> int:
             f"distill.ld: {cfg.logits!r} is {s_cls.kind}[{s_cls.dim}] on the student but {t_cls.kind}[{t_cls.dim}] "
             "on the teacher"
         )
-    s_str, t_str = getattr(student, "strides", None), getattr(teacher, "strides", None)
-    if s_str is not None and t_str is not None:
-        s_lv = [v for k, v in s_str.items() if "." not in k]
-        t_lv = [v for k, v in t_str.items() if "." not in k]
-        if sorted(set(s_lv)) != sorted(set(t_lv)):
-            raise ValueError(f"distill.ld: student strides {s_str} differ from teacher strides {t_str}")
+    s_str, t_str = getattr(student, "strides", None) or {}, getattr(teacher, "strides", None) or {}
+    for tap in sorted(set(s_str) | set(t_str)):
+        if "." in tap:  # head-tower taps repeat their level's stride
+            continue
+        if tap not in s_str or tap not in t_str:
+            side = "teacher" if tap not in t_str else "student"
+            raise ValueError(f"distill.ld: level {tap!r} exists on one model but not on the {side}; LD pairs "
+                             "the two heads prior by prior")
+        if s_str[tap] != t_str[tap]:
+            raise ValueError(f"distill.ld: level {tap!r} has stride {s_str[tap]} on the student but {t_str[tap]} "
+                             "on the teacher; LD pairs the two heads prior by prior")
     return s_dist.reg_max + 1
 
 
