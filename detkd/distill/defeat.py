@@ -15,8 +15,12 @@ Neck terms (the released config), one adapter per level ``l`` (``student_taps[l]
 Head terms (``head``; off in the released config, §4.5):
 
 - ``"roi"`` — two-stage models: temperature KL on positive and negative RoIs separately (``decoupled_roi_kd``,
-  weights 2 / 2, T 1). Needs the teacher's RoI head on the student's sampled RoIs (SampleSTU) through the
-  teacher-query hook of the distillation core; not wired in this version (a clear error at build time).
+  weights 2 / 2, T 1), ``kd.defeat.head.pos`` / ``kd.defeat.head.neg``. Sampling ``SampleSTU`` (the clean
+  pairing of §4.5): the teacher's RoI head scores the STUDENT's sampled RoIs through the teacher-query hook,
+  ``ctx.query_teacher("roi_forward", teacher feats, student rois, image_sizes)``, and the groups come from the
+  student's RoI labels (0 = background). The reference's default SampleTEA pairing (with its label mismatch,
+  §4.11-2) is not reproduced. The two RoI terms read their logits through the mask callable (``roi_logits``);
+  their tap fields name the first neck taps only to satisfy the term layout.
 - ``"dense"`` — one-stage models (our design for RetinaNet, §4.7, where the reference is not runnable): the
   student's own assigner splits the priors into positives (``assign.pos``) and negatives (``assign.neg``,
   i.e. the priors its classification loss uses as background; ignored priors enter neither group) and the class
@@ -75,6 +79,36 @@ def assigned(ctx: DistillContext, group: str) -> Tensor:
     return a.pos.bool() if group == "pos" else a.neg.bool() & ~a.pos.bool()
 
 
+def roi_logits(ctx: DistillContext) -> tuple[Tensor, Tensor, Tensor]:
+    """``(student logits [R, K+1], teacher logits on the same RoIs [R, K+1], student labels [R])``, once per batch."""
+
+    def build():
+        s = ctx.student
+        rois = getattr(s, "rois", None)
+        if rois is None or rois.labels is None:
+            raise ValueError(
+                "DeFeat head='roi' needs a two-stage student called with targets (DetOutput.rois with labels)"
+            )
+        query = getattr(ctx, "query_teacher", None)
+        if query is None:
+            raise RuntimeError("DeFeat head='roi' needs the distillation context's teacher-query hook")
+        t_rois = query("roi_forward", ctx.teacher.feats, rois.rois, s.image_sizes)
+        if t_rois.cls_logits.shape != rois.cls_logits.shape:
+            raise ValueError(
+                f"DeFeat head='roi': teacher RoI logits {tuple(t_rois.cls_logits.shape)} do not match the student's "
+                f"{tuple(rois.cls_logits.shape)} on the same RoIs (class counts differ?)"
+            )
+        return rois.cls_logits, t_rois.cls_logits.detach(), rois.labels
+
+    return ctx.memo("defeat.roi", build)
+
+
+def roi_kd(_s: Tensor, _t: Tensor, mask: tuple[Tensor, Tensor, Tensor], group: str, T: float) -> Tensor:
+    s_logits, t_logits, labels = mask
+    pos, neg = decoupled_roi_kd(s_logits, t_logits, labels, T)
+    return pos if group == "pos" else neg
+
+
 def head_activation(model: nn.Module, key: str, configured: str) -> str:
     if configured != "auto":
         return configured
@@ -123,11 +157,14 @@ def defeat(cfg: DeFeatConfig, student: nn.Module, teacher: nn.Module) -> list[Te
         for group, weight in (("pos", cfg.head_fg_weight), ("neg", cfg.head_bg_weight)):
             terms.append(Term(f"head.{group}", tap, tap, loss, weight=weight, mask=partial(assigned, group=group)))
     elif cfg.head == "roi":
-        raise NotImplementedError(
-            "distill.defeat.head='roi' (the RoI-head KD of §4.5) needs the teacher-query hook that runs the "
-            "teacher's roi_forward on the student's RoIs; it is not wired yet — use head='off' (the released "
-            "config) or head='dense' on one-stage models"
-        )
+        if not callable(getattr(teacher, "roi_forward", None)):
+            raise ValueError(
+                f"distill.defeat.head='roi': the teacher ({type(teacher).__name__}) has no roi_forward (a two-stage "
+                "detector's second stage on given boxes); use head='dense' on one-stage models"
+            )
+        for group, weight in (("pos", cfg.head_fg_weight), ("neg", cfg.head_bg_weight)):
+            terms.append(Term(f"head.{group}", cfg.student_taps[0], cfg.teacher_taps[0],
+                              partial(roi_kd, group=group, T=cfg.head_T), weight=weight, mask=roi_logits))
     elif cfg.head != "off":
         raise ValueError(f"distill.defeat.head={cfg.head!r}: use 'off', 'dense' or 'roi'")
     return terms
