@@ -15,6 +15,16 @@ from detkd.registry import build_model
 ASSETS = Path(__file__).resolve().parents[1] / "detkd" / "assets"
 
 
+def distill_config(method: str, section) -> DistillConfig:
+    """``DistillConfig(methods=[method])`` with ``section`` as that method's config."""
+    try:
+        return DistillConfig(methods=[method], **{method: section})
+    except TypeError:  # a DistillConfig with per-method fields only (before the registry-driven sections)
+        cfg = DistillConfig(methods=[method])
+        setattr(cfg, method, section)
+        return cfg
+
+
 def shipped_pair():
     """The shipped SynthFaces teacher (0.75, task convs) and a fresh 0.25 student."""
     from detkd.models.retinaface import RetinaFaceConfig
@@ -34,9 +44,7 @@ def synth_batches(root: Path, n: int = 3, batch_size: int = 2, img_size: int = 1
 def run_steps(method: str, section, root: Path, steps: int = 3):
     """A few SGD steps of ``method`` on SynthFaces; returns (task, per-step losses, adapter grad norms)."""
     student, teacher = shipped_pair()
-    cfg = DistillConfig(methods=[method])
-    setattr(cfg, method, section)
-    task = build_distill_task(cfg, student, teacher)
+    task = build_distill_task(distill_config(method, section), student, teacher)
     task.train()
     opt = torch.optim.SGD(task.parameters(), lr=1e-3, momentum=0.9)
     history, grads = [], []

@@ -100,14 +100,13 @@ def test_sigmoid_head_kd():
 
 
 def test_defeat_terms_weights_and_adapters():
-    from _method_e2e import shipped_pair
+    from _method_e2e import distill_config, shipped_pair
 
     from detkd.distill.defeat import DeFeatConfig
-    from detkd.distill.distiller import DistillConfig, build_distill_task
+    from detkd.distill.distiller import build_distill_task
 
     student, teacher = shipped_pair()
-    cfg = DistillConfig(methods=["defeat"])
-    cfg.defeat = DeFeatConfig()
+    cfg = distill_config("defeat", DeFeatConfig())
     task = build_distill_task(cfg, student, teacher)
     keys = [t.key for t in task.distiller.terms]
     assert keys == [f"kd.defeat.{g}.{l}" for l in ("p3", "p4", "p5") for g in ("fg", "bg")]
@@ -116,10 +115,10 @@ def test_defeat_terms_weights_and_adapters():
     for conv in task.distiller.adapters.values():
         assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.bias is not None
         assert conv.weight.abs().max() < 2e-4
-    cfg.defeat = DeFeatConfig(head="roi")
+    cfg = distill_config("defeat", DeFeatConfig(head="roi"))
     with pytest.raises(ValueError, match="has no roi_forward"):
         build_distill_task(cfg, student, teacher)
-    cfg.defeat = DeFeatConfig(head="dense")  # RetinaFace declares cls_logits as a softmax head
+    cfg = distill_config("defeat", DeFeatConfig(head="dense"))  # RetinaFace: cls_logits is softmax
     head = build_distill_task(cfg, student, teacher).distiller.terms[-2:]
     assert [t.key for t in head] == ["kd.defeat.head.pos", "kd.defeat.head.neg"]
     assert all(t.loss.func is kd_kl and t.weight == 2.0 for t in head)
@@ -142,14 +141,13 @@ def test_defeat_runs_on_retinaface_synthfaces_with_dense_head(tmp_path):
 
 
 def test_defeat_gt_less_batch_gives_zero_fg_and_finite_loss():
-    from _method_e2e import shipped_pair
+    from _method_e2e import distill_config, shipped_pair
 
     from detkd.distill.defeat import DeFeatConfig
-    from detkd.distill.distiller import DistillConfig, build_distill_task
+    from detkd.distill.distiller import build_distill_task
 
     student, teacher = shipped_pair()
-    cfg = DistillConfig(methods=["defeat"])
-    cfg.defeat = DeFeatConfig()
+    cfg = distill_config("defeat", DeFeatConfig())
     task = build_distill_task(cfg, student, teacher)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
              "landmarks": torch.zeros(0, 5, 2), "landmarks_valid": torch.zeros(0, dtype=torch.bool)}
@@ -198,14 +196,15 @@ class ToyTwoStage(torch.nn.Module):
 
 def test_roi_head_kd_scores_the_students_rois_with_the_teacher():
     from detkd.distill.defeat import DeFeatConfig
-    from detkd.distill.distiller import DistillConfig, DistillContext, build_distill_task
+    from _method_e2e import distill_config
+
+    from detkd.distill.distiller import DistillContext, build_distill_task
 
     if not hasattr(DistillContext, "query_teacher"):
         pytest.skip("the distillation core's teacher-query hook is not on this branch yet")
     torch.manual_seed(0)
     student, teacher = ToyTwoStage(), ToyTwoStage()
-    cfg = DistillConfig(methods=["defeat"])
-    cfg.defeat = DeFeatConfig(head="roi", student_taps=["p3"], teacher_taps=["p3"])
+    cfg = distill_config("defeat", DeFeatConfig(head="roi", student_taps=["p3"], teacher_taps=["p3"]))
     task = build_distill_task(cfg, student, teacher)
     targets = [{"boxes": torch.tensor([[8.0, 8, 40, 48]]), "labels": torch.tensor([2])},
                {"boxes": torch.tensor([[20.0, 4, 60, 30], [2, 30, 30, 62]]), "labels": torch.tensor([1, 3])}]

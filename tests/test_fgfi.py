@@ -91,14 +91,13 @@ def test_loss_normalisation_and_identity():
 
 
 def test_fgfi_terms_adapters_and_warmup():
-    from _method_e2e import shipped_pair
+    from _method_e2e import distill_config, shipped_pair
 
-    from detkd.distill.distiller import DistillConfig, build_distill_task
+    from detkd.distill.distiller import build_distill_task
     from detkd.distill.fgfi import FGFIConfig
 
     student, teacher = shipped_pair()
-    cfg = DistillConfig(methods=["fgfi"])
-    cfg.fgfi = FGFIConfig()
+    cfg = distill_config("fgfi", FGFIConfig())
     task = build_distill_task(cfg, student, teacher)
     assert [t.key for t in task.distiller.terms] == ["kd.fgfi.imit.p3", "kd.fgfi.imit.p4", "kd.fgfi.imit.p5"]
     for t in task.distiller.terms:
@@ -109,10 +108,10 @@ def test_fgfi_terms_adapters_and_warmup():
         assert conv.weight.abs().max() < 2e-4 and conv.weight.std() > 5e-5  # normal·fmod(2)·1e-4
         assert conv.bias.abs().max() > 1e-3  # PyTorch default bias init kept
     with pytest.raises(KeyError, match="no tap 'p6'"):
-        cfg.fgfi = FGFIConfig(student_taps=["p3", "p6"], teacher_taps=["p3", "p6"])
+        cfg = distill_config("fgfi", FGFIConfig(student_taps=["p3", "p6"], teacher_taps=["p3", "p6"]))
         build_distill_task(cfg, student, teacher)
     with pytest.raises(ValueError, match="stride 8 but teacher tap 'p4' has stride 16"):
-        cfg.fgfi = FGFIConfig(student_taps=["p3"], teacher_taps=["p4"])
+        cfg = distill_config("fgfi", FGFIConfig(student_taps=["p3"], teacher_taps=["p4"]))
         build_distill_task(cfg, student, teacher)
 
 
@@ -132,14 +131,13 @@ def test_fgfi_runs_on_retinaface_synthfaces(tmp_path):
 
 
 def test_fgfi_mask_on_retinaface_priors_and_gt_less_image():
-    from _method_e2e import shipped_pair
+    from _method_e2e import distill_config, shipped_pair
 
-    from detkd.distill.distiller import DistillConfig, DistillContext, build_distill_task
+    from detkd.distill.distiller import DistillContext, build_distill_task
     from detkd.distill.fgfi import FGFIConfig
 
     student, teacher = shipped_pair()
-    cfg = DistillConfig(methods=["fgfi"])
-    cfg.fgfi = FGFIConfig(warmup_iters=0)
+    cfg = distill_config("fgfi", FGFIConfig(warmup_iters=0))
     task = build_distill_task(cfg, student, teacher)
     images = torch.rand(2, 3, 96, 96) * 255
     targets = [{"boxes": torch.tensor([[20.0, 20, 52, 52]]), "labels": torch.ones(1, dtype=torch.long),

@@ -5,9 +5,15 @@ import math
 
 import pytest
 import torch
+from _method_e2e import distill_config
+from torch import nn
+from torchvision.ops import box_iou
 
+from detkd.distill.distiller import DistillContext, build_distill_task
+from detkd.distill.ld import LDConfig
 from detkd.distill.losses import kd_rows, weighted_kd
 from detkd.distill.masks import atss_thresholds, vlr_diou, vlr_weights
+from detkd.structures import Assignment, DetOutput, HeadKey
 
 
 def test_kd_row_reference_values():
@@ -133,8 +139,6 @@ def test_conflicts_take_the_highest_iou_gt_and_given_thresholds():
     gts = torch.tensor([[10.0, 10, 60, 60], [14, 14, 62, 62]])
     thr = torch.tensor([0.9, 0.9])
     w = vlr_weights(levels, gts, thresholds=thr)
-    from torchvision.ops import box_iou
-
     iou = box_iou(levels[0], gts)
     d = vlr_diou(levels[0], gts)
     both = ((d >= 0.225) & (d < 0.9)).all(1)
@@ -149,13 +153,6 @@ def test_gt_less_image_and_non_positive_threshold_give_an_empty_vlr():
 
 
 # -------------------------------------------------------------- the method on a distribution head
-
-
-from torch import nn  # noqa: E402
-
-from detkd.distill.distiller import DistillConfig, DistillContext, build_distill_task  # noqa: E402
-from detkd.distill.ld import LDConfig  # noqa: E402
-from detkd.structures import Assignment, DetOutput, HeadKey  # noqa: E402
 
 
 class ToyGFL(nn.Module):
@@ -203,16 +200,11 @@ class ToyGFL(nn.Module):
         return out
 
 
-from torchvision.ops import box_iou  # noqa: E402
-
-
 def ld_task(cfg=None, student=None, teacher=None):
     torch.manual_seed(0)
     student = student or ToyGFL()
     teacher = teacher or ToyGFL()
-    dc = DistillConfig(methods=["ld"])
-    dc.ld = cfg or LDConfig()
-    return build_distill_task(dc, student, teacher)
+    return build_distill_task(distill_config("ld", cfg or LDConfig()), student, teacher)
 
 
 def ld_batch():
