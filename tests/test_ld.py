@@ -96,7 +96,8 @@ def brute_vlr(level_priors, gts, alpha=0.25, faithful=True):
         cand = []
         for pri in levels:
             gc = ((g[0] + g[2]) / 2, (g[1] + g[3]) / 2)
-            d = sorted(range(len(pri)), key=lambda i: math.dist(gc, ((pri[i][0] + pri[i][2]) / 2, (pri[i][1] + pri[i][3]) / 2)))
+            centres = [((p[0] + p[2]) / 2, (p[1] + p[3]) / 2) for p in pri]
+            d = sorted(range(len(pri)), key=lambda i: math.dist(gc, centres[i]))
             cand += [iou(pri[i], g) for i in d[:9]]
         m = sum(cand) / len(cand)
         thr.append(m + math.sqrt(sum((c - m) ** 2 for c in cand) / (len(cand) - 1)))

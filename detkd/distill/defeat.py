@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from detkd.distill.adapters import AdapterSpec
 from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, distill_method
 from detkd.distill.fgfi import check_taps
-from detkd.distill.losses import kd_kl, masked_feat_l2, sigmoid_kd
+from detkd.distill.losses import decoupled_roi_kd, kd_kl, masked_feat_l2, sigmoid_kd
 from detkd.distill.masks import defeat_fg_masks, target_boxes
 
 

@@ -43,7 +43,9 @@ class FGFIConfig:
 def check_taps(student: nn.Module, teacher: nn.Module, s_taps: list[str], t_taps: list[str], method: str) -> None:
     """Taps declared on both models with equal strides (a clear start-up error naming the tap otherwise)."""
     if len(s_taps) != len(t_taps) or not s_taps:
-        raise ValueError(f"distill.{method}: {len(s_taps)} student taps {s_taps} but {len(t_taps)} teacher taps {t_taps}")
+        raise ValueError(
+            f"distill.{method}: {len(s_taps)} student taps {s_taps} but {len(t_taps)} teacher taps {t_taps}"
+        )
     for side, model, taps in (("student", student, s_taps), ("teacher", teacher, t_taps)):
         channels = getattr(model, "channels", {}) or {}
         for tap in taps:

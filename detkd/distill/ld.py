@@ -78,7 +78,9 @@ def check_models(cfg: LDConfig, student: nn.Module, teacher: nn.Module) -> int:
             "the teacher; LD compares the distributions bin by bin"
         )
     if s_dist.reg_max is None or s_dist.dim != 4 * (s_dist.reg_max + 1):
-        raise ValueError(f"distill.ld: {cfg.dist_key!r} dim {s_dist.dim} is not 4·(reg_max+1), reg_max {s_dist.reg_max}")
+        raise ValueError(
+            f"distill.ld: {cfg.dist_key!r} dim {s_dist.dim} is not 4·(reg_max+1) with reg_max {s_dist.reg_max}"
+        )
     s_cls = _spec(student, cfg.logits, ("sigmoid", "softmax"), "student")
     t_cls = _spec(teacher, cfg.logits, ("sigmoid", "softmax"), "teacher")
     if (s_cls.kind, s_cls.dim) != (t_cls.kind, t_cls.dim):

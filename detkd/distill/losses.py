@@ -147,7 +147,9 @@ def weighted_kd(
     """
     _check_pair(s, t, "weighted_kd")
     if weight.shape != s.shape[:-1]:
-        raise ValueError(f"weighted_kd: weight shape {tuple(weight.shape)} != logits leading shape {tuple(s.shape[:-1])}")
+        raise ValueError(
+            f"weighted_kd: weight shape {tuple(weight.shape)} != logits leading shape {tuple(s.shape[:-1])}"
+        )
     if bins is not None:
         if s.shape[-1] % bins:
             raise ValueError(f"weighted_kd: last axis {s.shape[-1]} is not a multiple of {bins} bins")
