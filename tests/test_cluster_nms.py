@@ -113,3 +113,15 @@ def test_negative_threshold_is_refused():
     boxes, scores, labels = random_boxes(5, 1, 0)
     with pytest.raises(ValueError, match="iou_threshold"):
         cluster_diou_voting_nms(boxes, scores, labels, iou_threshold=-0.1)
+
+
+def test_presets_share_one_signature():
+    from detkd.ops.nms import get_nms
+
+    boxes, scores, labels = random_boxes(300, 4, 9)
+    g = get_nms("greedy")(boxes, scores, labels, 0.6, 50)
+    assert g[3].tolist() == batched_nms(boxes, scores, labels, 0.6)[:50].tolist()
+    v = get_nms("cluster-diou-voting")(boxes, scores, labels, 0.6, 50)
+    assert len(v[3]) <= 50 and torch.equal(v[1], scores[v[3]])
+    with pytest.raises(ValueError, match="known: greedy, cluster-diou-voting"):
+        get_nms("soft")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.ops import batched_nms
 from torchvision.ops import nms as tv_nms
 
 
@@ -216,3 +217,27 @@ def cluster_diou_voting_nms(
     den = den.index_add(0, vi, wv)
     rows = keep.nonzero().flatten()[:max_per_img]
     return num[rows] / den[rows, None], s[rows], lab[rows], order[rows]
+
+
+# ------------------------------------------------------------------------------------ NMS presets
+
+
+def greedy_batched_nms(
+    boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float = 0.6, max_per_img: int = 100
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Class-wise greedy NMS (torchvision ``batched_nms``), same signature and outputs as the voting preset."""
+    keep = batched_nms(boxes, scores, labels, float(iou_threshold))[:max_per_img]
+    return boxes[keep], scores[keep], labels[keep], keep
+
+
+NMS_PRESETS = {"greedy": greedy_batched_nms, "cluster-diou-voting": cluster_diou_voting_nms}
+"""Post-processing presets with one signature ``(boxes [N, 4], scores [N], labels [N], iou_threshold,
+max_per_img) -> (boxes, scores, labels, keep)``, inputs after the score filter; a detector's decode picks one
+by name (``--nms cluster-diou-voting``)."""
+
+
+def get_nms(name: str):
+    """The NMS preset called ``name`` (a clear error listing the presets otherwise)."""
+    if name not in NMS_PRESETS:
+        raise ValueError(f"unknown NMS preset {name!r} (known: {', '.join(NMS_PRESETS)})")
+    return NMS_PRESETS[name]
