@@ -144,11 +144,12 @@ def cluster_diou_voting_nms(
     scores: Tensor,
     labels: Tensor,
     iou_threshold: float = 0.6,
+    max_per_img: int = 100,
+    *,
     beta: float | None = 0.8,
     class_offset: float = 4000.0,
     vote_threshold: float = 0.7,
     sigma: float = 0.025,
-    max_per_img: int = 100,
     max_iter: int = 999,
     chunk: int = 1024,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
