@@ -79,23 +79,26 @@ class TrainConfig:
 
 @dataclass
 class DetDataConfig:
-    """A detection data set in WIDER layout (real WIDER FACE or the generated SynthFaces)."""
+    """A registered detection data set: ``build("dataset", cfg, split="train" | "val")``."""
 
     name: str = "synthfaces"  # registered dataset builder
     root: str = "data/synthfaces"  # SynthFaces is generated here on first use (seed 0)
-    img_size: int = 320  # square training input
+    img_size: int = 320  # training input size
     augment: bool = True
     seed: int = -1  # augmentation RNG seed; -1 = use train.seed
 
 
 @dataclass
 class DetEvalConfig:
-    """Evaluation on ``<root>/val``: images under ``images/``, official-layout .mat files under ``gt/``."""
+    """Evaluation of a detector on the val split of ``cfg.data`` with a registered evaluator."""
 
-    protocol: str = "biubug6-origin"  # a preset of detkd.infer.PROTOCOLS
-    images_dir: str = ""  # default <data.root>/val/images
-    gt_dir: str = ""  # default <data.root>/val/gt
-    max_images: int = 0  # >0 evaluates only the first N GT entries (smoke runs)
+    evaluator: str = "widerface"  # registered evaluator (`detkd list evaluators`)
+    protocol: str = "biubug6-origin"  # test-time resize + post-processing preset of detkd.infer.PROTOCOLS
+    images_dir: str = ""  # given to the data set's val builder when set (default: its own layout under root)
+    gt_dir: str = ""  # ditto, the ground-truth location
+    max_images: int = 0  # >0 evaluates only the first N val images (smoke runs)
+    batch_size: int = 1  # images per forward (same-size ones batched; >1 moves scores by float rounding, ~1e-7)
+    num_workers: int = 0  # DataLoader workers decoding images
 
 
 @dataclass

@@ -127,7 +127,7 @@ def test_collate_rejects_mixed_sizes():
 
 
 def test_val_dataset_on_written_gt(tmp_path):
-    from detkd.eval.widerface import WiderGT, save_gt
+    from detkd.data.widerface import WiderGT, save_gt
 
     gt = WiderGT(events=["0--Parade", "1--Handshaking"], images=[("0--Parade", "p_1"), ("1--Handshaking", "h_2")],
                  boxes=[np.array([[1, 2, 3, 4]], np.int32), np.zeros((0, 4), np.int32)],
