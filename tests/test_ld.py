@@ -296,3 +296,25 @@ def test_ld_imitation_term():
     assert losses["kd.ld.im.p3"] > 0 and torch.isfinite(losses["kd.ld.im.p4"])
     task = ld_task(LDConfig(im_weight=2.0, imitation="fitnet", im_taps=["p3", "p4"]))
     assert torch.isfinite(task(ld_batch())["kd.ld.im.p3"])
+
+
+def test_ld_on_gfl_when_registered():
+    from detkd.registry import MODELS, load_all
+
+    load_all()
+    if "gfl" not in MODELS:
+        pytest.skip("the gfl detector is not on this branch yet")
+    torch.manual_seed(0)
+    kw = dict(depth=18, num_classes=3, fpn_channels=32, stacked_convs=1, gn_groups=8)
+    student, teacher = MODELS["gfl"](**kw), MODELS["gfl"](**kw)
+    task = ld_task(student=student, teacher=teacher)
+    images = torch.rand(2, 3, 256, 320) * 255
+    targets = [{"boxes": torch.tensor([[20.0, 30, 120, 140], [150, 40, 300, 200]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[60.0, 60, 100, 90]]), "labels": torch.tensor([3])}]
+    losses = task((images, targets, [{}, {}]))
+    assert all(torch.isfinite(losses[k]) and losses[k] > 0 for k in ("kd.ld.ld", "kd.ld.kd", "kd.ld.vlr"))
+    sum(losses.values()).backward()
+    with torch.no_grad():
+        out = student(images, targets)
+    for b in range(2):  # our ATSS thresholds agree with the assigner's
+        torch.testing.assert_close(atss_thresholds(out.priors, targets[b]["boxes"]), out.assign.thresholds[b])
