@@ -218,3 +218,30 @@ def test_roi_head_kd_scores_the_students_rois_with_the_teacher():
     assert losses["kd.defeat.head.neg"].item() == pytest.approx(2 * neg.item(), rel=1e-5)
     sum(losses.values()).backward()
     assert student.fc.weight.grad.abs().sum() > 0 and teacher.fc.weight.grad is None
+
+
+def test_defeat_on_retinanet_p3_p7_when_registered():
+    from _method_e2e import distill_config
+
+    from detkd.distill.defeat import DeFeatConfig
+    from detkd.distill.distiller import build_distill_task
+    from detkd.registry import MODELS, load_all
+
+    load_all()
+    if "retinanet" not in MODELS:
+        pytest.skip("the retinanet detector is not on this branch yet")
+    torch.manual_seed(0)
+    kw = dict(depth=18, num_classes=3, fpn_channels=32)
+    student, teacher = MODELS["retinanet"](**kw), MODELS["retinanet"](**kw)
+    taps = ["p3", "p4", "p5", "p6", "p7"]
+    task = build_distill_task(distill_config("defeat", DeFeatConfig(head="dense", student_taps=taps,
+                                                                    teacher_taps=taps)), student, teacher)
+    assert task.distiller.terms[-1].loss.func is sigmoid_kd  # RetinaNet declares sigmoid class logits
+    images = torch.rand(2, 3, 256, 320) * 255
+    targets = [{"boxes": torch.tensor([[20.0, 30, 120, 140], [150, 40, 300, 200]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[60.0, 60, 100, 90]]), "labels": torch.tensor([3])}]
+    losses = task((images, targets, [{}, {}]))
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["kd.defeat.fg.p3"] > 0 and losses["kd.defeat.fg.p7"] == 0 and losses["kd.defeat.bg.p7"] > 0
+    sum(losses.values()).backward()
+    assert all(a.weight.grad.abs().sum() > 0 for a in task.distiller.adapters.values())
