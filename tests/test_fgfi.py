@@ -153,3 +153,34 @@ def test_fgfi_mask_on_retinaface_priors_and_gt_less_image():
     assert m[0][0].any() and not any(x[1].any() for x in m)  # GT-less image: empty mask on every level
     # the 32 px face matches the 32 px anchor at stride 8 near its centre (36, 36) -> cell (4, 4)
     assert m[0][0, 4, 4]
+
+
+def test_fgfi_on_faster_rcnn_vgg_anchors_when_registered():
+    from _method_e2e import distill_config
+
+    from detkd.distill.distiller import DistillContext, build_distill_task
+    from detkd.distill.fgfi import FGFIConfig
+    from detkd.registry import MODELS, load_all
+
+    load_all()
+    if "faster_rcnn_vgg" not in MODELS:
+        pytest.skip("the faster_rcnn_vgg detector is not on this branch yet")
+    torch.manual_seed(0)
+    student = MODELS["faster_rcnn_vgg"](depth=11, width=0.25, hidden=64)  # the paper's anchors, a light trunk
+    teacher = MODELS["faster_rcnn_vgg"](depth=13, width=0.25, hidden=64)
+    cfg = distill_config("fgfi", FGFIConfig(warmup_iters=0, student_taps=["c5"], teacher_taps=["c5"]))
+    task = build_distill_task(cfg, student, teacher)
+    images = torch.rand(1, 3, 608, 800) * 255  # conv5: 38 x 50
+    targets = [{"boxes": torch.tensor([[104.0, 136, 231, 263], [100, 100, 300, 250]]), "labels": torch.tensor([1, 2])}]
+    losses = task((images, targets, [{}]))
+    assert torch.isfinite(losses["kd.fgfi.imit.c5"]) and losses["kd.fgfi.imit.c5"] > 0
+    sum(losses.values()).backward()
+    assert next(iter(task.distiller.adapters.values()))[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        out = student(images, targets)
+    assert torch.equal(out.priors[0], vgg_anchors(38, 50))  # the model's anchors are the reference's
+    mask = task.distiller.terms[0].mask(DistillContext(teacher=None, student=out, targets=targets, step=0))
+    assert mask.shape == (1, 38, 50) and int(mask.sum()) == 165
+    one = [{"boxes": targets[0]["boxes"][:1], "labels": targets[0]["labels"][:1]}]
+    mask = task.distiller.terms[0].mask(DistillContext(teacher=None, student=out, targets=one, step=0))
+    assert cells(mask[0]) == (17, (10, 14), (8, 12))
