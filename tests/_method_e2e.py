@@ -17,12 +17,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "detkd" / "assets"
 
 def distill_config(method: str, section) -> DistillConfig:
     """``DistillConfig(methods=[method])`` with ``section`` as that method's config."""
-    try:
-        return DistillConfig(methods=[method], **{method: section})
-    except TypeError:  # a DistillConfig with per-method fields only (before the registry-driven sections)
-        cfg = DistillConfig(methods=[method])
-        setattr(cfg, method, section)
-        return cfg
+    return DistillConfig(methods=[method], **{method: section})
 
 
 def shipped_pair():

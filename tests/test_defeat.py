@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detkd.distill.losses import decoupled_roi_kd, kd_kl, masked_feat_l2, sigmoid_kd
+from detkd.distill.losses import decoupled_roi_kd, kd_kl, masked_feat_l2
 from detkd.distill.masks import defeat_fg_masks, defeat_gt_level
 
 STRIDES = [4, 8, 16, 32, 64]
@@ -81,21 +81,6 @@ def test_roi_head_kd_pos_neg():
         rel=1e-5)
 
 
-def test_sigmoid_head_kd():
-    g = torch.Generator().manual_seed(1)
-    s, t = torch.randn(2, 5, 3, generator=g, requires_grad=True), torch.randn(2, 5, 3, generator=g)
-    mask = torch.zeros(2, 5, dtype=torch.bool)
-    mask[0, 1] = mask[1, 4] = True
-    q, p = t.sigmoid(), s.sigmoid()
-    kl = (q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()).sum(-1)
-    val = sigmoid_kd(s, t, mask)
-    assert val.item() == pytest.approx(kl[mask].mean().item(), rel=1e-5)
-    val.backward()
-    assert s.grad.abs().sum() > 0 and s.grad[0, 0].abs().sum() == 0
-    assert sigmoid_kd(t, t).abs().item() < 1e-6
-    assert sigmoid_kd(s, t, torch.zeros_like(mask)).item() == 0.0
-
-
 # ------------------------------------------------------------------------ the method on RetinaFace
 
 
@@ -121,9 +106,9 @@ def test_defeat_terms_weights_and_adapters():
     cfg = distill_config("defeat", DeFeatConfig(head="dense"))  # RetinaFace: cls_logits is softmax
     head = build_distill_task(cfg, student, teacher).distiller.terms[-2:]
     assert [t.key for t in head] == ["kd.defeat.head.pos", "kd.defeat.head.neg"]
-    assert all(t.loss.func is kd_kl and t.weight == 2.0 for t in head)
+    assert all(t.loss.func is kd_kl and t.loss.keywords["kind"] == "softmax" and t.weight == 2.0 for t in head)
     del student.head_spec
-    with pytest.raises(ValueError, match="head_activation"):
+    with pytest.raises(TypeError, match="declares no `head_spec`"):
         build_distill_task(cfg, student, teacher)
 
 
@@ -179,11 +164,11 @@ class ToyTwoStage(torch.nn.Module):
         return RoIOutput(proposals=proposals, rois=proposals, feats=pooled, hidden=hidden,
                          cls_logits=self.fc(hidden), box_reg=hidden.new_zeros(hidden.shape[0], 4))
 
-    def forward(self, images, targets=None, decode=False):
+    def forward(self, images, targets=None, decode=False, image_sizes=None):
         from detkd.structures import DetOutput
 
         feats = {"p3": torch.relu(self.conv(images / 255))}
-        sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        sizes = [tuple(hw) for hw in image_sizes] if image_sizes else [tuple(images.shape[-2:])] * images.shape[0]
         out = DetOutput(feats=feats, image_sizes=sizes)
         if targets is not None:
             bg = torch.tensor([[0.0, 0, 16, 16], [40, 40, 60, 60]])
@@ -236,7 +221,7 @@ def test_defeat_on_retinanet_p3_p7_when_registered():
     taps = ["p3", "p4", "p5", "p6", "p7"]
     task = build_distill_task(distill_config("defeat", DeFeatConfig(head="dense", student_taps=taps,
                                                                     teacher_taps=taps)), student, teacher)
-    assert task.distiller.terms[-1].loss.func is sigmoid_kd  # RetinaNet declares sigmoid class logits
+    assert task.distiller.terms[-1].loss.keywords["kind"] == "sigmoid"  # RetinaNet: sigmoid class logits
     images = torch.rand(2, 3, 256, 320) * 255
     targets = [{"boxes": torch.tensor([[20.0, 30, 120, 140], [150, 40, 300, 200]]), "labels": torch.tensor([1, 2])},
                {"boxes": torch.tensor([[60.0, 60, 100, 90]]), "labels": torch.tensor([3])}]

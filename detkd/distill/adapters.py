@@ -6,8 +6,9 @@
 Kinds: ``"conv1x1"`` (TDKD, FitNets), ``"conv3x3"`` (DeFeat; padding 1), ``"conv3x3_relu"`` (FGFI: conv + ReLU),
 ``"identity"`` (only when ``c_in == c_out``).
 
-``init``: ``"default"`` (PyTorch's conv init) or ``"normal_fmod2"`` (FGFI §2.2 / DeFeat §4.4: weights
-``normal(0, 1).fmod(2) · 1e-4``, the reference's "truncated normal"; the bias keeps PyTorch's default init).
+``init``: ``"default"`` (PyTorch's conv init) or ``"normal_fmod2"`` (FGFI §2.2 and DeFeat §4.4 of METHODS.md:
+weight = ``normal(0, 1).fmod(2) · init_std``, ``init_std = 1e-4``, i.e. a normal truncated at ±2 by fmod then
+scaled; the bias keeps PyTorch's default init).
 
 ``frozen=True`` reproduces TDKD's released code (METHODS.md §1.11.1): PyTorch's default init drawn from a
 private generator seeded with ``seed`` (same weights on every run and every rank, global RNG untouched), then
@@ -23,7 +24,6 @@ from torch import nn
 
 AdapterKind = Literal["conv1x1", "conv3x3", "conv3x3_relu", "identity"]
 AdapterInit = Literal["default", "normal_fmod2"]
-INIT_STD = 1e-4  # FGFI/DeFeat adapter weight scale
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class AdapterSpec:
     frozen: bool = False
     seed: int = 0
     init: AdapterInit = "default"
+    init_std: float = 1e-4  # scale of the "normal_fmod2" weights
 
 
 def make_adapter(
@@ -45,6 +46,8 @@ def make_adapter(
     bias: bool = False,
     frozen: bool = False,
     seed: int | None = None,
+    init: AdapterInit = "default",
+    init_std: float = 1e-4,
 ) -> nn.Module:
     """An adapter ``[B, c_in, H, W] -> [B, c_out, H, W]`` (spatial size kept).
 
@@ -57,10 +60,15 @@ def make_adapter(
         return nn.Identity()
     if kind not in ("conv1x1", "conv3x3", "conv3x3_relu"):
         raise ValueError(f"unknown adapter kind {kind!r} (use conv1x1, conv3x3, conv3x3_relu or identity)")
+    if init not in ("default", "normal_fmod2"):
+        raise ValueError(f"unknown adapter init {init!r} (use 'default' or 'normal_fmod2')")
     k = 1 if kind == "conv1x1" else 3
 
     def build() -> nn.Module:
         conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=bias)
+        if init == "normal_fmod2":
+            with torch.no_grad():
+                conv.weight.normal_().fmod_(2).mul_(init_std)
         return nn.Sequential(conv, nn.ReLU(inplace=False)) if kind == "conv3x3_relu" else conv
 
     if seed is None:
@@ -74,23 +82,9 @@ def make_adapter(
     return module
 
 
-@torch.no_grad()
-def init_normal_fmod2_(module: nn.Module, std: float = INIT_STD) -> nn.Module:
-    """FGFI/DeFeat adapter init: every conv weight ``normal(0, 1).fmod(2) · std`` (values in (−2·std, 2·std));
-    biases untouched (PyTorch default). Uses the global RNG like any init."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            m.weight.copy_(torch.randn_like(m.weight).fmod_(2).mul_(std))
-    return module
-
-
 def build_adapter(spec: AdapterSpec, c_in: int, c_out: int) -> nn.Module:
     """The adapter a term's ``AdapterSpec`` asks for (seeded when frozen, so faithful runs are repeatable)."""
-    module = make_adapter(
-        c_in, c_out, spec.kind, bias=spec.bias, frozen=spec.frozen, seed=spec.seed if spec.frozen else None
+    return make_adapter(
+        c_in, c_out, spec.kind, bias=spec.bias, frozen=spec.frozen, seed=spec.seed if spec.frozen else None,
+        init=spec.init, init_std=spec.init_std,
     )
-    if spec.init == "normal_fmod2":
-        init_normal_fmod2_(module)
-    elif spec.init != "default":
-        raise ValueError(f"adapter {spec.key!r}: unknown init {spec.init!r} (use 'default' or 'normal_fmod2')")
-    return module

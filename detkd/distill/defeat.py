@@ -24,9 +24,9 @@ Head terms (``head``; off in the released config, §4.5):
 - ``"dense"`` — one-stage models (our design for RetinaNet, §4.7, where the reference is not runnable): the
   student's own assigner splits the priors into positives (``assign.pos``) and negatives (``assign.neg``,
   i.e. the priors its classification loss uses as background; ignored priors enter neither group) and the class
-  scores are distilled per group, averaged over the group's priors: ``sigmoid_kd`` (binary KL per class,
-  summed over classes) for sigmoid heads, ``kd_kl`` (softmax KL) for softmax heads; the activation comes from
-  ``head_spec`` (``head_activation`` for models without one). ``kd.defeat.head.pos`` / ``kd.defeat.head.neg``.
+  scores are distilled per group with ``kd_kl``, averaged over the group's priors: one Bernoulli KL per class,
+  summed over classes, for sigmoid heads; softmax KL for softmax heads (the kind comes from both models'
+  ``head_spec``, checked at build time). ``kd.defeat.head.pos`` / ``kd.defeat.head.neg``.
 
 Start-up checks: taps declared on both models with equal strides; every student tap has a declared stride.
 """
@@ -39,9 +39,9 @@ from typing import Literal
 from torch import Tensor, nn
 
 from detkd.distill.adapters import AdapterSpec
-from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, distill_method
+from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, class_probability_kind, distill_method
 from detkd.distill.fgfi import check_taps
-from detkd.distill.losses import decoupled_roi_kd, kd_kl, masked_feat_l2, sigmoid_kd
+from detkd.distill.losses import decoupled_roi_kd, kd_kl, masked_feat_l2
 from detkd.distill.masks import defeat_fg_masks, target_boxes
 
 
@@ -56,8 +56,7 @@ class DeFeatConfig:
     head_fg_weight: float = 2.0  # head_cls_w
     head_bg_weight: float = 2.0  # head_cls_back_w
     head_T: float = 1.0  # head_cls_T
-    logits: str = "cls_logits"  # dense head key
-    head_activation: Literal["auto", "sigmoid", "softmax"] = "auto"  # auto: from the model's head_spec
+    logits: str = "cls_logits"  # dense head key (softmax or sigmoid, from head_spec)
 
 
 def fg_masks(ctx: DistillContext, cfg: DeFeatConfig, strides: list[int]) -> list[Tensor]:
@@ -109,20 +108,6 @@ def roi_kd(_s: Tensor, _t: Tensor, mask: tuple[Tensor, Tensor, Tensor], group: s
     return pos if group == "pos" else neg
 
 
-def head_activation(model: nn.Module, key: str, configured: str) -> str:
-    if configured != "auto":
-        return configured
-    spec = (getattr(model, "head_spec", None) or {}).get(key)
-    if spec is None:
-        raise ValueError(
-            f"distill.defeat.head='dense': the student declares no head_spec for {key!r}; set "
-            "distill.defeat.head_activation to 'sigmoid' or 'softmax'"
-        )
-    if spec.kind not in ("sigmoid", "softmax"):
-        raise ValueError(f"distill.defeat: head key {key!r} is of kind {spec.kind!r}, not class logits")
-    return spec.kind
-
-
 @distill_method(DeFeatConfig)
 def defeat(cfg: DeFeatConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     check_taps(student, teacher, cfg.student_taps, cfg.teacher_taps, "defeat")
@@ -148,11 +133,8 @@ def defeat(cfg: DeFeatConfig, student: nn.Module, teacher: nn.Module) -> list[Te
                 )
             )
     if cfg.head == "dense":
-        act = head_activation(student, cfg.logits, cfg.head_activation)
-        t_act = head_activation(teacher, cfg.logits, cfg.head_activation)
-        if act != t_act:
-            raise ValueError(f"distill.defeat: student {cfg.logits!r} is {act} but the teacher's is {t_act}")
-        loss = partial(sigmoid_kd if act == "sigmoid" else kd_kl, T=cfg.head_T)
+        kind = class_probability_kind(student, teacher, cfg.logits, "distill.defeat")
+        loss = partial(kd_kl, T=cfg.head_T, kind=kind)
         tap = HEAD_PREFIX + cfg.logits
         for group, weight in (("pos", cfg.head_fg_weight), ("neg", cfg.head_bg_weight)):
             terms.append(Term(f"head.{group}", tap, tap, loss, weight=weight, mask=partial(assigned, group=group)))

@@ -65,15 +65,12 @@ def check_taps(student: nn.Module, teacher: nn.Module, s_taps: list[str], t_taps
 
 
 def student_level_masks(ctx: DistillContext, cfg: FGFIConfig) -> list[Tensor]:
-    s = ctx.student
-    if len(s.priors) != len(cfg.student_taps):
-        raise ValueError(
-            f"FGFI: the student reports {len(s.priors)} prior levels but {len(cfg.student_taps)} taps "
-            f"{cfg.student_taps} are imitated (level l of the priors must host tap l's anchors)"
-        )
-    hw = [tuple(s.feats[tap].shape[-2:]) for tap in cfg.student_taps]
-    anchors = list(s.priors)  # xyxy in input pixels (structures.PRIOR_FORMAT)
-    return fgfi_location_masks(anchors, target_boxes(ctx.targets, anchors[0].device), hw, cfg.psi, cfg.plus1)
+    inp = ctx.mask_inputs(cfg.student_taps, what="FGFI masks")  # level l of the priors hosts tap l's anchors
+    if len(inp.priors) != len(cfg.student_taps):
+        raise ValueError(f"FGFI masks: the student reports no anchors (DetOutput.priors) for taps {cfg.student_taps}")
+    anchors = inp.priors  # xyxy in input pixels (structures.PRIOR_FORMAT)
+    return fgfi_location_masks(anchors, target_boxes(ctx.targets, anchors[0].device), inp.feat_hw, cfg.psi,
+                               cfg.plus1)
 
 
 def level_mask(ctx: DistillContext, cfg: FGFIConfig, level: int) -> Tensor:

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, distill_method
+from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, class_probability_kind, distill_method
 from detkd.distill.losses import feat_mse, weighted_kd
 from detkd.distill.masks import target_boxes, vlr_weights
 from detkd.ops.boxes import box_iou
@@ -81,13 +81,7 @@ def check_models(cfg: LDConfig, student: nn.Module, teacher: nn.Module) -> int:
         raise ValueError(
             f"distill.ld: {cfg.dist_key!r} dim {s_dist.dim} is not 4·(reg_max+1) with reg_max {s_dist.reg_max}"
         )
-    s_cls = _spec(student, cfg.logits, ("sigmoid", "softmax"), "student")
-    t_cls = _spec(teacher, cfg.logits, ("sigmoid", "softmax"), "teacher")
-    if (s_cls.kind, s_cls.dim) != (t_cls.kind, t_cls.dim):
-        raise ValueError(
-            f"distill.ld: {cfg.logits!r} is {s_cls.kind}[{s_cls.dim}] on the student but {t_cls.kind}[{t_cls.dim}] "
-            "on the teacher"
-        )
+    class_probability_kind(student, teacher, cfg.logits, "distill.ld")  # same classifier on both sides
     s_str, t_str = getattr(student, "strides", None) or {}, getattr(teacher, "strides", None) or {}
     for tap in sorted(set(s_str) | set(t_str)):
         if "." in tap:  # head-tower taps repeat their level's stride
