@@ -58,8 +58,12 @@ def build_val_set(cfg: ExperimentConfig):
     """The evaluation split of ``cfg.data``: ``(image uint8 [H, W, 3], meta)`` samples; ``eval.images_dir`` /
     ``eval.gt_dir`` go to the data set builder when set."""
     ev = cfg.eval or DetEvalConfig()
+    import dataclasses
+
     extra = {k: v for k, v in (("images_dir", ev.images_dir), ("gt_dir", ev.gt_dir)) if v}
-    return build("dataset", cfg.data, split="val", **extra)
+    kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
+              if f.name != "name" and f.name not in COLLATE_FIELDS}
+    return lookup("dataset", cfg.data.name)(**{**kwargs, **extra, "split": "val"})
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -154,14 +158,12 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
     if cfg.distill is None:
         return DetectionTask(student)
     from detkd.distill.distiller import build_distill_task
-    from detkd.engine.checkpoint import load_student_weights
+    from detkd.models.weights import load_teacher
 
     d = cfg.distill
     if not d.teacher_weights:
         raise ValueError("distill.teacher_weights is empty: a distillation run needs a trained teacher")
-    teacher = build_model(d.teacher)
-    teacher.load_state_dict(load_student_weights(d.teacher_weights), strict=True)
-    return build_distill_task(d, student, teacher)
+    return build_distill_task(d, student, load_teacher(d.teacher, d.teacher_weights))
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> dict:
@@ -169,7 +171,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) ->
     from detkd.engine.loop import Trainer
 
     if cfg.task != "detection":
-        from detkd.distill.face import train_facerec
+        from detkd.experiment_facerec import train_facerec
 
         return train_facerec(cfg, resume=resume)
     torch.manual_seed(cfg.train.seed)

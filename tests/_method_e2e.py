@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from detkd.data import synth as S
+from detkd.data import synthfaces as S
 from detkd.data.loader import collate_detection
 from detkd.data.widerface import WiderFaceTrain
 from detkd.distill.distiller import DistillConfig, build_distill_task
