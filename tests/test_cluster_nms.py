@@ -125,3 +125,21 @@ def test_presets_share_one_signature():
     assert len(v[3]) <= 50 and torch.equal(v[1], scores[v[3]])
     with pytest.raises(ValueError, match="known: greedy, cluster-diou-voting"):
         get_nms("soft")
+
+
+def test_gfl_decodes_with_either_preset():
+    from detkd.registry import MODELS, load_all
+
+    load_all()
+    torch.manual_seed(0)
+    model = MODELS["gfl"](depth=18, num_classes=3, fpn_channels=16, stacked_convs=1, gn_groups=4).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 128, 160) * 255)
+        greedy = model.postprocess(out, score_thresh=0.0)[0]
+        voted = model.postprocess(out, score_thresh=0.0, nms="cluster-diou-voting")[0]
+    assert 0 < len(greedy["scores"]) <= 100 and 0 < len(voted["scores"]) <= 100
+    assert torch.isfinite(voted["boxes"]).all()
+    assert set(voted) == {"boxes", "scores", "labels"} and (voted["scores"][:-1] >= voted["scores"][1:]).all()
+    assert greedy["boxes"].shape != voted["boxes"].shape or not torch.equal(greedy["boxes"], voted["boxes"])
+    with pytest.raises(ValueError, match="unknown NMS preset"):
+        model.postprocess(out, nms="soft")
