@@ -230,3 +230,28 @@ def test_defeat_on_retinanet_p3_p7_when_registered():
     assert losses["kd.defeat.fg.p3"] > 0 and losses["kd.defeat.fg.p7"] == 0 and losses["kd.defeat.bg.p7"] > 0
     sum(losses.values()).backward()
     assert all(a.weight.grad.abs().sum() > 0 for a in task.distiller.adapters.values())
+
+
+@pytest.mark.slow
+def test_defeat_roi_head_on_faster_rcnn_fpn_when_registered():
+    from _method_e2e import distill_config
+
+    from detkd.distill.defeat import DeFeatConfig
+    from detkd.distill.distiller import build_distill_task
+    from detkd.registry import MODELS, load_all
+
+    load_all()
+    if "faster_rcnn_fpn_lite" not in MODELS:
+        pytest.skip("the faster_rcnn_fpn_lite detector is not on this branch yet")
+    torch.manual_seed(0)
+    student, teacher = MODELS["faster_rcnn_fpn_lite"](num_classes=3), MODELS["faster_rcnn_fpn_lite"](num_classes=3)
+    taps = ["p2", "p3", "p4", "p5", "p6"]
+    task = build_distill_task(distill_config("defeat", DeFeatConfig(head="roi", student_taps=taps, teacher_taps=taps)),
+                              student, teacher)
+    targets = [{"boxes": torch.tensor([[20.0, 30, 120, 140], [150, 40, 300, 200]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[60.0, 60, 100, 90]]), "labels": torch.tensor([3])}]
+    losses = task((torch.rand(2, 3, 256, 320) * 255, targets, [{}, {}]))
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["kd.defeat.head.pos"] > 0 and losses["kd.defeat.head.neg"] > 0 and losses["kd.defeat.fg.p2"] > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
