@@ -222,9 +222,9 @@ def test_defeat_on_retinanet_p3_p7_when_registered():
     task = build_distill_task(distill_config("defeat", DeFeatConfig(head="dense", student_taps=taps,
                                                                     teacher_taps=taps)), student, teacher)
     assert task.distiller.terms[-1].loss.keywords["kind"] == "sigmoid"  # RetinaNet: sigmoid class logits
-    images = torch.rand(2, 3, 256, 320) * 255
-    targets = [{"boxes": torch.tensor([[20.0, 30, 120, 140], [150, 40, 300, 200]]), "labels": torch.tensor([1, 2])},
-               {"boxes": torch.tensor([[60.0, 60, 100, 90]]), "labels": torch.tensor([3])}]
+    images = torch.rand(2, 3, 128, 160) * 255
+    targets = [{"boxes": torch.tensor([[10.0, 15, 60, 70], [75, 20, 150, 100]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[30.0, 30, 50, 45]]), "labels": torch.tensor([3])}]
     losses = task((images, targets, [{}, {}]))
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["kd.defeat.fg.p3"] > 0 and losses["kd.defeat.fg.p7"] == 0 and losses["kd.defeat.bg.p7"] > 0

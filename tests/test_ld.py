@@ -308,9 +308,9 @@ def test_ld_on_gfl_when_registered():
     kw = dict(depth=18, num_classes=3, fpn_channels=32, stacked_convs=1, gn_groups=8)
     student, teacher = MODELS["gfl"](**kw), MODELS["gfl"](**kw)
     task = ld_task(student=student, teacher=teacher)
-    images = torch.rand(2, 3, 256, 320) * 255
-    targets = [{"boxes": torch.tensor([[20.0, 30, 120, 140], [150, 40, 300, 200]]), "labels": torch.tensor([1, 2])},
-               {"boxes": torch.tensor([[60.0, 60, 100, 90]]), "labels": torch.tensor([3])}]
+    images = torch.rand(2, 3, 128, 160) * 255
+    targets = [{"boxes": torch.tensor([[10.0, 15, 60, 70], [75, 20, 150, 100]]), "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[30.0, 30, 50, 45]]), "labels": torch.tensor([3])}]
     losses = task((images, targets, [{}, {}]))
     assert all(torch.isfinite(losses[k]) and losses[k] > 0 for k in ("kd.ld.ld", "kd.ld.kd", "kd.ld.vlr"))
     sum(losses.values()).backward()
