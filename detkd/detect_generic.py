@@ -14,6 +14,7 @@ mmdet's test config of METHODS.md §3.2 (nms_pre 1000, score 0.05, NMS 0.6, 100 
 * ``mmdet-gfl``: mmdet v2 test pipeline ``Resize(img_scale=(1333, 800), keep_ratio=True)``: scale = min(1333 / long,
   800 / short), new size ``int(w * scale + 0.5) x int(h * scale + 0.5)``, ``cv2.INTER_LINEAR`` on the uint8 image;
   pad to 32 with the mmdet mean colour (0 after normalisation); boxes divided by (new_w / w, new_h / h).
+* ``mmdet-voc``: the same with mmdet's VOC scale (1000, 600) (LD's and DeFeat's VOC test).
 
 ``detect_image(model, rgb, protocol)`` returns ``{"boxes" [N, 4] xyxy original pixels, "scores" [N], "labels" [N]}``.
 ``write_coco_results`` writes a COCO results list (``image_id`` = the image file's stem, ``category_id`` = the
@@ -47,6 +48,7 @@ class DetProtocol:
 PROTOCOLS: dict[str, DetProtocol] = {
     "torchvision": DetProtocol("torchvision", "torchvision", 800, 1333, (0.485 * 255, 0.456 * 255, 0.406 * 255)),
     "mmdet-gfl": DetProtocol("mmdet-gfl", "mmcv", 800, 1333, (123.675, 116.28, 103.53)),
+    "mmdet-voc": DetProtocol("mmdet-voc", "mmcv", 600, 1000, (123.675, 116.28, 103.53)),
 }
 
 
