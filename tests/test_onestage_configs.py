@@ -102,3 +102,15 @@ def test_paper_config_two_steps_on_voc_mini(name):
     changed = [k for k, v in model.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
     assert any(k.startswith("head.") for k in changed) and any(k.startswith("backbone.body.layer4") for k in changed)
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())  # frozen_stages = 1
+
+
+@pytest.mark.parametrize("name", ["retinanet/r18_lite_synthshapes", "gfl/r18_lite_synthshapes"])
+def test_lite_configs_build_and_step(name):
+    cfg = load_config(name)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    params = sum(p.numel() for p in model.parameters())
+    assert cfg.model.num_classes == 12 and params < 15e6, params
+    out = model(torch.rand(2, 3, 96, 128) * 255, [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]),
+                                                  "labels": torch.tensor([12])}] * 2)
+    assert all(torch.isfinite(v) for v in out.losses.values())
