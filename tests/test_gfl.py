@@ -164,3 +164,15 @@ def test_mmdet_gfl_import_is_strict(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "bad2.pth")
     with pytest.raises(ValueError, match="integral.project"):
         import_mmdet_gfl(tmp_path / "bad2.pth", tmp_path / "o.safetensors")
+
+
+def test_autocast_losses_and_dets_stay_float32():
+    from detkd.models.retinanet import retinanet
+
+    torch.manual_seed(0)
+    for m in (light(), retinanet(depth=18, num_classes=3, fpn_channels=16, num_convs=1)):
+        m.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(torch.rand(1, 3, 96, 128) * 255, targets()[:1], decode=True)
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.losses.values()), out.losses
+        assert out.dets[0]["boxes"].dtype == torch.float32 and out.dets[0]["scores"].dtype == torch.float32

@@ -1,25 +1,23 @@
 """Paper configs of the one-stage families (DeFeat RetinaNet R101/R50 VOC07+12; LD GFL R101/R50/R34/R18 COCO and VOC).
 
 The fast test pins the papers' numbers. The slow test builds every paper model and takes 2 optimizer steps on real
-``../shared/data/voc_mini`` images at a reduced size (images and VOC XML read here with ElementTree).
+``../shared/data/voc_mini`` images at a reduced size (the package's VOC reader; difficult objects are ignored).
 """
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from detkd.config import load_config
-from detkd.data.image import read_image
+from detkd.data.detection import ResizeConfig
+from detkd.data.loader import collate_detection
+from detkd.data.voc import VOCDetection
 from detkd.detect_generic import PROTOCOLS
 from detkd.engine.optim import build_optimizer
 from detkd.registry import build_model
 
 VOC = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_mini"
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 RETINANET = ("retinanet/defeat_r101_voc0712", "retinanet/defeat_r50_voc0712")
 GFL = tuple(f"gfl/ld_r{d}_{s}" for d in (101, 50, 34, 18) for s in (("coco_2x" if d == 101 else "coco_1x"), "voc0712"))
 
@@ -50,27 +48,12 @@ def test_paper_settings():
 
 
 def voc_batch(n: int, short: int):
+    """The first ``n`` voc_mini val images through the package's VOC reader and collate (keep-ratio, pad 32)."""
     if not VOC.is_dir():
         pytest.skip(f"voc_mini not available: {VOC}")
-    ids = (VOC / "ImageSets" / "Main" / "val.txt").read_text().split()[:n]
-    images, targets = [], []
-    for i in ids:
-        img = read_image(VOC / "JPEGImages" / f"{i}.jpg")
-        s = short / min(img.shape[:2])
-        img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
-        boxes, labels = [], []
-        for obj in ET.parse(VOC / "Annotations" / f"{i}.xml").findall("object"):
-            bb = obj.find("bndbox")
-            boxes.append([(float(bb.find(k).text) - 1) * s for k in ("xmin", "ymin", "xmax", "ymax")])
-            labels.append(VOC_CLASSES.index(obj.find("name").text.strip()) + 1)
-        images.append(torch.from_numpy(img).permute(2, 0, 1).float())
-        targets.append({"boxes": torch.tensor(boxes), "labels": torch.tensor(labels)})
-    h = -(-max(im.shape[1] for im in images) // 32) * 32
-    w = -(-max(im.shape[2] for im in images) // 32) * 32
-    batch = torch.zeros(len(images), 3, h, w)
-    for k, im in enumerate(images):
-        batch[k, :, : im.shape[1], : im.shape[2]] = im
-    return batch, targets, [tuple(im.shape[1:]) for im in images]
+    data = VOCDetection(VOC, "val", resize=ResizeConfig((short,), 1000))
+    images, targets, metas = collate_detection([data[i] for i in range(n)])
+    return images, targets, [m["image_size"] for m in metas]
 
 
 @pytest.mark.slow

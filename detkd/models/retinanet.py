@@ -227,14 +227,14 @@ class RetinaNet(DenseDetector):
             boxes_all, scores_all, labels_all = [], [], []
             for logits, reg, anchors in zip(out.head["cls_logits"], out.head["box_reg"], out.priors):
                 k = logits.shape[-1]
-                scores = torch.sigmoid(logits[i]).flatten()  # [h*w*A*K]
+                scores = torch.sigmoid(logits[i].float()).flatten()  # [h*w*A*K] (float32 under autocast too)
                 keep = scores > score_thresh
                 scores = scores[keep]
                 idx = torch.where(keep)[0]
                 scores, top = scores.topk(min(topk_candidates, idx.numel()))
                 idx = idx[top]
                 anchor_idx = torch.div(idx, k, rounding_mode="floor")
-                boxes = self.box_coder.decode_single(reg[i][anchor_idx], anchors[anchor_idx])
+                boxes = self.box_coder.decode_single(reg[i][anchor_idx].float(), anchors[anchor_idx])
                 boxes_all.append(clip_boxes_to_image(boxes, size))
                 scores_all.append(scores)
                 labels_all.append(idx % k)
