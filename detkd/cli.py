@@ -175,19 +175,19 @@ def detect(
     images: List[Path] = typer.Argument(..., help="image files"),
     weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
     protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600 | "
-                                 "tdkd-640 (faces); torchvision | mmdet-gfl (objects)"),
+                                 "tdkd-640 (faces); torchvision | mmdet-gfl | mmdet-voc (objects)"),
     out_dir: Path = typer.Option(..., help="output directory"),
-    format: str = typer.Option("png", "--format", help="widerface-txt (faces), coco (objects: D/detections.json) "
-                               "or png (drawn boxes)"),
+    format: str = typer.Option("png", "--format", help="widerface-txt (faces), coco (objects: D/detections.json), "
+                               "voc (objects: D/<class>.txt) or png (drawn boxes)"),
 ):
-    """Detect faces (face protocols) or objects (torchvision, mmdet-gfl); write WIDER txt, COCO JSON or PNGs."""
+    """Detect faces (face protocols) or objects (torchvision, mmdet-*); write WIDER txt, COCO JSON, VOC txt or PNGs."""
     from detkd.detect_generic import PROTOCOLS as GENERIC
 
     if protocol in GENERIC:
         from detkd.detect_generic import detect_files as detect_generic
 
-        if format not in ("png", "coco"):
-            _fail(f"--format must be png or coco for protocol {protocol}, got {format!r}")
+        if format not in ("png", "coco", "voc"):
+            _fail(f"--format must be png, coco or voc for protocol {protocol}, got {format!r}")
         try:
             written = detect_generic(weights, protocol, out_dir, format, images)
         except (FileNotFoundError, ValueError, KeyError) as e:

@@ -17,8 +17,8 @@ mmdet's test config of METHODS.md §3.2 (nms_pre 1000, score 0.05, NMS 0.6, 100 
 * ``mmdet-voc``: the same with mmdet's VOC scale (1000, 600) (LD's and DeFeat's VOC test).
 
 ``detect_image(model, rgb, protocol)`` returns ``{"boxes" [N, 4] xyxy original pixels, "scores" [N], "labels" [N]}``.
-``write_coco_results`` writes a COCO results list (``image_id`` = the image file's stem, ``category_id`` = the
-model's own label id, ``bbox`` = x, y, w, h).
+``detect_files`` writes a COCO results list (``image_id`` = the image file's stem, ``category_id`` = the model's
+own label id, ``bbox`` = x, y, w, h), VOC devkit result files or PNGs.
 """
 from __future__ import annotations
 
@@ -137,27 +137,54 @@ def draw(image_rgb: np.ndarray, dets: dict, out_png, class_names=None, min_score
     return out_png
 
 
+def voc_class_names(card: dict) -> list[str]:
+    """Class names of label ids 1..K for VOC result files: the card's ``class_names``, VOC's 20 for a 20-class
+    model, else ``class_1 .. class_K``. Models whose labels do not start at 1 (torchvision's COCO ids) have none."""
+    cfg = card.get("model") or card.get("config") or {}
+    if cfg.get("label_base", 1) != 1:
+        raise ValueError("--format voc needs labels 1..K; this model keeps foreign label ids "
+                         f"(label_base {cfg.get('label_base')}): use --format coco")
+    k = int(cfg.get("num_classes", 0))
+    names = card.get("class_names")
+    if names:
+        return list(names)
+    if k == 20:
+        from detkd.data.voc import VOC_CLASSES
+
+        return list(VOC_CLASSES)
+    return [f"class_{i}" for i in range(1, k + 1)]
+
+
 def detect_files(weights, protocol: str, out_dir, fmt: str, images) -> list[Path]:
-    """``detkd detect`` for multi-class detectors: ``coco`` writes ``out_dir/detections.json``, ``png`` one PNG each."""
+    """``detkd detect`` for multi-class detectors: ``coco`` writes ``out_dir/detections.json``, ``voc`` one
+    ``<class>.txt`` per class (VOC devkit results, 1-based pixels, image id = file stem), ``png`` one PNG each."""
     from detkd.data.image import read_image
     from detkd.models.weights import load_model_file
 
-    if fmt not in ("coco", "png"):
-        raise ValueError(f"unknown output format {fmt!r} for protocol {protocol!r}; choose coco or png")
+    if fmt not in ("coco", "voc", "png"):
+        raise ValueError(f"unknown output format {fmt!r} for protocol {protocol!r}; choose coco, voc or png")
     p = get_protocol(protocol)
     model, card = load_model_file(weights)
+    names = voc_class_names(card) if fmt == "voc" else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, written = [], []
+    results, ids, outputs, written = [], [], [], []
     for path in map(Path, images):
         image = read_image(path)
         dets = detect_image(model, image, p)
         if fmt == "coco":
             results += coco_results(path.stem, dets)
+        elif fmt == "voc":
+            ids.append(path.stem)
+            outputs.append(dets)
         else:
             written.append(draw(image, dets, out_dir / f"{path.stem}.png", card.get("class_names")))
     if fmt == "coco":
         target = out_dir / "detections.json"
         target.write_text(json.dumps(results))
         written.append(target)
+    elif fmt == "voc":
+        from detkd.eval.voc import write_voc_results
+
+        written += write_voc_results(out_dir, ids, outputs, names)
     return written

@@ -53,4 +53,12 @@ def test_detect_coco_with_gfl(tmp_path):
         assert -1e-3 <= x and x + w <= 80 + 1e-3 and y + h <= 60 + 1e-3 and r["score"] > 0.05
     bad = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "g.safetensors"),
                                    "--protocol", "mmdet-gfl", "--format", "widerface-txt", "--out-dir", str(tmp_path)])
-    assert bad.exit_code == 2 and "png or coco" in bad.output
+    assert bad.exit_code == 2 and "png, coco or voc" in bad.output
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "g.safetensors"),
+                                   "--protocol", "mmdet-gfl", "--format", "voc", "--out-dir", str(tmp_path / "voc")])
+    assert res.exit_code == 0, res.output
+    files = sorted(p.name for p in (tmp_path / "voc").iterdir())
+    assert files == ["class_1.txt", "class_2.txt"]
+    rows = [line.split() for f in (tmp_path / "voc").iterdir() for line in f.read_text().splitlines()]
+    assert rows and all(r[0] == "a" and len(r) == 6 for r in rows)
+    assert len(rows) == len(per)  # the same detections as the COCO file
