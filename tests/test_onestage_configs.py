@@ -13,7 +13,7 @@ from detkd.config import load_config
 from detkd.data.detection import ResizeConfig
 from detkd.data.loader import collate_detection
 from detkd.data.voc import VOCDetection
-from detkd.detect_generic import PROTOCOLS
+from detkd.infer_detector import DET_PROTOCOLS as PROTOCOLS
 from detkd.engine.optim import build_optimizer
 from detkd.registry import build_model
 
