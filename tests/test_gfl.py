@@ -151,6 +151,22 @@ def test_mmdet_gfl_import(tmp_path):
     assert len(out.dets[0]["boxes"]) > 0 and out.dets[0]["labels"].min() >= 1
 
 
+def test_mmdet_gfl_import_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from detkd.cli import app
+
+    torch.save({"state_dict": mmdet_layout(num_classes=5)}, tmp_path / "gfl.pth")
+    res = CliRunner().invoke(app, ["import-weights", "mmdet-gfl", str(tmp_path / "gfl.pth"), "--out",
+                                   str(tmp_path / "g.safetensors")])
+    assert res.exit_code == 0, res.output
+    assert load_model_file(tmp_path / "g.safetensors")[1]["model"]["num_classes"] == 5
+    torch.save({"state_dict": {"foo": torch.zeros(1)}}, tmp_path / "bad.pth")
+    res = CliRunner().invoke(app, ["import-weights", "mmdet-gfl", str(tmp_path / "bad.pth"), "--out",
+                                   str(tmp_path / "b.safetensors")])
+    assert res.exit_code == 2 and "not an mmdet GFL checkpoint" in res.output
+
+
 def test_mmdet_gfl_import_is_strict(tmp_path):
     sd = mmdet_layout()
     sd["bbox_head.gfl_extra.weight"] = torch.zeros(1)
