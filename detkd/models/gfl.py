@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from detkd.models.dense import DenseDetector
+from detkd.models.det_targets import gt_tensors
 from detkd.models.resnet_fpn import LEVELS, STRIDES, freeze_stages, levels_of, resnet_fpn, set_norm_eval
 from detkd.ops.assign import atss_assign
 from detkd.ops.gfl import aligned_iou, bbox2distance, distance2bbox, distribution_focal_loss, integral, \
@@ -225,13 +226,7 @@ class GFL(DenseDetector):
         iou = torch.zeros(b, p, device=dev)
         thresholds = []
         for i, t in enumerate(targets):
-            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=dev).reshape(-1, 4)
-            gt_labels = torch.as_tensor(t["labels"], dtype=torch.long, device=dev).reshape(-1)
-            if gt_labels.numel() != boxes.shape[0]:
-                raise ValueError(f"target {i} has {boxes.shape[0]} boxes but {gt_labels.numel()} labels")
-            bad = (gt_labels < 1) | (gt_labels > self.config.num_classes)
-            if bool(bad.any()):
-                raise ValueError(f"target {i}: labels {gt_labels[bad].tolist()} outside 1..{self.config.num_classes}")
+            boxes, gt_labels = gt_tensors(t, i, self.config.num_classes, 1, dev)
             m = atss_assign(anchors, sizes, boxes, self.config.atss_topk, valid[i])
             matched[i], iou[i] = m.matched, m.iou
             labels[i] = torch.where(m.pos, gt_labels[m.matched.clamp(min=0)] if boxes.numel() else 0, 0)
