@@ -44,6 +44,11 @@ def test_help_and_list():
     for name in ("retinaface_mnet", "retinaface_r50", "mobilefacenet", "tdkd", "feat", "kd", "synthfaces",
                  "biubug6-origin", "tdkd-1600", "tdkd/retinaface_mnet075_to_mnet025_synthfaces"):
         assert name in listing
+    methods = cli("list", "methods").output.split()
+    objectives = cli("list", "objectives").output.split()
+    assert "tdkd" in methods and "arcface" not in methods  # detection methods and face objectives apart
+    assert {"arcface", "margin_distillation"} <= set(objectives) and "tdkd" not in objectives
+    assert "widerface" in cli("list", "evaluators").output.split()
 
 
 def test_unknown_config_key_is_a_clear_error():
