@@ -111,7 +111,8 @@ def detect(
     out_dir: Path = typer.Option(..., help="output directory"),
     format: str = typer.Option("png", "--format", help="widerface-txt (one txt per image) or png (drawn boxes)"),
 ):
-    """Detect faces in images; write WIDER txt files or PNGs with boxes, scores and landmarks."""
+    """Detect objects (faces with the RetinaFace models); write WIDER txt files or PNGs of boxes and scores
+    (and landmarks when the model predicts them)."""
     from detkd.infer import detect_files
 
     if format not in ("png", "widerface-txt"):

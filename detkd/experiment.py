@@ -6,7 +6,6 @@ that can be used on its own.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
