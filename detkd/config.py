@@ -86,6 +86,7 @@ class DetDataConfig:
     img_size: int = 320  # training input size
     augment: bool = True
     seed: int = -1  # augmentation RNG seed; -1 = use train.seed
+    size_divisor: int = 32  # batches are padded bottom/right to a multiple of this (collate, not the dataset)
 
 
 @dataclass
@@ -170,6 +171,16 @@ def _suggest(key: str, choices) -> str:
     return close_matches(key, choices, n=4, cutoff=0.4)
 
 
+def section_names(obj: Any) -> list[str]:
+    """Names of the config sections ``obj`` resolves beyond its fields (``DistillConfig``: the method names).
+
+    A config class opts in with two methods: ``config_section_names() -> list[str]`` and
+    ``config_section(name, create=True) -> dataclass`` (a default section, kept only with ``create``).
+    """
+    fn = getattr(type(obj), "config_section_names", None)
+    return list(fn(obj)) if fn is not None else []
+
+
 def all_keys(cfg: Any, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cfg):
@@ -178,6 +189,10 @@ def all_keys(cfg: Any, prefix: str = "") -> list[str]:
         keys.append(k)
         if dataclasses.is_dataclass(v):
             keys += all_keys(v, k + ".")
+    for name in section_names(cfg):
+        if prefix + name not in keys:
+            keys.append(prefix + name)
+            keys += all_keys(cfg.config_section(name, create=False), prefix + name + ".")
     return keys
 
 
@@ -195,6 +210,9 @@ def set_key(cfg: Any, key: str, raw: str) -> None:
     obj = cfg
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names and i < len(parts) - 1 and part in section_names(obj):
+            obj = obj.config_section(part)  # e.g. distill.tdkd.scale: a method's section
+            continue
         if part not in names:
             where = ".".join(parts[:i]) or "<root>"
             raise ConfigError(

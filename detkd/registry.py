@@ -11,6 +11,9 @@ DATASETS: dict[str, Callable] = {}
 METHODS: dict[str, Callable] = {}  # detection distillation methods (``distill.methods=[...]``)
 OBJECTIVES: dict[str, Callable] = {}  # face-recognition training objectives (``distill.method=...``)
 EVALUATORS: dict[str, Callable] = {}  # evaluators with the ``detkd.eval.base`` protocol
+# model name -> keyword arguments of a tiny CPU instance; tests/test_contract.py builds every registered model
+# with them and checks the output contract (docs/contracts.md, "Adding a model family")
+TINY_CONFIGS: dict[str, dict[str, Any]] = {}
 
 _TABLES = {"model": MODELS, "dataset": DATASETS, "method": METHODS, "objective": OBJECTIVES,
            "evaluator": EVALUATORS}
@@ -21,8 +24,11 @@ KIND_NAMES = {"model": "model", "dataset": "dataset", "method": "detection disti
 _PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill", "detkd.eval")
 
 
-def register(kind: str, name: str | None = None):
-    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``)."""
+def register(kind: str, name: str | None = None, tiny: dict[str, Any] | None = None):
+    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``).
+
+    ``tiny`` (models): keyword arguments that make a small, fast CPU instance for the contract test.
+    """
     table = _TABLES[kind]
 
     def wrap(fn):
@@ -30,6 +36,8 @@ def register(kind: str, name: str | None = None):
         if key in table and table[key] is not fn:
             raise KeyError(f"{kind} {key!r} is registered twice")
         table[key] = fn
+        if tiny is not None:
+            TINY_CONFIGS[key] = dict(tiny)
         return fn
 
     return wrap
