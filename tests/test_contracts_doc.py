@@ -51,7 +51,11 @@ def section_names():
     out = []
     for block in re.split(r"^## ", TEXT, flags=re.M)[1:]:
         header = block.splitlines()[0]
-        mods = [p.removesuffix(".py").replace("/", ".") for p in re.findall(r"(detkd/[\w/]+\.py)", header)]
+        mods, folder = [], ""
+        for p in re.findall(r"([\w/]+\.py)", header):  # "detkd/eval/voc.py, coco.py": coco.py is in eval/ too
+            folder = p.rpartition("/")[0] if "/" in p else folder
+            if folder.startswith("detkd"):
+                mods.append(f"{folder}/{p.rpartition('/')[2]}".removesuffix(".py").replace("/", "."))
         if not mods:
             continue
         for code in re.findall(r"`([^`]+)`", block):
