@@ -57,6 +57,14 @@ def test_unknown_config_key_is_a_clear_error():
     assert "optim.lr" in res.output and "did you mean" in res.output
 
 
+def test_a_face_objective_as_detection_method_is_a_clear_error(tmp_path):
+    teacher = Path(__file__).resolve().parents[1] / "detkd" / "assets" / "synthfaces_teacher_mnet075.safetensors"
+    res = cli("train", "tdkd/retinaface_mnet075_to_mnet025_synthfaces", "distill.methods=[arcface]",
+              f"distill.teacher_weights={teacher}", f"train.out_dir={tmp_path}", ok=False)
+    assert res.exit_code == 2, res.output
+    assert "'arcface' is a face-recognition objective, not a detection distillation method" in res.output
+
+
 def test_train_distill_export_detect_eval(tiny, tmp_path):
     runs = tmp_path / "runs"
     cli("train", "retinaface/mnet025_synthfaces", *tiny_overrides(tiny, runs, "student"), "--no-eval")
