@@ -1,4 +1,5 @@
-"""docs/contracts.md matches the code: every qualified name and file path it lists exists."""
+"""docs/contracts.md matches the code: every qualified ``detkd.*`` name and every file path it lists exists, and
+the names each "(detkd/<module>.py, ...)" section shows in ``name(`` form are in one of those modules."""
 from __future__ import annotations
 
 import importlib
@@ -47,7 +48,7 @@ def test_path_exists(path):
 
 
 def section_names():
-    """(module, name) for every `Name(` / `name(` call written in a section headed by a module path."""
+    """(modules, name) for every ``name(`` call written in a section headed by module paths."""
     out = []
     for block in re.split(r"^## ", TEXT, flags=re.M)[1:]:
         header = block.splitlines()[0]
@@ -60,12 +61,25 @@ def section_names():
             continue
         for code in re.findall(r"`([^`]+)`", block):
             m = re.match(r"([A-Za-z_]\w*)\(", code)
-            if m and m.group(1)[0].isupper():
+            if m:
                 out.append((tuple(mods), m.group(1)))
     return sorted(set(out))
 
 
+# calls on instances / builtins that the sections show in ``name(`` form but that are not module attributes
+NOT_ATTRIBUTES = {"model", "nn", "teacher", "task", "len", "ceil"}
+
+
+def defined(mod, name: str) -> bool:
+    """``name`` is in the module, a method of one of its classes, or a registry function (``build_model``)."""
+    registry = importlib.import_module("detkd.registry")
+    classes = [v for v in vars(mod).values() if isinstance(v, type) and v.__module__ == mod.__name__]
+    return hasattr(mod, name) or any(hasattr(c, name) for c in classes) or hasattr(registry, name)
+
+
 @pytest.mark.parametrize("mods,name", section_names())
-def test_section_classes_exist(mods, name):
-    assert any(hasattr(importlib.import_module(m), name) for m in mods), \
-        f"docs/contracts.md: {name} is not in {', '.join(mods)}"
+def test_section_names_exist_in_their_modules(mods, name):
+    found = any(defined(importlib.import_module(m), name) for m in mods)
+    if not found and name in NOT_ATTRIBUTES:
+        pytest.skip(f"{name} is an instance call")
+    assert found, f"docs/contracts.md: {name}( is not in {', '.join(mods)}"
