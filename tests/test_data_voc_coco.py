@@ -36,9 +36,12 @@ def test_voc_mini_counts():
 
 @need_voc
 def test_voc_mini_gt_as_detections_scores_one():
-    recs = read_voc(VOC_MINI, "val")
-    gt = VOCGroundTruth.from_records(recs)
-    ev = VOCEvaluator(gt, metric="voc07")
+    from detkd.eval.base import build_evaluator
+
+    ds = VOCDetection(VOC_MINI, "val")
+    recs = ds.records
+    ev = build_evaluator("voc", dataset=ds, metric="voc07")
+    assert isinstance(ev, VOCEvaluator)
     ev.process([{"image_id": r.image_id} for r in recs],
                [{"boxes": r.boxes, "scores": np.linspace(0.9, 0.1, len(r.labels)), "labels": r.labels} for r in recs])
     res = ev.evaluate()
@@ -137,8 +140,11 @@ def test_coco_100_counts_and_category_map():
 
 @need_coco
 def test_coco_100_gt_as_detections_scores_one():
+    from detkd.eval.base import build_evaluator
+
     recs, cats = read_coco(COCO_100)
-    ev = COCOEvaluator(COCO_100)
+    ev = build_evaluator("coco", ann_file=COCO_100)
+    assert isinstance(ev, COCOEvaluator)
     outs = []
     for r in recs:
         keep = ~r.crowd
