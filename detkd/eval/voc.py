@@ -155,7 +155,9 @@ def match_class(gt: VOCGroundTruth, c: int, dets: ClassDetections, iou_thrs: Seq
     if has.any():
         best = np.maximum.reduceat(ov, first_pair[has])  # per detection with GT (NaN propagates, as np.max)
         hit = np.flatnonzero(ov == np.repeat(best, rep[has]))  # the first maximal pair = np.argmax's choice
-        dets_hit, first = np.unique(pair_det[hit], return_index=True)
+        d = pair_det[hit]  # ascending (pairs are detection-major): keep each detection's first maximal pair
+        first = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+        dets_hit = d[first]
         ovmax[dets_hit] = ov[hit[first]]
         gbest[dets_hit] = pair_gt[hit[first]]
     best_difficult = gdiff[gbest] & (ovmax > -np.inf) if len(gdiff) else np.zeros(n, bool)
