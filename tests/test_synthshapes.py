@@ -80,3 +80,16 @@ def test_ensure_reuses_or_refuses(small_set):
         ensure_synthshapes(small_set, seed=4, n_train=40, n_val=12)
     info = json.loads((small_set / "synthshapes.json").read_text())
     assert info["counts"]["val"]["images"] == 12
+
+
+def test_registered_dataset_with_knobs(tmp_path):
+    from detkd.registry import lookup
+
+    build = lookup("dataset", "synthshapes")
+    with pytest.raises(ValueError, match="unknown knob"):
+        build(root=str(tmp_path / "x"), knobs={"objcts": (1, 2)})
+    ds = build(root=str(tmp_path / "s"), split="val", n_train=2, n_val=3, knobs={"objects": [3, 3], "p_crowd": 0.0})
+    img, tgt, meta = ds[0]
+    assert len(ds) == 3 and min(meta["size"]) == 320 and img.shape[0] == 3
+    info = json.loads((tmp_path / "s" / "synthshapes.json").read_text())
+    assert info["config"]["objects"] == [3, 3]

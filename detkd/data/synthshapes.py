@@ -425,13 +425,21 @@ def ensure_synthshapes(root: str | Path, seed: int = 0, n_train: int = 1500, n_v
 @register("dataset")
 def synthshapes(*, root: str, split: str = "train", short: list[int] | None = None, max_long: int = 512,
                 augment: bool = True, train_difficult: bool = False, seed: int = 0, data_seed: int = 0,
-                n_train: int = 1500, n_val: int = 500):
-    """SynthShapes (written to ``root`` on first use, then read through the VOC reader). Default resize keeps
-    the scene size range (short side 320..512 is brought to ``short``, 320 by default)."""
+                n_train: int = 1500, n_val: int = 500, knobs: dict | None = None):
+    """SynthShapes (written to ``root`` on first use, then read through the VOC reader). Default resize brings
+    the short side (320..512) to ``short`` (320). ``knobs`` overrides :class:`SynthShapesConfig` fields, e.g.
+    ``{"objects": (4, 12), "size_tail": 2.0}`` (a root remembers its knobs and refuses others)."""
+    from dataclasses import fields
+
     from detkd.data.voc import VOCDetection
 
     if split not in SPLITS:
         raise ValueError(f"synthshapes: unknown split {split!r} (expected 'train' or 'val')")
-    ensure_synthshapes(root, data_seed, n_train, n_val)
+    names = {f.name for f in fields(SynthShapesConfig)}
+    bad = sorted(set(knobs or {}) - names)
+    if bad:
+        raise ValueError(f"synthshapes: unknown knob(s) {bad}; known: {', '.join(sorted(names))}")
+    cfg = SynthShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (knobs or {}).items()})
+    ensure_synthshapes(root, data_seed, n_train, n_val, cfg)
     return VOCDetection(root, split, SYNTHSHAPES_CLASSES, resize=ResizeConfig(tuple(short or (320,)), max_long),
                         augment=augment and split == "train", train_difficult=train_difficult, seed=seed)
