@@ -148,7 +148,8 @@ def test_coco_100_gt_as_detections_scores_one():
     outs = []
     for r in recs:
         keep = ~r.crowd
-        outs.append({"boxes": r.boxes[keep], "scores": np.linspace(0.9, 0.5, int(keep.sum())), "labels": r.labels[keep]})
+        outs.append({"boxes": r.boxes[keep], "scores": np.linspace(0.9, 0.5, int(keep.sum())),
+                     "labels": r.labels[keep]})
     ev.process([{"image_id": r.image_id} for r in recs], outs)
     stats = ev.evaluate()
     assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)

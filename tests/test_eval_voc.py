@@ -1,7 +1,5 @@
 """detkd's VOC evaluator against the transcribed py-faster-rcnn ``voc_eval.py`` oracle, the devkit/strict
 threshold comparison, the 11-point arange quirk, result files and their errors."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 

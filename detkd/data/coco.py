@@ -74,9 +74,11 @@ def check_coco(data: dict, src: str) -> None:
         cats[c.get("id")] = k
     for k, a in enumerate(data["annotations"]):
         if a.get("image_id") not in seen:
-            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) refers to unknown image id {a.get('image_id')}")
+            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) refers to unknown image id "
+                             f"{a.get('image_id')}")
         if a.get("category_id") not in cats:
-            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) has unknown category id {a.get('category_id')}")
+            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) has unknown category id "
+                             f"{a.get('category_id')}")
         bb = a.get("bbox")
         if not (isinstance(bb, list) and len(bb) == 4 and all(isinstance(v, (int, float)) for v in bb)
                 and np.isfinite(bb).all()):

@@ -60,10 +60,13 @@ class VOCGroundTruth:
         """All GT concatenated in image order: ``(boxes [G,4] float64, labels [G], difficult [G], image [G])``."""
         if getattr(self, "_flat", None) is None:
             n = [len(lab) for lab in self.labels]
-            self._flat = (np.concatenate(self.boxes).reshape(-1, 4).astype(np.float64) if self.boxes else np.zeros((0, 4)),
-                          np.concatenate(self.labels).astype(np.int64) if self.labels else np.zeros(0, np.int64),
-                          np.concatenate(self.difficult).astype(bool) if self.difficult else np.zeros(0, bool),
-                          np.repeat(np.arange(len(n)), n).astype(np.int64))
+            if not n:
+                self._flat = (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64))
+            else:
+                self._flat = (np.concatenate(self.boxes).reshape(-1, 4).astype(np.float64),
+                              np.concatenate(self.labels).astype(np.int64),
+                              np.concatenate(self.difficult).astype(bool),
+                              np.repeat(np.arange(len(n)), n).astype(np.int64))
         return self._flat
 
     @classmethod
@@ -325,7 +328,8 @@ def write_voc_results(pred_dir: str | Path, image_ids: Sequence[str], outputs: S
 
     ``outputs[i]``: ``{"boxes" [n,4] detkd xyxy in original image pixels, "scores" [n], "labels" [n] 1..K}``
     (tensors or arrays) for image ``image_ids[i]``. Boxes are written in VOC pixels (``xmin = x1 + 1``,
-    ``xmax = x2``) and every number as the shortest repr of its float64 value, so reading the file back gives the exact values.
+    ``xmax = x2``) and every number as the shortest repr of its float64 value, so reading the file back gives
+    the exact values.
     """
     pred_dir = Path(pred_dir)
     pred_dir.mkdir(parents=True, exist_ok=True)
