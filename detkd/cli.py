@@ -158,26 +158,42 @@ def eval_verification(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """10-fold verification accuracy (flip-sum embeddings) and TAR@FAR of a face recognizer."""
-    from detkd.eval.verification import verify_weights
+    from detkd.eval.verification import describe, summary, verify_weights
 
     try:
-        res = verify_weights(weights, bin, json=as_json)
-    except (FileNotFoundError, ValueError) as e:
+        res = verify_weights(weights, bin)
+    except (FileNotFoundError, ValueError, KeyError) as e:
         _fail(str(e))
-    if isinstance(res, dict):
-        keep = {k: v for k, v in res.items() if isinstance(v, (int, float))}
-        typer.echo(json.dumps(keep) if as_json else "\n".join(f"{k}: {v:.4f}" for k, v in keep.items()))
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in summary(res).items() if isinstance(v, (int, float))}))
+    else:
+        typer.echo(describe(res, bin.name))
 
 
 @app.command()
 def detect(
     images: List[Path] = typer.Argument(..., help="image files"),
     weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
-    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600"),
+    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600 | "
+                                 "tdkd-640 (faces); torchvision | mmdet-gfl (objects)"),
     out_dir: Path = typer.Option(..., help="output directory"),
-    format: str = typer.Option("png", "--format", help="widerface-txt (one txt per image) or png (drawn boxes)"),
+    format: str = typer.Option("png", "--format", help="widerface-txt (faces), coco (objects: D/detections.json) "
+                               "or png (drawn boxes)"),
 ):
-    """Detect faces in images; write WIDER txt files or PNGs with boxes, scores and landmarks."""
+    """Detect faces (face protocols) or objects (torchvision, mmdet-gfl); write WIDER txt, COCO JSON or PNGs."""
+    from detkd.detect_generic import PROTOCOLS as GENERIC
+
+    if protocol in GENERIC:
+        from detkd.detect_generic import detect_files as detect_generic
+
+        if format not in ("png", "coco"):
+            _fail(f"--format must be png or coco for protocol {protocol}, got {format!r}")
+        try:
+            written = detect_generic(weights, protocol, out_dir, format, images)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            _fail(str(e))
+        typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
+        return
     from detkd.infer import detect_files
 
     if format not in ("png", "widerface-txt"):
@@ -206,18 +222,29 @@ def export(
 
 @app.command("import-weights")
 def import_weights(
-    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints)"),
+    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints), "
+                               "torchvision-retinanet, mmdet-gfl (mmdet GFL / LD checkpoints)"),
     src: Path = typer.Argument(..., help="foreign checkpoint (.pth)"),
-    activation: str = typer.Option(..., help="leaky0.1 (biubug6 HEAD) or relu (first release, TDKD)"),
+    activation: Optional[str] = typer.Option(None, help="retinaface-biubug6 only: leaky0.1 (biubug6 HEAD) or relu "
+                                             "(first release, TDKD)"),
     out: Path = typer.Option(..., help="output .safetensors (model card .json beside it)"),
     width: float = typer.Option(0.25, help="MobileNetV1 width of the checkpoint (0.25 student, 0.75 teacher)"),
     task_convs: bool = typer.Option(False, help="the checkpoint has per-task conv blocks (TDKD teacher)"),
 ):
     """Convert a foreign checkpoint into detkd's safetensors + model card, with a strict key check."""
+    from detkd.models.import_onestage import IMPORTERS
+
+    if kind in IMPORTERS:
+        try:
+            card = IMPORTERS[kind](src, out)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(card, indent=2, default=str))
+        return
     from detkd.models.weights import import_retinaface_biubug6
 
     if kind != "retinaface-biubug6":
-        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6")
+        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6, {', '.join(IMPORTERS)}")
     if activation not in ("relu", "leaky0.1"):
         _fail("--activation must be relu or leaky0.1")
     try:
@@ -230,7 +257,7 @@ def import_weights(
 @data_app.command("synthfaces")
 def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER layout)"), seed: int = 0):
     """Write SynthFaces: face-detection scenes in WIDER FACE layout with easy/medium/hard .mat subsets."""
-    from detkd.data.synth import write_synthfaces
+    from detkd.data.synthfaces import write_synthfaces
 
     typer.echo(f"SynthFaces written to {write_synthfaces(out, seed=seed)}")
 
@@ -238,7 +265,7 @@ def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER lay
 @data_app.command("synthids")
 def data_synthids(out: Path = typer.Argument(..., help="output root (identity folders + val.bin)"), seed: int = 0):
     """Write SynthIDs: identity folders for face recognition and an LFW-style verification .bin."""
-    from detkd.data.synth_ids import write_synthids
+    from detkd.data.synthids import write_synthids
 
     typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed)}")
 
@@ -257,8 +284,10 @@ def data_synthshapes(
 
 
 @app.command("list")
-def list_(what: str = typer.Argument("all", help="models | datasets | methods | configs | protocols | all")):
-    """List registered models, datasets, distillation methods, configs and inference protocols."""
+def list_(what: str = typer.Argument(
+        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all")):
+    """List registered models, datasets, detection distillation methods, face-recognition objectives,
+    evaluators, configs and inference protocols."""
     from detkd import registry
     from detkd.config import list_configs
 
@@ -266,17 +295,22 @@ def list_(what: str = typer.Argument("all", help="models | datasets | methods | 
     sections = {
         "models": sorted(registry.MODELS),
         "datasets": sorted(registry.DATASETS),
-        "methods": sorted(registry.METHODS),
+        "methods": sorted(registry.METHODS),  # detection: distill.methods=[...]
+        "objectives": sorted(registry.OBJECTIVES),  # face recognition: distill.method=...
+        "evaluators": sorted(registry.EVALUATORS),
         "configs": list_configs(),
     }
+    from detkd.detect_generic import PROTOCOLS as GENERIC
     from detkd.infer import PROTOCOLS
 
-    sections["protocols"] = sorted(PROTOCOLS)
+    sections["protocols"] = sorted([*PROTOCOLS, *GENERIC])
     if what != "all" and what not in sections:
         _fail(f"unknown section {what!r}; choose from {', '.join(sections)} or all")
+    titles = {"methods": "methods (detection distillation, distill.methods=[...])",
+              "objectives": "objectives (face recognition, distill.method=...)"}
     for name, items in sections.items():
         if what in ("all", name):
-            typer.echo(f"{name}:")
+            typer.echo(f"{titles.get(name, name)}:")
             for it in items:
                 typer.echo(f"  {it}")
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from detkd.config import DetEvalConfig, ExperimentConfig
-from detkd.registry import build, build_model
+from detkd.data.loader import batch_image_sizes
+from detkd.registry import build_model, lookup
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +27,43 @@ class DetectionTask(nn.Module):
 
     def forward(self, batch):
         images, targets, _ = batch
-        return self.student(images, targets).losses
+        return self.student(images, targets, image_sizes=batch_image_sizes(batch)).losses
 
 
 # ------------------------------------------------------------------------------------------------ data
 
 
+# DetDataConfig fields that configure batching, not the dataset builder
+COLLATE_FIELDS = ("size_divisor",)
+
+
 def build_train_set(cfg: ExperimentConfig):
     """The training split; augmentation randomness is a pure function of (seed, epoch, index)."""
+    import dataclasses
+
     seed = cfg.data.seed if cfg.data.seed >= 0 else cfg.train.seed
-    return build("dataset", cfg.data, split="train", seed=seed)
+    kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
+              if f.name != "name" and f.name not in COLLATE_FIELDS}
+    return lookup("dataset", cfg.data.name)(**{**kwargs, "split": "train", "seed": seed})
+
+
+def build_collate(cfg: ExperimentConfig):
+    """``collate_detection`` padding to ``data.size_divisor`` (32 when the data config has no such field)."""
+    from detkd.data.loader import detection_collate
+
+    return detection_collate(getattr(cfg.data, "size_divisor", 32))
 
 
 def build_val_set(cfg: ExperimentConfig):
     """The evaluation split of ``cfg.data``: ``(image uint8 [H, W, 3], meta)`` samples; ``eval.images_dir`` /
     ``eval.gt_dir`` go to the data set builder when set."""
     ev = cfg.eval or DetEvalConfig()
+    import dataclasses
+
     extra = {k: v for k, v in (("images_dir", ev.images_dir), ("gt_dir", ev.gt_dir)) if v}
-    return build("dataset", cfg.data, split="val", **extra)
+    kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
+              if f.name != "name" and f.name not in COLLATE_FIELDS}
+    return lookup("dataset", cfg.data.name)(**{**kwargs, **extra, "split": "val"})
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -138,14 +158,12 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
     if cfg.distill is None:
         return DetectionTask(student)
     from detkd.distill.distiller import build_distill_task
-    from detkd.engine.checkpoint import load_student_weights
+    from detkd.models.weights import load_teacher
 
     d = cfg.distill
     if not d.teacher_weights:
         raise ValueError("distill.teacher_weights is empty: a distillation run needs a trained teacher")
-    teacher = build_model(d.teacher)
-    teacher.load_state_dict(load_student_weights(d.teacher_weights), strict=True)
-    return build_distill_task(d, student, teacher)
+    return build_distill_task(d, student, load_teacher(d.teacher, d.teacher_weights))
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> dict:
@@ -153,17 +171,16 @@ def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) ->
     from detkd.engine.loop import Trainer
 
     if cfg.task != "detection":
-        from detkd.distill.face import train_facerec
+        from detkd.experiment_facerec import train_facerec
 
         return train_facerec(cfg, resume=resume)
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
     train_set = build_train_set(cfg)
-    from detkd.data.loader import collate_detection
-
+    collate = build_collate(cfg)
     if cfg.distill is not None:  # fail fast: taps, shapes, identical inputs, teacher better than chance
-        sample = collate_detection([train_set[i] for i in range(min(2, len(train_set)))])
+        sample = collate([train_set[i] for i in range(min(2, len(train_set)))])
         task.check_setup(sample, teacher_loaded=True, accuracy_batches=[sample])
     trainer = Trainer(cfg, task, train_set, evaluate=make_evaluator(cfg) if evaluate else None,
-                      collate_fn=collate_detection)
+                      collate_fn=collate)
     return trainer.fit(resume=resume)

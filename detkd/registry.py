@@ -11,6 +11,9 @@ DATASETS: dict[str, Callable] = {}
 METHODS: dict[str, Callable] = {}  # detection distillation methods (``distill.methods=[...]``)
 OBJECTIVES: dict[str, Callable] = {}  # face-recognition training objectives (``distill.method=...``)
 EVALUATORS: dict[str, Callable] = {}  # evaluators with the ``detkd.eval.base`` protocol
+# model name -> keyword arguments of a tiny CPU instance; tests/test_contract.py builds every registered model
+# with them and checks the output contract (docs/contracts.md, "Adding a model family")
+TINY_CONFIGS: dict[str, dict[str, Any]] = {}
 
 _TABLES = {"model": MODELS, "dataset": DATASETS, "method": METHODS, "objective": OBJECTIVES,
            "evaluator": EVALUATORS}
@@ -21,8 +24,11 @@ KIND_NAMES = {"model": "model", "dataset": "dataset", "method": "detection disti
 _PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill", "detkd.eval")
 
 
-def register(kind: str, name: str | None = None):
-    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``)."""
+def register(kind: str, name: str | None = None, tiny: dict[str, Any] | None = None):
+    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``).
+
+    ``tiny`` (models): keyword arguments that make a small, fast CPU instance for the contract test.
+    """
     table = _TABLES[kind]
 
     def wrap(fn):
@@ -30,6 +36,8 @@ def register(kind: str, name: str | None = None):
         if key in table and table[key] is not fn:
             raise KeyError(f"{kind} {key!r} is registered twice")
         table[key] = fn
+        if tiny is not None:
+            TINY_CONFIGS[key] = dict(tiny)
         return fn
 
     return wrap
@@ -47,6 +55,10 @@ def close_matches(name: str, choices, n: int = 5, cutoff: float = 0.5) -> str:
     return f"; did you mean {', '.join(repr(x) for x in near)}?" if near else ""
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def kind_of(name: str) -> list[str]:
     """The kinds under which ``name`` is registered (to say what a misplaced name is)."""
     load_all()
@@ -58,7 +70,7 @@ def lookup(kind: str, name: str) -> Callable:
     table = _TABLES[kind]
     if name not in table:
         elsewhere = [KIND_NAMES[k] for k in kind_of(name) if k != kind]
-        what = f"; {name!r} is a {' and a '.join(elsewhere)}, not a {KIND_NAMES[kind]}" if elsewhere else ""
+        what = f"; {name!r} is {' and '.join(map(_a, elsewhere))}, not {_a(KIND_NAMES[kind])}" if elsewhere else ""
         raise KeyError(
             f"unknown {KIND_NAMES[kind]} {name!r}{what}{close_matches(name, table)} "
             f"(known: {', '.join(sorted(table))})"

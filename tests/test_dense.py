@@ -79,3 +79,19 @@ def test_max_iou_match_follows_torchvision_matcher():
     assert max_iou_match(gt, priors, 0.5, 0.4, True).matched[best] >= 0
     empty = max_iou_match(torch.zeros(0, 4), priors, 0.5, 0.4)
     assert (empty.matched == BELOW_LOW_THRESHOLD).all() and (empty.iou == 0).all()
+
+
+def test_retinaface_declares_head_spec_and_reports_xyxy_priors():
+    from detkd.ops.priors import level_priors
+
+    model = retinaface_mnet()
+    spec = model.head_spec
+    assert (spec["cls_logits"].kind, spec["cls_logits"].dim, spec["cls_logits"].num_classes) == ("softmax", 2, 1)
+    assert (spec["box_reg"].kind, spec["box_reg"].encoding) == ("deltas", "ssd")
+    assert spec["landmarks"].dim == 10
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 96))
+    first = out.priors[0][:2]  # location (0, 0), sizes 16 and 32: centre (4, 4)
+    assert first.tolist() == [[-4.0, -4.0, 12.0, 12.0], [-12.0, -12.0, 20.0, 20.0]]
+    cxcywh = model.priors_cxcywh(out)
+    assert torch.equal(cxcywh[: out.priors[0].shape[0]], level_priors(8, 12, 8, [16, 32]))

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from detkd.data.detection import ResizeConfig
-from detkd.data.synth import BACKGROUND_PHOTOS, _noise, _photos, _procedural  # SynthFaces photos, textures
+from detkd.data.synthfaces import BACKGROUND_PHOTOS, _noise, _photos, _procedural  # SynthFaces photos, textures
 from detkd.registry import register
 
 SYNTHSHAPES_CLASSES = ("circle", "ring", "square", "frame", "triangle", "star5", "star6", "cross", "hexagon",

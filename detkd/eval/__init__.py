@@ -1,3 +1,3 @@
-"""Evaluators: WIDER FACE, PASCAL VOC, COCO, face verification. Importing this package registers the VOC and
-COCO evaluators (``build_evaluator("voc" | "coco", ...)``)."""
-from detkd.eval import coco, voc  # noqa: F401
+"""Evaluators (``base.py`` protocol): WIDER FACE, PASCAL VOC, COCO, face verification; importing this package
+fills the evaluator registry (``build_evaluator("widerface" | "voc" | "coco", ...)``)."""
+from detkd.eval import coco, voc, widerface  # noqa: F401

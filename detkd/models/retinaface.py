@@ -293,7 +293,7 @@ def _config(name: str, **kw) -> RetinaFaceConfig:
     return RetinaFaceConfig(name=name, **kw)
 
 
-@register("model")
+@register("model", tiny={"width": 0.25, "task_convs": True})
 def retinaface_mnet(*, width: float = 0.25, activation: str = "relu", task_convs: bool = False,
                     min_sizes=None, steps=None, variance=None, fpn_channels: int = 64, loc_weight: float = 2.0,
                     pos_iou: float = 0.35, forced_iou: float = 0.2, neg_pos: int = 7) -> RetinaFace:
@@ -304,7 +304,7 @@ def retinaface_mnet(*, width: float = 0.25, activation: str = "relu", task_convs
     return RetinaFace(cfg=cfg)
 
 
-@register("model")
+@register("model", tiny={"fpn_channels": 16})
 def retinaface_r50(*, width: float | None = None, activation: str = "relu", task_convs: bool = False,
                    min_sizes=None, steps=None, variance=None, fpn_channels: int = 256, loc_weight: float = 2.0,
                    pos_iou: float = 0.35, forced_iou: float = 0.2, neg_pos: int = 7) -> RetinaFace:
