@@ -48,8 +48,10 @@ def test_in_memory_equals_written_files(random_set, tmp_path):
     ev.process([{"image_id": i} for i in ids[:100]], outputs[:100])
     ev.process([{"image_id": i} for i in ids[100:]], outputs[100:])
     write_voc_results(tmp_path / "w", ids, outputs)
-    a, b = ev.evaluate(), evaluate_dir(tmp_path / "w", gt, metric="area")
+    a, b = ev.details(), evaluate_dir(tmp_path / "w", gt, metric="area")
     assert a["per_class"] == b["per_class"] and a["mAP"] == b["mAP"]
+    flat = ev.evaluate()  # what the trainer logs: flat floats
+    assert flat["mAP"] == a["mAP"] and flat["AP/dog"] == a["per_class"]["dog"] and len(flat) == 21
     ev.reset()
     assert ev.evaluate()["mAP"] == 0.0
 

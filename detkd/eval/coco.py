@@ -117,6 +117,15 @@ class COCOEvaluator(DatasetEvaluator):
 
 
 @register("evaluator")
-def coco(*, ann_file: str | Path | dict) -> COCOEvaluator:
-    """COCO bbox AP/AR (12 stats, faster-coco-eval) against an instances file."""
-    return COCOEvaluator(ann_file)
+def coco(*, ann_file: str | Path | dict | None = None, dataset=None, max_images: int = 0) -> COCOEvaluator:
+    """COCO bbox AP/AR (12 stats, faster-coco-eval) against ``ann_file`` or ``dataset.ann_file`` (the ``val``
+    split of the ``coco`` dataset); ``max_images > 0`` keeps only the first N images of the file."""
+    ann = ann_file if ann_file is not None else getattr(dataset, "ann_file", None)
+    if ann is None:
+        raise ValueError("coco evaluator: give ann_file= or dataset= (a COCO evaluation set)")
+    if max_images > 0:
+        data, _ = load_coco_json(ann)
+        keep = {im["id"] for im in data["images"][:max_images]}
+        ann = {**data, "images": data["images"][:max_images],
+               "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    return COCOEvaluator(ann)

@@ -351,7 +351,9 @@ def write_voc_results(pred_dir: str | Path, image_ids: Sequence[str], outputs: S
 
 
 class VOCEvaluator(DatasetEvaluator):
-    """``reset() / process(metas, outputs) / evaluate() -> dict`` over model outputs (``detkd.eval.base``).
+    """``reset() / process(metas, outputs) / evaluate() -> {"mAP": m, "AP/<class>": ap, ...}`` (flat floats, as
+    the trainer logs them; with several IoU thresholds also ``"mAP@<thr>"``) over model outputs
+    (``detkd.eval.base``). :meth:`details` gives the full :func:`evaluate_detections` dict.
 
     ``metas[i]["image_id"]`` names the image (an id of ``gt``); ``outputs[i]`` holds ``boxes`` (detkd xyxy in
     **original image** pixels), ``scores`` and ``labels`` (1..K). Boxes go through the same VOC-pixel
@@ -380,6 +382,11 @@ class VOCEvaluator(DatasetEvaluator):
         return self.gt.index[key], boxes, scores, labels
 
     def compute(self, records: list) -> dict:
+        return flat_metrics(self.details(records))
+
+    def details(self, records: list | None = None) -> dict:
+        """The :func:`evaluate_detections` dict of ``records`` (default: what this rank processed)."""
+        records = self._records if records is None else records
         k = len(self.gt.class_names)
         if not records:
             return evaluate_detections(self.gt, [ClassDetections.empty() for _ in range(k)], self.metric,
@@ -392,16 +399,30 @@ class VOCEvaluator(DatasetEvaluator):
         return evaluate_detections(self.gt, dets, self.metric, self.iou_compare, self.iou_thrs)
 
 
+def flat_metrics(res: dict) -> dict[str, float]:
+    """``{"mAP", "AP/<class>"[, "mAP@<thr>"]}`` floats from an :func:`evaluate_detections` dict."""
+    out = {"mAP": res["mAP"], **{f"AP/{c}": v for c, v in res["per_class"].items()}}
+    for t, m in zip(res["iou_thrs"], res.get("mAP_per_iou", [])):
+        out[f"mAP@{t:.2f}"] = m
+    return out
+
+
 @register("evaluator")
 def voc(*, dataset=None, roots=None, splits=None, class_names: Sequence[str] | None = None,
-        metric: str = "voc07", iou_compare: str = "devkit", iou_thrs: Sequence[float] = (0.5,)) -> VOCEvaluator:
-    """PASCAL VOC mAP. The GT comes from ``dataset.records`` (a VOC-layout dataset: ``VOCDetection``,
-    SynthShapes) or from ``roots`` + ``splits``."""
+        metric: str = "voc07", iou_compare: str = "devkit", iou_thrs: Sequence[float] = (0.5,),
+        max_images: int = 0) -> VOCEvaluator:
+    """PASCAL VOC mAP. The GT comes from ``dataset.records`` (a VOC-layout evaluation set: the ``val`` split of
+    the ``voc`` / ``synthshapes`` datasets) or from ``roots`` + ``splits``; ``max_images > 0`` keeps only the
+    first N images' GT (smoke runs that evaluate the first N images)."""
     if dataset is not None and getattr(dataset, "records", None) is not None:
-        names = tuple(class_names or getattr(dataset, "class_names", VOC_CLASSES))
-        gt = VOCGroundTruth.from_records(dataset.records, names)
+        names = tuple(class_names or getattr(dataset, "class_names", None) or VOC_CLASSES)
+        records = dataset.records[:max_images] if max_images > 0 else dataset.records
+        gt = VOCGroundTruth.from_records(records, names)
     elif roots is not None and splits is not None:
         gt = VOCGroundTruth.load(roots, splits, tuple(class_names or VOC_CLASSES))
+        if max_images > 0:
+            gt = VOCGroundTruth(gt.image_ids[:max_images], gt.class_names, gt.boxes[:max_images],
+                                gt.labels[:max_images], gt.difficult[:max_images])
     else:
         raise ValueError("voc evaluator: give dataset= (a VOC-layout data set) or roots= and splits=")
     return VOCEvaluator(gt, metric, iou_compare, iou_thrs)
