@@ -9,6 +9,7 @@ A ``DetProtocol`` fixes geometry and post-processing:
   scaled back with torchvision's per-axis ratios.
 * ``jwyang-600``: faster-rcnn.pytorch's test (FGFI): short side 600 (no long-side cap), ``cv2.resize``
   INTER_LINEAR on the float image, no padding, score > 0.0, per-class NMS 0.3, 100 detections.
+* ``torchvision-320``: ``torchvision`` at SynthShapes' scale (short side 320, long side 533).
 * ``mmdet-600``: mmdetection 2.0's VOC test (DeFeat): keep-ratio resize to fit (1000, 600) (cv2 bilinear),
   pad to 32, score > 0.05, per-class NMS 0.5, 100 detections.
 
@@ -48,6 +49,7 @@ DET_PROTOCOLS: dict[str, DetProtocol] = {
     "torchvision": DetProtocol("torchvision", 800, 1333, "torch", 32, 0.05, 0.5, 100),
     "jwyang-600": DetProtocol("jwyang-600", 600, None, "cv2", 1, 0.0, 0.3, 100),
     "mmdet-600": DetProtocol("mmdet-600", 600, 1000, "cv2", 32, 0.05, 0.5, 100),
+    "torchvision-320": DetProtocol("torchvision-320", 320, 533, "torch", 32, 0.05, 0.5, 100),
 }
 
 
@@ -109,6 +111,29 @@ def detect_image(model: nn.Module, image_rgb: np.ndarray, protocol="torchvision"
         model.train(was_training)
     boxes = rescale_boxes(d["boxes"].float().cpu(), hw, image_rgb.shape[:2])
     return {"boxes": boxes, "scores": d["scores"].cpu(), "labels": d["labels"].cpu()}
+
+
+@torch.no_grad()
+def detect_batch(model: nn.Module, images: list[torch.Tensor], metas: list[dict], protocol) -> list[dict]:
+    """Batched evaluation (``detkd.infer.detect_batch`` delegates here): padded inputs ``[3, H_i, W_i]`` from
+    ``detkd.infer.ProtocolImages`` with ``meta["image_size"]`` (valid resized size) and ``meta["orig_size"]``;
+    same-shape inputs run together with their ``image_sizes``. Detections in original pixels."""
+    p = get_det_protocol(protocol)
+    device = next(model.parameters()).device
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    dets: list[dict | None] = [None] * len(images)
+    for idx in groups.values():
+        x = torch.stack([images[i] for i in idx]).to(device)
+        sizes = [tuple(metas[i]["image_size"]) for i in idx]
+        out = model(x, image_sizes=sizes)
+        batch = model.postprocess(out, score_thresh=p.score_thresh, nms_thresh=p.nms_thresh,
+                                  detections_per_img=p.detections_per_img)
+        for i, hw, d in zip(idx, sizes, batch):
+            dets[i] = {"boxes": rescale_boxes(d["boxes"].float().cpu(), hw, metas[i]["orig_size"]),
+                       "scores": d["scores"].cpu(), "labels": d["labels"].cpu()}
+    return dets
 
 
 def class_names(card: dict) -> list[str]:
