@@ -141,8 +141,8 @@ class ProtocolImages(torch.utils.data.Dataset):
         if not isinstance(self.protocol, Protocol):  # object detectors: keep-ratio resize + pad (infer_detector)
             from detkd.infer_detector import preprocess as preprocess_det
 
-            x, hw = preprocess_det(image, self.protocol)
-            return x[0], {**meta, "image_size": hw, "orig_size": tuple(image.shape[:2])}
+            x, hw, scale = preprocess_det(image, self.protocol)
+            return x[0], {**meta, "image_size": hw, "box_scale": scale, "orig_size": tuple(image.shape[:2])}
         x, r = preprocess(image, self.protocol)
         return x[0], {**meta, "scale": r, "orig_size": tuple(image.shape[:2])}
 

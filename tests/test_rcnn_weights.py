@@ -90,7 +90,7 @@ def test_torchvision_oracle_r18_small_protocol(tmp_path):
     card = import_torchvision_fasterrcnn(src, tmp_path / "r18.safetensors")
     assert card["model"]["depth"] == 18 and card["model"]["num_classes"] == 5
     model, _ = load_model_file(tmp_path / "r18.safetensors")
-    proto = DetProtocol("tv-320", 320, 533, "torch", 32, 0.05, 0.5, 100)
+    proto = DetProtocol("tv-320", 320, 533, "torch", 32)
     with torch.no_grad():
         refs = [tv([t])[0] for t in tensors]  # one image per call, as `detkd detect`
     for image, ref in zip(images, refs):
@@ -247,7 +247,7 @@ def test_batched_evaluation_path_equals_detect_image():
     g = torch.Generator().manual_seed(0)
     images = [(torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy() for h, w in ((90, 120), (90, 120), (70, 64))]
     ds = [(im, {"image_id": str(i)}) for i, im in enumerate(images)]
-    proto = DetProtocol("tv-128", 128, 200, "torch", 32, 0.0, 0.5, 50)
+    proto = DetProtocol("tv-128", 128, 200, "torch", 32, thresholds={"score_thresh": 0.0, "max_dets": 50})
     wrapped = ProtocolImages(ds, proto)
     ims, metas = collate_images([wrapped[i] for i in range(3)])
     dets = detect_batch(model, ims, metas, proto)

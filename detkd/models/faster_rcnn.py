@@ -140,7 +140,7 @@ class FasterRCNN(nn.Module):
         self.head_spec = {"rpn.objectness": HeadKey("objectness", 1), "rpn.box_reg": HeadKey("deltas", 4, "rcnn")}
         self.num_classes = cfg.num_classes  # the RoI head's softmax has num_classes + 1 columns (0 = background)
         self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
-                           "detections_per_img": cfg.detections_per_img}
+                           "max_dets": cfg.detections_per_img}
         if cfg.normalize == "imagenet":
             mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         else:
@@ -230,7 +230,7 @@ class FasterRCNN(nn.Module):
     @torch.no_grad()
     def postprocess(self, out: DetOutput, **thresholds) -> list[dict[str, Tensor]]:
         """Detections from ``out.rois``; keyword ``thresholds`` (``score_thresh``, ``nms_thresh``,
-        ``detections_per_img``) override ``self.thresholds`` (``None`` = the model's default)."""
+        ``max_dets``) override ``self.thresholds`` (``None`` = the model's default)."""
         unknown = set(thresholds) - set(self.thresholds)
         if unknown:
             raise TypeError(f"FasterRCNN.postprocess: unknown thresholds {sorted(unknown)} "
@@ -238,7 +238,7 @@ class FasterRCNN(nn.Module):
         t = {k: (thresholds[k] if thresholds.get(k) is not None else v) for k, v in self.thresholds.items()}
         r = out.rois
         return self.roi_heads.postprocess(r.cls_logits, r.box_reg, r.rois, out.image_sizes, t["score_thresh"],
-                                          t["nms_thresh"], t["detections_per_img"])
+                                          t["nms_thresh"], t["max_dets"])
 
 
 # -------------------------------------------------------------------------------------------- builders
