@@ -1,0 +1,331 @@
+"""ONNX export of detkd models, with an ONNX Runtime parity check (``detkd export RUN_OR_WEIGHTS --onnx F``).
+
+The graph
+* input ``images``: ``[B, 3, H, W]`` RGB in 0..255, NCHW, dtype ``float32`` (default) or ``uint8``
+  (``input_dtype``); the graph casts to float and applies the model's own normalisation (RetinaFace: BGR minus
+  (104, 117, 123); face recognizers: (x - 127.5) / 128), so callers feed plain pixels.
+* BatchNorm is folded first (``detkd.models.fuse``); ONNX Runtime fuses conv + activation itself.
+* ``H, W`` are fixed to ``size`` unless ``dynamic_size`` (the batch axis is always dynamic, except with NMS).
+* outputs, per family (``EXPORTERS``):
+  - RetinaFace raw: ``cls_logits.p3`` ... ``landmarks.p5``, each ``[B, h*w*A, k]`` exactly as
+    ``DetOutput.head[key][level]``; the runner builds priors and decodes with the eager code.
+  - RetinaFace ``with_nms``: batch 1, ``boxes [N, 4]`` xyxy, ``scores [N]``, ``landmarks [N, 5, 2]`` in input
+    pixels, descending score: softmax, score > conf, top-k in the reference order (ties: higher prior index
+    first), SSD decoding, "+1" NMS (ONNX NonMaxSuppression on boxes with x2, y2 shifted by +1, visiting the
+    candidates in that order), keep-top-k. The protocol preset is baked in and recorded in the card.
+  - face recognizers: ``embedding [B, D]`` (raw, not L2-normalised).
+
+The card ``F.json`` beside ``F.onnx`` (``format: detkd-onnx/1``) holds the model config (so the runner can
+rebuild priors / post-processing), the graph description (input dtype, fixed or dynamic size, outputs,
+protocol), the source weights, the ONNX file's md5 (the runner refuses an ONNX file its card does not
+describe) and the parity numbers measured at export time.
+
+Families plug in with ``@register_exporter(ModelClass)``: a function ``(model, opts) -> GraphSpec``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from detkd.models.fuse import fuse_model
+
+ONNX_CARD_FORMAT = "detkd-onnx/1"
+INPUT_DTYPES = ("float32", "uint8")
+
+
+class ExportError(ValueError):
+    """An export that cannot be done (missing card, unsupported architecture, bad option); one-line reason."""
+
+
+@dataclass
+class ExportOptions:
+    opset: int = 17
+    dynamic_size: bool = False
+    size: tuple[int, int] = (640, 640)  # (H, W) traced, and fixed unless dynamic_size (detectors only)
+    with_nms: bool = False
+    protocol: str = "biubug6-origin"  # post-processing baked in with with_nms
+    input_dtype: str = "float32"
+    check: bool = True  # run the export in ONNX Runtime and compare with eager
+
+
+@dataclass
+class GraphSpec:
+    """What a family hook returns: the module to trace and how its graph is described."""
+
+    module: nn.Module  # forward(images) -> tuple of tensors
+    example: Tensor  # traced input (dtype = the graph input dtype)
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    card: dict = field(default_factory=dict)  # family entries for the card's "graph" section
+
+
+EXPORTERS: dict[type, Callable[[nn.Module, ExportOptions], GraphSpec]] = {}
+
+
+def register_exporter(cls: type):
+    """Decorator: ``@register_exporter(RetinaFace) def hook(model, opts) -> GraphSpec``."""
+
+    def wrap(fn):
+        EXPORTERS[cls] = fn
+        return fn
+
+    return wrap
+
+
+def find_exporter(model: nn.Module) -> Callable[[nn.Module, ExportOptions], GraphSpec]:
+    for cls in type(model).__mro__:
+        if cls in EXPORTERS:
+            return EXPORTERS[cls]
+    known = ", ".join(sorted(c.__name__ for c in EXPORTERS))
+    raise ExportError(f"{type(model).__name__} is not exportable to ONNX yet (exportable: {known})")
+
+
+def _example(shape, dtype: str, seed: int = 0) -> Tensor:
+    """A deterministic random image batch in 0..255 of the graph input dtype."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    return x if dtype == "uint8" else x.float()
+
+
+# ---------------------------------------------------------------------------------------------- RetinaFace
+
+
+class _RetinaFaceRaw(nn.Module):
+    def __init__(self, model: nn.Module, keys: list[str]):
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(images.float())
+        return tuple(t for key in self.keys for t in out.head[key])
+
+
+class _RetinaFaceNMS(nn.Module):
+    """Batch-1 detection graph: decode + "+1" NMS of one protocol (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, protocol):
+        super().__init__()
+        self.model, self.p = model, protocol
+        cfg = model.config
+        self.level_cfg = list(zip(cfg.steps, cfg.min_sizes))
+        self.variance = tuple(cfg.variance)
+
+    def _priors(self, feats: list[Tensor]) -> Tensor:
+        """cxcywh priors ``[P, 4]`` from the feature map sizes (dynamic in the graph), order as the heads."""
+        out = []
+        for f, (step, sizes) in zip(feats, self.level_cfg):
+            ys = (torch.arange(f.shape[2], dtype=torch.float32) + 0.5) * step  # [h]
+            xs = (torch.arange(f.shape[3], dtype=torch.float32) + 0.5) * step  # [w]
+            cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+            a = len(sizes)
+            centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, a, 2)  # [h*w, A, 2]
+            wh = torch.tensor(sizes, dtype=torch.float32).reshape(1, a, 1).expand_as(centres)  # [h*w, A, 2]
+            out.append(torch.cat([centres, wh], dim=-1).reshape(-1, 4))
+        return torch.cat(out)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model(images.float())
+        p, (v0, v1) = self.p, self.variance
+        priors = self._priors([out.feats[k] for k in ("p3", "p4", "p5")])  # [P, 4]
+        scores = torch.softmax(out.cat_head("cls_logits")[0], dim=-1)[:, 1]  # [P]
+        idx = (scores > p.conf_thresh).nonzero().squeeze(1)  # [n] ascending prior index
+        # reference order: descending score, ties by higher index first = descending sort of the reversed list
+        # with ties by lower index first (ONNX TopK's documented tie rule; argsort exports as TopK)
+        rev = torch.argsort(scores[idx].flip(0), descending=True)
+        order = idx.shape[0] - 1 - rev
+        if p.top_k is not None:
+            order = order[: p.top_k]
+        idx = idx[order]
+        scores, pri = scores[idx], priors[idx]
+        loc = out.cat_head("box_reg")[0][idx]  # [n, 4]
+        c = pri[:, :2] + loc[:, :2] * v0 * pri[:, 2:]
+        wh = pri[:, 2:] * torch.exp(loc[:, 2:] * v1)
+        x1y1 = c - wh / 2
+        boxes = torch.cat([x1y1, x1y1 + wh], dim=1)  # [n, 4] xyxy
+        plus1 = torch.cat([boxes[:, :2], boxes[:, 2:] + 1.0], dim=1)
+        rank = torch.arange(idx.shape[0], 0, -1).to(torch.float32)  # visit in the order above
+        from torchvision.ops import nms
+
+        keep = nms(plus1, rank, p.nms_thresh)
+        if p.keep_top_k is not None:
+            keep = keep[: p.keep_top_k]
+        lm = out.cat_head("landmarks")[0][idx[keep]].reshape(-1, 5, 2)
+        pk = pri[keep]
+        landmarks = pk[:, None, :2] + lm * v0 * pk[:, None, 2:]
+        return boxes[keep], scores[keep], landmarks
+
+
+def _retinaface_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
+    from detkd.infer import get_protocol
+
+    h, w = opts.size
+    if opts.with_nms:
+        proto = get_protocol(opts.protocol)
+        module = _RetinaFaceNMS(model, proto)
+        names = ["boxes", "scores", "landmarks"]
+        axes = {"boxes": {0: "num_dets"}, "scores": {0: "num_dets"}, "landmarks": {0: "num_dets"}}
+        if opts.dynamic_size:
+            axes["images"] = {2: "height", 3: "width"}
+        graph = {"kind": "detector", "head": None, "with_nms": True, "batch": 1,
+                 "protocol": dataclasses.asdict(proto)}
+        return GraphSpec(module, _example((1, 3, h, w), opts.input_dtype), names, axes, graph)
+    keys = ["cls_logits", "box_reg", "landmarks"]
+    levels = ("p3", "p4", "p5")
+    names = [f"{k}.{lvl}" for k in keys for lvl in levels]
+    axes = {"images": {0: "batch"}} | {n: {0: "batch"} for n in names}
+    if opts.dynamic_size:
+        axes["images"] |= {2: "height", 3: "width"}
+        for n in names:
+            axes[n][1] = f"priors_{n.split('.')[1]}"
+    graph = {"kind": "detector", "head": {"keys": keys, "levels": list(levels)}, "with_nms": False,
+             "batch": "dynamic", "protocol": None}
+    return GraphSpec(_RetinaFaceRaw(model, keys), _example((1, 3, h, w), opts.input_dtype), names, axes, graph)
+
+
+class _Embedder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images.float()).embedding
+
+
+def _facerec_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
+    if opts.with_nms:
+        raise ExportError("--with-nms applies to detectors only, not to face recognizers")
+    s = model.input_size
+    graph = {"kind": "face_recognizer", "head": None, "with_nms": False, "batch": "dynamic", "protocol": None}
+    # face crops are aligned to a fixed size: the size is the model's, never dynamic
+    return GraphSpec(_Embedder(model), _example((2, 3, s, s), opts.input_dtype), ["embedding"],
+                     {"images": {0: "batch"}, "embedding": {0: "batch"}}, graph)
+
+
+def _register_builtin() -> None:
+    from detkd.models.face import FaceRecognizer
+    from detkd.models.retinaface import RetinaFace
+
+    EXPORTERS.setdefault(RetinaFace, _retinaface_hook)
+    EXPORTERS.setdefault(FaceRecognizer, _facerec_hook)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def load_source(src) -> tuple[nn.Module, dict, Path]:
+    """``(model, weights card, weights file)`` from an exported model file or a run dir / training checkpoint."""
+    from detkd.models.weights import load_model_file
+
+    src = Path(src)
+    if src.suffix == ".safetensors" or (src.is_file() and src.with_suffix(".json").is_file()
+                                        and src.suffix != ".pt"):
+        if not src.with_suffix(".json").is_file():
+            raise ExportError(f"{src}: model card {src.with_suffix('.json').name} is missing; it says which "
+                              "architecture the weights belong to, so the model cannot be rebuilt without it")
+        model, card = load_model_file(src)
+        return model, card, src
+    from detkd.engine.checkpoint import export_student
+
+    tmp = Path(tempfile.mkdtemp(prefix="detkd_export_"))
+    weights = export_student(src, tmp / "student.safetensors")
+    model, card = load_model_file(weights)
+    return model, card, src
+
+
+def _check_options(opts: ExportOptions) -> None:
+    if opts.input_dtype not in INPUT_DTYPES:
+        raise ExportError(f"input dtype must be one of {INPUT_DTYPES}, got {opts.input_dtype!r}")
+    if not 11 <= opts.opset <= 21:
+        raise ExportError(f"opset {opts.opset} is not supported (11..21; NonMaxSuppression needs >= 11)")
+    h, w = opts.size
+    if h < 32 or w < 32:
+        raise ExportError(f"trace size {h}x{w} is too small (at least 32x32)")
+
+
+def export_onnx(src, out, opts: ExportOptions | None = None) -> dict:
+    """Export ``src`` (model file or run) to ``out`` (.onnx) + ``out.json`` card; returns the card."""
+    from detkd.models.weights import md5sum
+
+    opts = opts or ExportOptions()
+    _check_options(opts)
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the ONNX output must end in .onnx")
+    model, wcard, wpath = load_source(src)
+    return export_model(model, out, opts, source={"path": str(Path(wpath).resolve()), "md5": md5sum(wpath)
+                                                  if Path(wpath).is_file() else None,
+                                                  "card_format": wcard.get("format")})
+
+
+def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None = None) -> dict:
+    """Export an in-memory model (see ``export_onnx``)."""
+    from detkd.models.weights import md5sum
+
+    _register_builtin()
+    _check_options(opts)
+    if not hasattr(model, "config"):
+        raise ExportError(f"{type(model).__name__} has no config dataclass: the card could not rebuild it")
+    hook = find_exporter(model)
+    fused = fuse_model(model)
+    spec = hook(fused, opts)
+    spec.module.eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes (handled by design)
+        torch.onnx.export(spec.module, (spec.example,), str(out), dynamo=False, opset_version=opts.opset,
+                          input_names=["images"], output_names=spec.output_names,
+                          dynamic_axes=spec.dynamic_axes, do_constant_folding=True)
+    cfg = dataclasses.asdict(model.config)
+    h, w = opts.size
+    if spec.card["kind"] == "face_recognizer":
+        h = w = model.input_size
+    card = {
+        "format": ONNX_CARD_FORMAT,
+        "architecture": cfg["name"],
+        "config": cfg,
+        "graph": spec.card | {
+            "input": "images", "layout": "NCHW RGB 0..255", "input_dtype": opts.input_dtype,
+            "normalisation": "in graph", "dynamic_size": bool(opts.dynamic_size and spec.card["kind"] == "detector"),
+            "size": [h, w], "outputs": spec.output_names, "opset": opts.opset, "bn_folded": fused.fused,
+        },
+        "source": source,
+        "onnx": out.name,
+        "onnx_md5": md5sum(out),
+        "torch": torch.__version__,
+    }
+    if opts.check:
+        card["parity"] = parity_check(spec, out)
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    return card
+
+
+def parity_check(spec: GraphSpec, onnx_path) -> dict:
+    """Run the traced example through ONNX Runtime and eager; max abs error per output (count for NMS)."""
+    from detkd.runtime import make_session
+
+    sess = make_session(onnx_path)
+    got = sess.run(None, {"images": spec.example.numpy()})
+    with torch.no_grad():
+        ref = spec.module(spec.example)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    res = {"input": list(spec.example.shape)}
+    for name, r, g in zip(spec.output_names, ref, got):
+        r = r.numpy()
+        if r.shape != g.shape:
+            res[name] = f"shape {list(g.shape)} vs eager {list(r.shape)}"
+            continue
+        res[name] = float(np.abs(r - g).max()) if r.size else 0.0
+    bad = {k: v for k, v in res.items() if k != "input" and (isinstance(v, str) or v > 1e-3)}
+    if bad and not spec.card.get("with_nms"):
+        raise ExportError(f"{onnx_path}: ONNX Runtime output differs from eager on the trace input: {bad}")
+    return res
