@@ -123,18 +123,20 @@ def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, m
     return out_png
 
 
-def detect_files(weights, protocol: str, out_dir, fmt: str, images) -> list[Path]:
+def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
     """``detkd detect``: run an exported detector over image files; write WIDER txt files or PNGs.
 
     ``fmt="widerface-txt"`` writes ``out_dir/<event>/<name>.txt`` with event = the image's parent directory name;
-    ``fmt="png"`` writes ``out_dir/<name>.png``. Returns the written paths.
+    ``fmt="png"`` writes ``out_dir/<name>.png``. ``backend``: ``"eager"`` (a ``.safetensors`` model file, run
+    with BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` from ``detkd export --onnx``), see
+    ``detkd.runtime``. Returns the written paths.
     """
-    from detkd.models.weights import load_model_file
+    from detkd.runtime import load_inference_model
 
     if fmt not in ("widerface-txt", "png"):
         raise ValueError(f"unknown output format {fmt!r}; choose widerface-txt or png")
     p = get_protocol(protocol)
-    model, _ = load_model_file(weights)
+    model, _ = load_inference_model(weights, backend, kind="detector")
     out_dir = Path(out_dir)
     written = []
     for path in map(Path, images):

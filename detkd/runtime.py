@@ -173,9 +173,12 @@ class OrtFaceRecognizer(_OrtModel):
         return EmbedOutput(embedding=torch.from_numpy(self.session.run(None, {"images": self._feed(images)})[0]))
 
 
-def load_inference_model(path, backend: str = "eager", channels_last: bool = False,
+def load_inference_model(path, backend: str = "eager", kind: str | None = None, channels_last: bool = False,
                          providers=None, threads: int | None = None) -> tuple[nn.Module, dict]:
-    """``(model, card)`` ready for inference on the chosen backend (see the module docstring)."""
+    """``(model, card)`` ready for inference on the chosen backend (see the module docstring).
+
+    ``kind`` ("detector" / "face_recognizer"): refuse a model of another kind with a one-line error.
+    """
     path = Path(path)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -186,9 +189,15 @@ def load_inference_model(path, backend: str = "eager", channels_last: bool = Fal
         from detkd.models.weights import load_model_file
 
         model, card = load_model_file(path)
+        have = "detector" if hasattr(model, "postprocess") else "face_recognizer"
+        if kind is not None and have != kind:
+            raise ValueError(f"{path}: the card describes a {have} ({type(model).__name__}), not a {kind}")
         return fuse_model(model, channels_last=channels_last, inplace=True), card
     if path.suffix != ".onnx":
         raise ValueError(f"{path}: --backend onnxruntime needs an .onnx file written by `detkd export --onnx`")
     card = read_onnx_card(path)
-    cls = OrtFaceRecognizer if card["graph"]["kind"] == "face_recognizer" else OrtDetector
+    have = card["graph"]["kind"]
+    if kind is not None and have != kind:
+        raise ValueError(f"{path}: the card describes a {have} ({card.get('architecture')}), not a {kind}")
+    cls = OrtFaceRecognizer if have == "face_recognizer" else OrtDetector
     return cls(path, providers, threads), card
