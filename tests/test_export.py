@@ -36,15 +36,15 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The shipped baseline exported raw (dynamic size), with NMS for two protocols, and with uint8 input."""
+    """The shipped baseline exported raw (dynamic size), with NMS for two protocols, and static with uint8 input
+    (only the first export runs the export-time parity check: the tests below compare every graph anyway)."""
     d = tmp_path_factory.mktemp("onnx")
     out = {}
     for name, opts in {
         "raw": ExportOptions(dynamic_size=True, size=(320, 320)),
-        "nms": ExportOptions(dynamic_size=True, size=(320, 320), with_nms=True),
-        "nms640": ExportOptions(dynamic_size=True, size=(320, 320), with_nms=True, protocol="tdkd-640"),
-        "u8": ExportOptions(dynamic_size=True, size=(320, 320), input_dtype="uint8"),
-        "static": ExportOptions(size=(256, 320)),
+        "nms": ExportOptions(dynamic_size=True, size=(320, 320), with_nms=True, check=False),
+        "nms640": ExportOptions(dynamic_size=True, size=(320, 320), with_nms=True, protocol="tdkd-640", check=False),
+        "u8static": ExportOptions(size=(256, 320), input_dtype="uint8", check=False),
     }.items():
         export_onnx(ASSET, d / f"{name}.onnx", opts)
         out[name] = d / f"{name}.onnx"
@@ -103,13 +103,11 @@ def test_nms_graph_matches_eager(exported, scenes, which, protocol):
 def test_uint8_input_and_static_size(exported, scenes):
     eager, _ = load_model_file(ASSET)
     image = read_image(scenes[0])
-    u8, card = load_inference_model(exported["u8"], "onnxruntime")
-    assert card["graph"]["input_dtype"] == "uint8"
-    assert_same_dets(detect_image(eager, image), detect_image(u8, image), "uint8 graph")
-    static, card = load_inference_model(exported["static"], "onnxruntime")
-    assert card["graph"]["size"] == [256, 320] and not card["graph"]["dynamic_size"]
     small = cv2.resize(image, (320, 256))
-    assert_same_dets(detect_image(eager, small), detect_image(static, small), "static graph")
+    static, card = load_inference_model(exported["u8static"], "onnxruntime")
+    assert card["graph"]["input_dtype"] == "uint8"
+    assert card["graph"]["size"] == [256, 320] and not card["graph"]["dynamic_size"]
+    assert_same_dets(detect_image(eager, small), detect_image(static, small), "static uint8 graph")
     with pytest.raises(ValueError, match=r"fixed to 256x320 input, got 320x320; re-export with --dynamic-size"):
         detect_image(static, image)
 
@@ -162,6 +160,7 @@ def test_every_registered_model_has_an_exporter():
     assert len(EXPORTERS) >= 2
 
 
+@pytest.mark.slow  # ~10 s: ResNet-50 trace + ONNX Runtime session
 def test_retinaface_r50_raw_export(tmp_path):
     torch.manual_seed(0)
     model = registry.lookup("model", "retinaface_r50")().eval()
@@ -273,3 +272,29 @@ def test_real_checkpoint_on_real_wider_image(tmp_path):
                     ExportOptions(dynamic_size=True, with_nms=with_nms, check=False))
         ort_model, _ = load_inference_model(tmp_path / f"m{with_nms}.onnx", "onnxruntime")
         assert_same_dets(ref, detect_image(ort_model, image), f"with_nms={with_nms}")
+
+
+def test_cli_export_and_detect_with_both_backends(tmp_path, scenes):
+    from typer.testing import CliRunner
+
+    from detkd.cli import app
+
+    runner = CliRunner()
+    onnx = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", str(ASSET), "--onnx", str(onnx), "--dynamic-size", "--size", "320x320"])
+    assert res.exit_code == 0, res.output
+    assert "ONNX Runtime vs eager" in res.output and onnx.is_file() and onnx.with_suffix(".json").is_file()
+    txt = {}
+    for backend, weights in (("eager", ASSET), ("onnxruntime", onnx)):
+        res = runner.invoke(app, ["detect", str(scenes[0]), "--weights", str(weights), "--backend", backend,
+                                  "--out-dir", str(tmp_path / backend), "--format", "widerface-txt"])
+        assert res.exit_code == 0, res.output
+        txt[backend] = next((tmp_path / backend).rglob("*.txt")).read_text().splitlines()
+    assert txt["eager"][1] == txt["onnxruntime"][1] and int(txt["eager"][1]) > 0
+    res = runner.invoke(app, ["detect", str(scenes[0]), "--weights", str(ASSET), "--backend", "onnxruntime",
+                              "--out-dir", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "needs an .onnx file" in res.output
+    res = runner.invoke(app, ["export", str(ASSET)])
+    assert res.exit_code == 2 and "give --out" in res.output
+    res = runner.invoke(app, ["export", str(ASSET), "--onnx", str(tmp_path / "b.onnx"), "--size", "big"])
+    assert res.exit_code == 2 and "--size must be HxW" in res.output
