@@ -4,7 +4,7 @@
 ``detkd.experiment.evaluate_widerface`` use exactly like an eager detector:
 
 * ``"eager"``: ``path`` is a detkd model file (``.safetensors`` + card); the model is fused
-  (``detkd.models.fuse``), optionally in ``channels_last``.
+  (``detkd.models.fuse``) and, by default, in ``channels_last`` (about 1.3x faster on CPU for RetinaFace).
 * ``"onnxruntime"``: ``path`` is an ``.onnx`` written by ``detkd export --onnx`` with its ``.json`` card.
   ``OrtDetector(images)`` returns a ``DetOutput`` whose ``head`` holds the graph's raw outputs per level and
   whose ``priors`` come from the model's own prior code, so ``postprocess`` is the eager decoding; a graph
@@ -173,7 +173,7 @@ class OrtFaceRecognizer(_OrtModel):
         return EmbedOutput(embedding=torch.from_numpy(self.session.run(None, {"images": self._feed(images)})[0]))
 
 
-def load_inference_model(path, backend: str = "eager", kind: str | None = None, channels_last: bool = False,
+def load_inference_model(path, backend: str = "eager", kind: str | None = None, channels_last: bool = True,
                          providers=None, threads: int | None = None) -> tuple[nn.Module, dict]:
     """``(model, card)`` ready for inference on the chosen backend (see the module docstring).
 

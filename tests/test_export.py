@@ -298,3 +298,21 @@ def test_cli_export_and_detect_with_both_backends(tmp_path, scenes):
     assert res.exit_code == 2 and "give --out" in res.output
     res = runner.invoke(app, ["export", str(ASSET), "--onnx", str(tmp_path / "b.onnx"), "--size", "big"])
     assert res.exit_code == 2 and "--size must be HxW" in res.output
+
+
+def test_cli_eval_detector_same_ap_on_both_backends(exported, scenes):
+    from typer.testing import CliRunner
+
+    from detkd.cli import app
+
+    val = scenes[0].parents[2]  # <root>/val/images/<event>/<name>.jpg
+    aps = {}
+    for backend, weights in (("eager", ASSET), ("onnxruntime", exported["raw"])):
+        res = CliRunner().invoke(app, ["eval", "detector", "--weights", str(weights), "--images-dir",
+                                       str(val / "images"), "--gt-dir", str(val / "gt"), "--backend", backend,
+                                       "--json"])
+        assert res.exit_code == 0, res.output
+        aps[backend] = json.loads(res.output.strip().splitlines()[-1])
+    assert aps["eager"].keys() == {"easy", "medium", "hard"}
+    for k in aps["eager"]:
+        assert abs(aps["eager"][k] - aps["onnxruntime"][k]) <= 1e-6, (k, aps)
