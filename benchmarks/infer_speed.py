@@ -27,7 +27,6 @@ without it the detector falls back to random weights and a random image (ratios 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -48,6 +47,7 @@ from detkd.models.fuse import fuse_model
 from detkd.models.retinaface import decode_detections, retinaface_mnet
 from detkd.ops.nms import nms_plus1
 from detkd.ops.priors import make_priors
+from detkd.reporting import write_results
 from detkd.runtime import OrtDetector, OrtFaceRecognizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def bench_retinaface(model, files: dict, tmp: Path, repeats: int, threads: int) 
 
 
 def bench_mobilefacenet(tmp: Path, repeats: int, threads: int) -> dict:
-    from detkd.models.face import mobilefacenet
+    from detkd.models.facerec import mobilefacenet
 
     torch.manual_seed(0)
     model = mobilefacenet().eval()
@@ -279,7 +279,7 @@ def bench_stages(model, path, runs: int) -> dict:
     h, w = x.shape[-2:]
     out = fused(x)
     cls, box, landm = out.cat_head("cls_logits"), out.cat_head("box_reg"), out.cat_head("landmarks")
-    priors = torch.cat(out.priors)
+    priors = fused.priors_cxcywh(out)  # the coders' (cx, cy, w, h) form; out.priors are xyxy
     d = decode_detections(cls, box, landm, priors, fused.variance, p.conf_thresh, p.nms_thresh)
     s = torch.softmax(cls, -1)[0, :, 1]
     idx = (s > p.conf_thresh).nonzero().squeeze(1)
@@ -364,10 +364,8 @@ def main():
         report |= bench_retinaface(model, files, tmp, args.repeats, args.threads)
         report["mobilefacenet"] = bench_mobilefacenet(tmp, args.repeats, args.threads)
         report["stages"] = bench_stages(model, next(iter(files.values())), args.stage_runs)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "infer_speed.json").write_text(json.dumps(report, indent=2))
     md = write_markdown(report)
-    (RESULTS / "infer_speed.md").write_text(md)
+    write_results(RESULTS, "infer_speed", report, md.splitlines())
     print(md)
 
 

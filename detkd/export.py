@@ -7,16 +7,17 @@ The graph
 * BatchNorm is folded first (``detkd.models.fuse``); ONNX Runtime fuses conv + activation itself.
 * ``H, W`` are fixed to ``size`` unless ``dynamic_size`` (the batch axis is always dynamic, except with NMS).
 * outputs, per family (``EXPORTERS``):
-  - RetinaFace raw: ``cls_logits.p3`` ... ``landmarks.p5``, each ``[B, h*w*A, k]`` exactly as
-    ``DetOutput.head[key][level]``; the runner builds priors and decodes with the eager code.
+  - any ``DenseDetector`` (raw): ``<head key>.<level>`` (RetinaFace: ``cls_logits.p3`` ... ``landmarks.p5``),
+    each ``[B, h*w*A, k]`` exactly as ``DetOutput.head[key][level]`` (the skeleton's ``preprocess`` ->
+    ``features`` -> ``head_forward``); the runner builds priors and decodes with the model's own code.
   - RetinaFace ``with_nms``: batch 1, ``boxes [N, 4]`` xyxy, ``scores [N]``, ``landmarks [N, 5, 2]`` in input
     pixels, descending score: softmax, score > conf, top-k in the reference order (ties: higher prior index
     first), SSD decoding, "+1" NMS (ONNX NonMaxSuppression on boxes with x2, y2 shifted by +1, visiting the
     candidates in that order), keep-top-k. The protocol preset is baked in and recorded in the card.
   - face recognizers: ``embedding [B, D]`` (raw, not L2-normalised).
 
-The card ``F.json`` beside ``F.onnx`` (``format: detkd-onnx/1``) holds the model config (so the runner can
-rebuild priors / post-processing), the graph description (input dtype, fixed or dynamic size, outputs,
+The card ``F.json`` beside ``F.onnx`` (``format: detkd-onnx/1``) holds the model config under ``model`` as in
+a ``detkd-model/2`` card (so the runner can rebuild priors / post-processing), the graph description (input dtype, fixed or dynamic size, outputs,
 protocol), the source weights, the ONNX file's md5 (the runner refuses an ONNX file its card does not
 describe) and the parity numbers measured at export time.
 
@@ -96,21 +97,24 @@ def _example(shape, dtype: str, seed: int = 0) -> Tensor:
     return x if dtype == "uint8" else x.float()
 
 
-# ---------------------------------------------------------------------------------------------- RetinaFace
+# ------------------------------------------------------------------------------------- dense detectors
 
 
-class _RetinaFaceRaw(nn.Module):
+class _DenseRaw(nn.Module):
+    """Any ``DenseDetector``: preprocess -> features -> head_forward; outputs ``<key>.<level>`` per head key."""
+
     def __init__(self, model: nn.Module, keys: list[str]):
         super().__init__()
         self.model, self.keys = model, keys
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        out = self.model(images.float())
-        return tuple(t for key in self.keys for t in out.head[key])
+        m = self.model
+        head, _ = m.head_forward(m.features(m.preprocess(images.float())))
+        return tuple(t for key in self.keys for t in head[key])
 
 
 class _RetinaFaceNMS(nn.Module):
-    """Batch-1 detection graph: decode + "+1" NMS of one protocol (see the module docstring)."""
+    """Batch-1 RetinaFace detection graph: decode + "+1" NMS of one protocol (see the module docstring)."""
 
     def __init__(self, model: nn.Module, protocol):
         super().__init__()
@@ -133,10 +137,12 @@ class _RetinaFaceNMS(nn.Module):
         return torch.cat(out)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.model(images.float())
+        m = self.model
+        feats = m.features(m.preprocess(images.float()))
+        head, _ = m.head_forward(feats)
         p, (v0, v1) = self.p, self.variance
-        priors = self._priors([out.feats[k] for k in ("p3", "p4", "p5")])  # [P, 4]
-        scores = torch.softmax(out.cat_head("cls_logits")[0], dim=-1)[:, 1]  # [P]
+        priors = self._priors([feats[k] for k in m.levels])  # [P, 4]
+        scores = torch.softmax(torch.cat(head["cls_logits"], 1)[0], dim=-1)[:, 1]  # [P]
         idx = (scores > p.conf_thresh).nonzero().squeeze(1)  # [n] ascending prior index
         # reference order: descending score, ties by higher index first = descending sort of the reversed list
         # with ties by lower index first (ONNX TopK's documented tie rule; argsort exports as TopK)
@@ -146,7 +152,7 @@ class _RetinaFaceNMS(nn.Module):
             order = order[: p.top_k]
         idx = idx[order]
         scores, pri = scores[idx], priors[idx]
-        loc = out.cat_head("box_reg")[0][idx]  # [n, 4]
+        loc = torch.cat(head["box_reg"], 1)[0][idx]  # [n, 4]
         c = pri[:, :2] + loc[:, :2] * v0 * pri[:, 2:]
         wh = pri[:, 2:] * torch.exp(loc[:, 2:] * v1)
         x1y1 = c - wh / 2
@@ -158,37 +164,40 @@ class _RetinaFaceNMS(nn.Module):
         keep = nms(plus1, rank, p.nms_thresh)
         if p.keep_top_k is not None:
             keep = keep[: p.keep_top_k]
-        lm = out.cat_head("landmarks")[0][idx[keep]].reshape(-1, 5, 2)
+        lm = torch.cat(head["landmarks"], 1)[0][idx[keep]].reshape(-1, 5, 2)
         pk = pri[keep]
         landmarks = pk[:, None, :2] + lm * v0 * pk[:, None, 2:]
         return boxes[keep], scores[keep], landmarks
 
 
-def _retinaface_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
-    from detkd.infer import get_protocol
-
+def _dense_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
+    """Raw heads of any ``DenseDetector``; ``with_nms`` for the families that have an NMS graph (RetinaFace)."""
     h, w = opts.size
     if opts.with_nms:
+        from detkd.infer import get_protocol
+        from detkd.models.retinaface import RetinaFace
+
+        if not isinstance(model, RetinaFace):
+            raise ExportError(f"--with-nms is not available for {type(model).__name__} yet; export its raw heads "
+                              "(without --with-nms) and decode with `detkd detect --backend onnxruntime`")
         proto = get_protocol(opts.protocol)
-        module = _RetinaFaceNMS(model, proto)
         names = ["boxes", "scores", "landmarks"]
-        axes = {"boxes": {0: "num_dets"}, "scores": {0: "num_dets"}, "landmarks": {0: "num_dets"}}
+        axes = {n: {0: "num_dets"} for n in names}
         if opts.dynamic_size:
             axes["images"] = {2: "height", 3: "width"}
         graph = {"kind": "detector", "head": None, "with_nms": True, "batch": 1,
                  "protocol": dataclasses.asdict(proto)}
-        return GraphSpec(module, _example((1, 3, h, w), opts.input_dtype), names, axes, graph)
-    keys = ["cls_logits", "box_reg", "landmarks"]
-    levels = ("p3", "p4", "p5")
+        return GraphSpec(_RetinaFaceNMS(model, proto), _example((1, 3, h, w), opts.input_dtype), names, axes, graph)
+    keys, levels = list(model.head_spec), list(model.levels)
     names = [f"{k}.{lvl}" for k in keys for lvl in levels]
     axes = {"images": {0: "batch"}} | {n: {0: "batch"} for n in names}
     if opts.dynamic_size:
         axes["images"] |= {2: "height", 3: "width"}
         for n in names:
-            axes[n][1] = f"priors_{n.split('.')[1]}"
-    graph = {"kind": "detector", "head": {"keys": keys, "levels": list(levels)}, "with_nms": False,
+            axes[n][1] = f"priors_{n.rsplit('.', 1)[1]}"
+    graph = {"kind": "detector", "head": {"keys": keys, "levels": levels}, "with_nms": False,
              "batch": "dynamic", "protocol": None}
-    return GraphSpec(_RetinaFaceRaw(model, keys), _example((1, 3, h, w), opts.input_dtype), names, axes, graph)
+    return GraphSpec(_DenseRaw(model, keys), _example((1, 3, h, w), opts.input_dtype), names, axes, graph)
 
 
 class _Embedder(nn.Module):
@@ -211,10 +220,10 @@ def _facerec_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
 
 
 def _register_builtin() -> None:
-    from detkd.models.face import FaceRecognizer
-    from detkd.models.retinaface import RetinaFace
+    from detkd.models.dense import DenseDetector
+    from detkd.models.facerec import FaceRecognizer
 
-    EXPORTERS.setdefault(RetinaFace, _retinaface_hook)
+    EXPORTERS.setdefault(DenseDetector, _dense_hook)
     EXPORTERS.setdefault(FaceRecognizer, _facerec_hook)
 
 
@@ -263,7 +272,7 @@ def export_onnx(src, out, opts: ExportOptions | None = None) -> dict:
     model, wcard, wpath = load_source(src)
     source = {"path": str(Path(wpath).resolve()), "md5": md5sum(wpath) if Path(wpath).is_file() else None,
               "card_format": wcard.get("format")}
-    return export_model(model, out, opts, source=source, config=wcard.get("config") or wcard.get("model"))
+    return export_model(model, out, opts, source=source, config=wcard.get("model"))
 
 
 def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None = None,
@@ -297,7 +306,7 @@ def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None
     card = {
         "format": ONNX_CARD_FORMAT,
         "architecture": cfg["name"],
-        "config": cfg,
+        "model": cfg,
         "graph": spec.card | {
             "input": "images", "layout": "NCHW RGB 0..255", "input_dtype": opts.input_dtype,
             "normalisation": "in graph", "dynamic_size": bool(opts.dynamic_size and spec.card["kind"] == "detector"),

@@ -99,7 +99,7 @@ class _OrtModel(nn.Module):
 
         # The architecture's own (randomly initialised) module: priors, post-processing and the device anchor
         # for callers that ask ``next(model.parameters()).device``; its weights are never used.
-        self.skeleton = build_from_card(self.card, self.path.with_suffix(".json")).eval()
+        self.skeleton = build_from_card({"model": self.card["model"]}, self.path.with_suffix(".json")).eval()
 
     @property
     def config(self):
@@ -112,8 +112,6 @@ class _OrtModel(nn.Module):
         if not g["dynamic_size"] and list(images.shape[-2:]) != list(g["size"]):
             raise ValueError(f"{self.path}: the graph is fixed to {g['size'][0]}x{g['size'][1]} input, got "
                              f"{images.shape[-2]}x{images.shape[-1]}; re-export with --dynamic-size")
-        if g["batch"] == 1 and images.shape[0] != 1:
-            raise ValueError(f"{self.path}: the graph (exported --with-nms) takes one image, got {images.shape[0]}")
         x = images.detach().cpu()
         if g["input_dtype"] == "uint8":
             return x.round().clamp(0, 255).to(torch.uint8).numpy()
@@ -129,31 +127,40 @@ class OrtDetector(_OrtModel):
             raise ValueError(f"{self.path}: the card describes a {self.graph['kind']} "
                              f"({self.card['architecture']}), not a detector")
         self.variance = self.skeleton.variance
+        self.thresholds = dict(self.skeleton.thresholds)
 
-    def forward(self, images: Tensor, targets=None, decode: bool = False) -> DetOutput:
+    def forward(self, images: Tensor, targets=None, decode: bool = False, image_sizes=None) -> DetOutput:
         if targets is not None:
             raise ValueError("the ONNX Runtime backend is inference-only (no targets, no losses)")
+        h, w = images.shape[-2:]
+        sizes = [(int(h), int(w))] * images.shape[0] if image_sizes is None else [tuple(s) for s in image_sizes]
+        if self.graph["with_nms"]:  # a batch-1 graph: one run per image
+            dets = []
+            for i in range(images.shape[0]):
+                boxes, scores, landmarks = (torch.from_numpy(o) for o in
+                                            self.session.run(None, {"images": self._feed(images[i:i + 1])}))
+                dets.append({"boxes": boxes, "scores": scores, "labels": torch.ones(len(scores), dtype=torch.long),
+                             "landmarks": landmarks})
+            return DetOutput(dets=dets, image_sizes=sizes)
         outs = self.session.run(None, {"images": self._feed(images)})
-        if self.graph["with_nms"]:
-            boxes, scores, landmarks = (torch.from_numpy(o) for o in outs)
-            dets = [{"boxes": boxes, "scores": scores, "labels": torch.ones(len(scores), dtype=torch.long),
-                     "landmarks": landmarks}]
-            return DetOutput(dets=dets)
         keys, levels = self.graph["head"]["keys"], self.graph["head"]["levels"]
         it = iter(torch.from_numpy(o) for o in outs)
         head = {k: [next(it) for _ in levels] for k in keys}
-        h, w = images.shape[-2:]
-        out = DetOutput(head=head, priors=self.skeleton.prior_cache(h, w, torch.device("cpu")))
+        out = DetOutput(head=head, priors=self.skeleton.make_priors(int(h), int(w), torch.device("cpu")),
+                        image_sizes=sizes)
         if decode:
             out.dets = self.postprocess(out)
         return out
 
-    def postprocess(self, out: DetOutput, conf_thresh=None, nms_thresh=None, top_k=None, keep_top_k=None):
+    def postprocess(self, out: DetOutput, **thresholds) -> list[dict[str, Tensor]]:
+        """The eager model's ``postprocess`` on the graph's raw heads; a ``--with-nms`` graph returns its own
+        detections and refuses thresholds other than those of the protocol it was exported with."""
         if not self.graph["with_nms"]:
-            return self.skeleton.postprocess(out, conf_thresh, nms_thresh, top_k, keep_top_k)
+            return self.skeleton.postprocess(out, **thresholds)
         p = self.graph["protocol"]
-        asked = {"conf_thresh": conf_thresh, "nms_thresh": nms_thresh, "top_k": top_k, "keep_top_k": keep_top_k}
-        differ = {k: (v, p[k]) for k, v in asked.items() if conf_thresh is not None and v != p[k]}
+        baked = {"score_thresh": p["conf_thresh"], "nms_thresh": p["nms_thresh"], "top_k": p["top_k"],
+                 "keep_top_k": p["keep_top_k"]}
+        differ = {k: (v, baked.get(k)) for k, v in thresholds.items() if v is not None and v != baked.get(k)}
         if differ:
             raise ValueError(f"{self.path}: exported --with-nms for protocol {p['name']!r}; asked for other "
                              f"post-processing {differ} (asked, baked in): use --protocol {p['name']} or a raw export")

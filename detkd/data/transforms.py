@@ -1,4 +1,6 @@
-"""Face-detection training augmentation of METHODS.md §1.5, and the fixed-size validation resize.
+"""Face-detection training augmentation of METHODS.md §1.5, the fixed-size validation resize, and the
+keep-ratio resize of mmdet-style recipes (``resize_keep_ratio``: short side -> S unless the long side would
+pass L; the batch is then padded to a multiple of 32 by ``detkd.data.loader.collate_detection``).
 
 Conventions
 -----------
@@ -16,7 +18,7 @@ Pipeline (in order, exactly as the reference ``preproc``):
 2. ``photometric_distort`` brightness / contrast / saturation / hue, two random orders, each sub-op p = 1/2.
 3. ``pad_to_square``       only when the crop failed; filled with the mean colour (123, 117, 104) RGB.
 4. ``random_hflip``        p = 1/2; landmark pairs 0<->1 and 3<->4 swapped.
-5. ``resize_square``       to S x S with a random interpolation among {linear, cubic, area, nearest, lanczos4};
+5. ``resize_sample``       to S x S with a random interpolation among {linear, cubic, area, nearest, lanczos4};
                            boxes and landmarks scaled by S / (square side).
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
+
+from detkd.data.image import resize_square, to_chw_float
 
 MEAN_RGB = (123, 117, 104)  # the reference's BGR mean (104, 117, 123) in RGB order
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
@@ -133,18 +137,43 @@ def random_hflip(image, boxes, landmarks, rng: np.random.Generator):
     return np.ascontiguousarray(image[:, ::-1]), flipped.numpy().astype(np.float32), lm
 
 
-def resize_square(image, boxes, landmarks, size: int, interpolation: int):
+def resize_sample(image, boxes, landmarks, size: int, interpolation: int):
     """§1.5 step 5 on a square image: resize to ``size``^2, scale boxes/landmarks by size / side."""
     h, w = image.shape[:2]
-    out = cv2.resize(image, (size, size), interpolation=interpolation)
+    out = resize_square(image, size, interpolation)
     resized, _ = TF.resize_bounding_boxes(torch.from_numpy(boxes), canvas_size=(h, w), size=[size, size])
     lm = landmarks * np.array([size / w, size / h], dtype=np.float32)
     return out, resized.numpy().astype(np.float32), lm.astype(np.float32)
 
 
-def to_chw_float(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W] (RGB, 0..255)."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+def keep_ratio_scale(height: int, width: int, short: int, max_long: int | None = None) -> float:
+    """``min(short / short side, max_long / long side)``: the mmdet ``keep_ratio`` scale for ``(short, max_long)``
+    (e.g. ``(800, 1333)`` COCO, ``(600, 1000)`` VOC)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"keep_ratio_scale: empty image {height}x{width}")
+    scale = short / min(height, width)
+    if max_long is not None:
+        scale = min(scale, max_long / max(height, width))
+    return scale
+
+
+def resize_keep_ratio(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None, short: int,
+                      max_long: int | None = None, interpolation: int = cv2.INTER_LINEAR):
+    """Resize keeping the aspect ratio (``keep_ratio_scale``); new size ``(int(h·s + 0.5), int(w·s + 0.5))``
+    as mmcv's ``rescale_size``. Boxes and landmarks are scaled by the actual ``new_w / w`` and ``new_h / h``.
+
+    Returns ``(image [h', w', 3], boxes [N, 4], landmarks [N, 5, 2] | None, (sy, sx))``.
+    """
+    h, w = image.shape[:2]
+    scale = keep_ratio_scale(h, w, short, max_long)
+    nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    out = cv2.resize(image, (nw, nh), interpolation=interpolation)
+    sx, sy = nw / w, nh / h
+    boxes = torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4))
+    boxes, _ = TF.resize_bounding_boxes(boxes, canvas_size=(h, w), size=[nh, nw])
+    if landmarks is not None:
+        landmarks = (np.asarray(landmarks, np.float32) * np.array([sx, sy], np.float32)).astype(np.float32)
+    return out, boxes.numpy().astype(np.float32), landmarks, (sy, sx)
 
 
 def train_transform(image, boxes, landmarks, valid, size: int, rng: np.random.Generator):
@@ -155,14 +184,14 @@ def train_transform(image, boxes, landmarks, valid, size: int, rng: np.random.Ge
         image = pad_to_square(image)
     image, boxes, landmarks = random_hflip(image, boxes, landmarks, rng)
     interp = INTERPOLATIONS[int(rng.integers(len(INTERPOLATIONS)))]
-    image, boxes, landmarks = resize_square(image, boxes, landmarks, size, interp)
+    image, boxes, landmarks = resize_sample(image, boxes, landmarks, size, interp)
     return to_chw_float(image), boxes, landmarks, valid
 
 
 def plain_transform(image, boxes, landmarks, valid, size: int):
     """No augmentation: pad to square with the mean colour, bilinear resize to S x S."""
     image = pad_to_square(image)
-    image, boxes, landmarks = resize_square(image, boxes, landmarks, size, cv2.INTER_LINEAR)
+    image, boxes, landmarks = resize_sample(image, boxes, landmarks, size, cv2.INTER_LINEAR)
     return to_chw_float(image), boxes, landmarks, valid
 
 

@@ -14,14 +14,13 @@
 """
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from detkd.data.face import read_bin
+from detkd.data.facerec import read_bin
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -229,48 +228,12 @@ def verify_bin(model: nn.Module, bin_path: str | Path, batch_size: int = 64, roc
 # ------------------------------------------------------------------------------------------ exported weights
 
 
-def _card_path(weights: Path) -> Path:
-    for cand in (weights.with_name(weights.name + ".json"), weights.with_suffix(".json")):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"model card not found next to {weights} (looked for {weights.name}.json and "
-                            f"{weights.with_suffix('.json').name})")
-
-
 def load_face_model(weights_path: str | Path) -> nn.Module:
-    """A face recognizer from a detkd export: ``<file>.safetensors`` + its JSON card with a ``model`` dict.
+    """A face recognizer from a detkd model file (``detkd.models.weights.load_model_file``); the training
+    head (``head.*``) may be absent from the file (embedding-only exports)."""
+    from detkd.models.weights import load_model_file
 
-    Cards written by ``detkd.engine.checkpoint.export_student`` are rebuilt with its ``build_student``; other
-    cards need only ``model = {"name": ..., builder kwargs}``.
-    """
-    from safetensors.torch import load_file
-
-    from detkd.registry import lookup
-
-    weights = Path(weights_path)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights not found: {weights}")
-    card_file = _card_path(weights)
-    card = jsonlib.loads(card_file.read_text())
-    if isinstance(card, dict) and card.get("model_config_type"):  # a card written by detkd.engine.checkpoint
-        from detkd.engine.checkpoint import build_student
-
-        return build_student(weights).eval()
-    cfg = card.get("model") if isinstance(card, dict) else None
-    if not isinstance(cfg, dict) or "name" not in cfg:
-        raise KeyError(f"{card_file}: needs a 'model' dict with a 'name' key (the model config)")
-    kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    model = lookup("model", cfg["name"])(**kwargs)
-    state = load_file(str(weights))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise KeyError(f"{weights}: state dict does not match model {cfg['name']!r}: {e}") from None
-    missing = [k for k in missing if not k.startswith("head.")]  # an export may drop the training head
-    if missing or unexpected:
-        raise KeyError(f"{weights}: state dict does not match model {cfg['name']!r}: "
-                       f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval()
+    return load_model_file(weights_path, allow_missing=("head.",))[0]
 
 
 def summary(result: dict) -> dict:
@@ -283,21 +246,22 @@ def summary(result: dict) -> dict:
     return out
 
 
-def verify_weights(weights_path: str | Path, bin_path: str | Path, json: bool = False, batch_size: int = 64,
+def verify_weights(weights_path: str | Path, bin_path: str | Path, batch_size: int = 64,
                    roc_png: str | Path | None = None, device: str = "cpu") -> dict:
-    """CLI body of ``detkd eval verification --weights W --bin FILE.bin [--json]``: prints and returns metrics."""
+    """``detkd eval verification --weights W --bin FILE.bin``: the ``verify_bin`` result of a model file
+    (prints nothing; ``summary`` / ``describe`` format it)."""
     model = load_face_model(weights_path).to(device)
-    result = verify_bin(model, bin_path, batch_size=batch_size, roc_png=roc_png)
-    if json:
-        print(jsonlib.dumps(summary(result), indent=1))
-    else:
-        print(f"{Path(bin_path).name}: accuracy-flip {100 * result['acc']:.2f} ± {100 * result['acc_std']:.2f} "
-              f"over {result['num_pairs']} pairs; TAR@FAR=1e-2 {100 * result['tar_far_1e-2']:.2f}, "
-              f"TAR@FAR=1e-3 {100 * result['tar_far_1e-3']:.2f}")
-    return result
+    return verify_bin(model, bin_path, batch_size=batch_size, roc_png=roc_png)
+
+
+def describe(result: dict, bin_name: str = "") -> str:
+    """One human-readable line of a verification result."""
+    return (f"{bin_name + ': ' if bin_name else ''}accuracy-flip {100 * result['acc']:.2f} ± "
+            f"{100 * result['acc_std']:.2f} over {result['num_pairs']} pairs; TAR@FAR=1e-2 "
+            f"{100 * result['tar_far_1e-2']:.2f}, TAR@FAR=1e-3 {100 * result['tar_far_1e-3']:.2f}")
 
 
 __all__ = [
-    "accuracy_folds", "embed_images", "evaluate_pairs", "fold_bounds", "load_face_model", "pair_distances",
+    "accuracy_folds", "describe", "embed_images", "evaluate_pairs", "fold_bounds", "load_face_model", "pair_distances",
     "save_roc_png", "slinear_interp", "summary", "tar_at_far", "verify_bin", "verify_weights",
 ]
