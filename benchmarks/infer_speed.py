@@ -314,7 +314,8 @@ def write_markdown(report: dict) -> str:
         "2 warm-up rounds, from the image file to the final detections. The machine is shared and noisy: absolute",
         "times move with the load, the interleaved ratios much less (25-75 % ranges in the JSON).",
         "",
-        "| case | detections | reference ms | eager ms | ORT ms (NMS in graph) | ORT raw ms | eager ratio (target <= 0.6) | ORT ratio (target <= 0.4) | same detections |",
+        "| case | detections | reference ms | eager ms | ORT ms (NMS in graph) | ORT raw ms "
+        "| eager ratio (target <= 0.6) | ORT ratio (target <= 0.4) | same detections |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for case in (k for k in report if k.startswith("retinaface_")):
@@ -327,12 +328,14 @@ def write_markdown(report: dict) -> str:
     lines += ["", "MobileFaceNet (512-d, 112x112) embeddings, images/s:", "",
               "| batch | eager (fused) | ONNX Runtime | min cosine ORT vs eager |", "|---|---|---|---|"]
     for b, r in mf.items():
-        lines.append(f"| {b[5:]} | {r['eager_img_s']:.0f} | {r['ort_img_s']:.0f} | {r['min_cosine_ort_vs_eager']:.6f} |")
+        lines.append(f"| {b[5:]} | {r['eager_img_s']:.0f} | {r['ort_img_s']:.0f} | "
+                     f"{r['min_cosine_ort_vs_eager']:.6f} |")
     st = report["stages"]
     ms = st["ms"]
     lines += ["", f"Eager pipeline stages at {st['input_hw'][0]}x{st['input_hw'][1]} ({st['priors']} priors, "
               f"{st['boxes_before_nms']} > 0.02, {st['dets']} kept), median ms:", "",
-              "| read | preprocess | forward | priors (uncached) | decode | decode + NMS | NMS alone | pipeline | post / forward (budget 15 %) |",
+              "| read | preprocess | forward | priors (uncached) | decode | decode + NMS | NMS alone | pipeline "
+              "| post / forward (budget 15 %) |",
               "|---|---|---|---|---|---|---|---|---|",
               f"| {ms['read']:.2f} | {ms['preprocess']:.2f} | {ms['forward']:.1f} | {ms['priors']:.2f} | "
               f"{ms['decode']:.2f} | {ms['decode_nms']:.2f} | {ms['nms']:.2f} | {ms['pipeline']:.1f} | "

@@ -61,7 +61,8 @@ def read_onnx_card(path) -> dict:
         raise FileNotFoundError(f"ONNX file not found: {path}")
     card_path = path.with_suffix(".json")
     if not card_path.is_file():
-        raise FileNotFoundError(f"model card not found: {card_path} (written beside the .onnx by `detkd export --onnx`)")
+        raise FileNotFoundError(f"model card not found: {card_path} "
+                                "(written beside the .onnx by `detkd export --onnx`)")
     try:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError as e:

@@ -18,9 +18,9 @@ pytest.importorskip("onnxruntime")
 
 from detkd import registry  # noqa: E402
 from detkd.data.synthfaces import write_synthfaces  # noqa: E402
-from detkd.export import EXPORTERS, ExportError, ExportOptions, export_model, export_onnx  # noqa: E402
+from detkd.export import ExportError, ExportOptions, export_model, export_onnx  # noqa: E402
 from detkd.infer import detect_files, detect_image, read_image  # noqa: E402
-from detkd.models.weights import load_model_file, save_model_file  # noqa: E402
+from detkd.models.weights import load_model_file  # noqa: E402
 from detkd.runtime import load_inference_model, read_onnx_card  # noqa: E402
 
 ASSET = Path(__file__).resolve().parents[1] / "detkd" / "assets" / "synthfaces_baseline_mnet025.safetensors"
@@ -129,7 +129,8 @@ def _save_face_model(model, path, name, **kw):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"model": {"name": name, "input_size": 32, "embedding_dim": 64, **kw}}))
+    card = {"model": {"name": name, "input_size": 32, "embedding_dim": 64, **kw}}
+    path.with_suffix(".json").write_text(json.dumps(card))
 
 
 @pytest.mark.parametrize("name,kw", [("mobilefacenet", {"width": 0.25}), ("iresnet18", {"width": 0.25}),
@@ -262,7 +263,8 @@ def test_odd_images_are_handled_alike_by_both_backends(tmp_path, exported, scene
 def test_real_checkpoint_on_real_wider_image(tmp_path):
     from detkd.models.weights import import_retinaface_biubug6
 
-    import_retinaface_biubug6(SHARED / "weights" / "retinaface_mnet025_leaky.pth", "leaky0.1", tmp_path / "m.safetensors")
+    ckpt = SHARED / "weights" / "retinaface_mnet025_leaky.pth"
+    import_retinaface_biubug6(ckpt, "leaky0.1", tmp_path / "m.safetensors")
     image = read_image(SHARED / "images" / "widerface_val" / "11_Meeting_Meeting_11_Meeting_Meeting_11_176.jpg")
     eager, _ = load_model_file(tmp_path / "m.safetensors")
     ref = detect_image(eager, image)
