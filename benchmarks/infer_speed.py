@@ -340,8 +340,8 @@ def write_markdown(report: dict) -> str:
               f"| {ms['read']:.2f} | {ms['preprocess']:.2f} | {ms['forward']:.1f} | {ms['priors']:.2f} | "
               f"{ms['decode']:.2f} | {ms['decode_nms']:.2f} | {ms['nms']:.2f} | {ms['pipeline']:.1f} | "
               f"{100 * st['post_over_forward']:.1f} % {'ok' if st['within_budget'] else 'OVER'} |"]
-    lines += ["", "Generic detectors (Faster R-CNN, RetinaNet, GFL) vs torchvision: not measured yet (the models have "
-              "not landed in detkd)."]
+    lines += ["", "Generic detectors vs torchvision's own models: `benchmarks/detector_speed.py` "
+              "(`detector_speed.md`); their ONNX Runtime speed is not measured here."]
     return "\n".join(lines) + "\n"
 
 

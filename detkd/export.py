@@ -16,7 +16,8 @@ The graph
     candidates in that order), keep-top-k. The protocol preset is baked in and recorded in the card.
   - face recognizers: ``embedding [B, D]`` (raw, not L2-normalised).
 
-The card ``F.json`` beside ``F.onnx`` (``format: detkd-onnx/1``) holds the model config under ``model`` as in
+The card ``F.onnx.json`` beside ``F.onnx`` (``onnx_card_path``; ``format: detkd-onnx/1``; a different name
+from the weights' ``F.json``, so exporting ``F.safetensors`` to ``F.onnx`` keeps both cards) holds the model config under ``model`` as in
 a ``detkd-model/2`` card (so the runner can rebuild priors / post-processing), the graph description (input
 dtype, fixed or dynamic size, outputs, protocol), the source weights, the ONNX file's md5 (the runner refuses an ONNX file its card does not
 describe) and the parity numbers measured at export time.
@@ -40,6 +41,12 @@ from detkd.models.fuse import fuse_model
 
 ONNX_CARD_FORMAT = "detkd-onnx/1"
 INPUT_DTYPES = ("float32", "uint8")
+
+
+def onnx_card_path(onnx_path) -> Path:
+    """The card of an exported graph: ``student.onnx`` -> ``student.onnx.json``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + ".json")
 
 
 class ExportError(ValueError):
@@ -259,7 +266,7 @@ def _check_options(opts: ExportOptions) -> None:
 
 
 def export_onnx(src, out, opts: ExportOptions | None = None) -> dict:
-    """Export ``src`` (model file or run) to ``out`` (.onnx) + ``out.json`` card; returns the card."""
+    """Export ``src`` (model file or run) to ``out`` (.onnx) + its ``.onnx.json`` card; returns the card."""
     from detkd.models.weights import md5sum
 
     opts = opts or ExportOptions()
@@ -268,15 +275,17 @@ def export_onnx(src, out, opts: ExportOptions | None = None) -> dict:
     if out.suffix != ".onnx":
         raise ExportError(f"{out}: the ONNX output must end in .onnx")
     model, wcard, wpath = load_source(src)
-    source = {"path": str(Path(wpath).resolve()), "md5": md5sum(wpath) if Path(wpath).is_file() else None,
-              "card_format": wcard.get("format")}
-    return export_model(model, out, opts, source=source, config=wcard.get("model"))
+    # the weights card's provenance (e.g. an import's source format) plus where the weights file is
+    source = dict(wcard.get("source") or {}) | {
+        "weights": str(Path(wpath).resolve()), "weights_md5": md5sum(wpath) if Path(wpath).is_file() else None}
+    extra = {"class_names": wcard["class_names"]} if wcard.get("class_names") else {}
+    return export_model(model, out, opts, source=source, config=wcard.get("model"), extra=extra)
 
 
 def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None = None,
-                 config: dict | None = None) -> dict:
+                 config: dict | None = None, extra: dict | None = None) -> dict:
     """Export an in-memory model (see ``export_onnx``); ``config`` = the builder config dict for the card
-    (default: ``dataclasses.asdict(model.config)``)."""
+    (default: ``dataclasses.asdict(model.config)``); ``extra``: more card entries (e.g. ``class_names``)."""
     from detkd.models.weights import md5sum
 
     _register_builtin()
@@ -314,6 +323,7 @@ def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None
         "onnx": out.name,
         "onnx_md5": md5sum(out),
         "torch": torch.__version__,
+        **(extra or {}),
     }
     if opts.check:
         try:
@@ -321,7 +331,7 @@ def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None
         except ExportError:
             out.unlink(missing_ok=True)  # never leave a graph that failed its check where a runner could load it
             raise
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    onnx_card_path(out).write_text(json.dumps(card, indent=2))
     return card
 
 

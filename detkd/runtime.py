@@ -5,7 +5,7 @@
 
 * ``"eager"``: ``path`` is a detkd model file (``.safetensors`` + card); the model is fused
   (``detkd.models.fuse``) and, by default, in ``channels_last`` (about 1.3x faster on CPU for RetinaFace).
-* ``"onnxruntime"``: ``path`` is an ``.onnx`` written by ``detkd export --onnx`` with its ``.json`` card.
+* ``"onnxruntime"``: ``path`` is an ``.onnx`` written by ``detkd export --onnx`` with its ``.onnx.json`` card.
   ``OrtDetector(images)`` returns a ``DetOutput`` whose ``head`` holds the graph's raw outputs per level and
   whose ``priors`` come from the model's own prior code, so ``postprocess`` is the eager decoding; a graph
   exported ``--with-nms`` returns ``dets`` directly and accepts only the protocol recorded in its card.
@@ -53,13 +53,13 @@ def make_session(path, providers=None, threads: int | None = None):
 
 def read_onnx_card(path) -> dict:
     """The card of an exported ``.onnx``, checked against the file (format and md5)."""
-    from detkd.export import ONNX_CARD_FORMAT
+    from detkd.export import ONNX_CARD_FORMAT, onnx_card_path
     from detkd.models.weights import md5sum
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {path}")
-    card_path = path.with_suffix(".json")
+    card_path = onnx_card_path(path)
     if not card_path.is_file():
         raise FileNotFoundError(f"model card not found: {card_path} "
                                 "(written beside the .onnx by `detkd export --onnx`)")
@@ -73,7 +73,7 @@ def read_onnx_card(path) -> dict:
     if card.get("onnx_md5") != md5sum(path):
         raise ValueError(f"{path}: this ONNX file is not the one its card {card_path.name} describes "
                          f"(md5 differs; card written for {card.get('onnx')!r}, {card.get('architecture')!r}); "
-                         "re-export, or keep each .onnx with its own .json")
+                         "re-export, or keep each .onnx with its own .onnx.json")
     return card
 
 
@@ -100,7 +100,9 @@ class _OrtModel(nn.Module):
 
         # The architecture's own (randomly initialised) module: priors, post-processing and the device anchor
         # for callers that ask ``next(model.parameters()).device``; its weights are never used.
-        self.skeleton = build_from_card({"model": self.card["model"]}, self.path.with_suffix(".json")).eval()
+        from detkd.export import onnx_card_path
+
+        self.skeleton = build_from_card({"model": self.card["model"]}, onnx_card_path(self.path)).eval()
 
     @property
     def config(self):
@@ -127,7 +129,6 @@ class OrtDetector(_OrtModel):
         if self.graph["kind"] != "detector":
             raise ValueError(f"{self.path}: the card describes a {self.graph['kind']} "
                              f"({self.card['architecture']}), not a detector")
-        self.variance = self.skeleton.variance
         self.thresholds = dict(self.skeleton.thresholds)
 
     def forward(self, images: Tensor, targets=None, decode: bool = False, image_sizes=None) -> DetOutput:

@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detkd import registry
 from detkd.models.fuse import count_batchnorms, fuse_model
@@ -25,7 +26,13 @@ def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if isinstance(m, FrozenBatchNorm2d):
+                n = m.weight.numel()
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
                 m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
@@ -38,7 +45,11 @@ def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 def _outputs(model, x) -> dict[str, torch.Tensor]:
     out = model(x)
     if isinstance(out, DetOutput):
-        return {f"{k}.{i}": t for k, ts in out.head.items() for i, t in enumerate(ts)} | dict(out.feats)
+        res = {f"{k}.{i}": t for k, ts in out.head.items() for i, t in enumerate(ts)} | dict(out.feats)
+        if out.rois is not None:  # two-stage: the box head on the proposals (compared when these agree)
+            res |= {"rois.proposals": torch.cat(out.rois.proposals), "rois.cls_logits": out.rois.cls_logits,
+                    "rois.box_reg": out.rois.box_reg}
+        return res
     return {"embedding": out.embedding} | dict(out.feats)
 
 
@@ -57,10 +68,14 @@ def test_fused_equals_unfused(case):
     n_bn = count_batchnorms(model)
     fused = fuse_model(model)
     assert count_batchnorms(model) == n_bn, "fuse_model(inplace=False) must leave the model untouched"
-    assert fused.fused > 0 and count_batchnorms(fused) < n_bn
+    if n_bn:  # (VGG trunks have no BatchNorm)
+        assert fused.fused > 0 and count_batchnorms(fused) < n_bn
     with torch.no_grad():
         ref, got = _outputs(model, x), _outputs(fused, x)
     assert ref.keys() == got.keys()
+    if "rois.proposals" in ref and (ref["rois.proposals"].shape != got["rois.proposals"].shape
+                                    or not torch.allclose(ref["rois.proposals"], got["rois.proposals"], atol=1e-3)):
+        ref = {k: v for k, v in ref.items() if not k.startswith("rois.")}  # near-tied objectness reordered
     for k in ref:
         scale = max(1.0, ref[k].abs().max().item())
         err = (ref[k] - got[k]).abs().max().item() / scale

@@ -10,7 +10,8 @@ Which pairs are folded:
 * in every ``nn.Sequential`` (and torchvision's ``IntermediateLayerGetter``, also a chain), a ``Conv{1,2,3}d`` /
   ``Linear`` immediately followed by a ``BatchNorm`` of the same width (``conv_bn``, ``conv_dw``, MobileFaceNet
   ``ConvBlock``, the ResNet stem and downsample blocks, ...);
-* in torchvision's ResNet ``BasicBlock`` / ``Bottleneck``: ``conv_i`` -> ``bn_i``;
+* in torchvision's ResNet ``BasicBlock`` / ``Bottleneck``: ``conv_i`` -> ``bn_i`` (``BatchNorm2d`` or the
+  ``FrozenBatchNorm2d`` of torchvision's detection backbones);
 * in modules that declare ``fuse_pairs = (("conv1", "bn2"), ...)``: attribute pairs whose BN consumes the
   conv's output and nothing else (a model declares them where its ``forward`` is not a plain chain, e.g. the
   IResNet block or an embedding ``fc`` -> ``features`` BatchNorm1d).
@@ -29,12 +30,14 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights, fuse_linear_bn_eval
+from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_ALL_BNS = _BNS + (FrozenBatchNorm2d,)
 # Containers whose forward feeds each child's output to the next child (and nowhere else before it).
 _CHAINS = (nn.Sequential, IntermediateLayerGetter)
 # Pairs of torchvision classes we cannot annotate with ``fuse_pairs``.
@@ -44,8 +47,20 @@ _FOREIGN_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
 }
 
 
+def _fold_frozen(layer: nn.Module, bn: FrozenBatchNorm2d) -> nn.Module | None:
+    """``layer`` followed by torchvision's ``FrozenBatchNorm2d`` (its statistics are buffers), folded."""
+    if not isinstance(layer, _CONVS) or layer.out_channels != bn.weight.numel():
+        return None
+    fused = copy.deepcopy(layer)
+    w, b = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    fused.weight, fused.bias = w, b
+    return fused
+
+
 def _fold(layer: nn.Module, bn: nn.Module) -> nn.Module | None:
     """The folded layer, or ``None`` when ``(layer, bn)`` is not a foldable pair."""
+    if isinstance(bn, FrozenBatchNorm2d):
+        return _fold_frozen(layer, bn)
     if not isinstance(bn, _BNS) or not bn.track_running_stats or bn.running_mean is None:
         return None
     if isinstance(layer, _CONVS) and layer.out_channels == bn.num_features:
@@ -107,5 +122,6 @@ def fuse_model(model: nn.Module, *, channels_last: bool = False, inplace: bool =
 
 
 def count_batchnorms(model: nn.Module) -> int:
-    """BatchNorm modules left in ``model`` (after fusion: only those that cannot be folded)."""
-    return sum(isinstance(m, _BNS) for m in model.modules())
+    """BatchNorm modules (incl. torchvision's ``FrozenBatchNorm2d``) left in ``model`` (after fusion: only those
+    that cannot be folded)."""
+    return sum(isinstance(m, _ALL_BNS) for m in model.modules())
