@@ -227,6 +227,18 @@ class FasterRCNN(nn.Module):
         return RoIOutput(proposals=proposals, rois=proposals, feats=pooled, hidden=hidden, cls_logits=cls_logits,
                          box_reg=box_reg)
 
+    def sample_rois(self, out: DetOutput, targets: list[dict]) -> RoIOutput:
+        """The training path's second stage on a finished forward ``out`` (e.g. an eval-mode teacher's): RPN
+        proposals with the TRAIN pre/post-NMS counts from ``out``'s RPN outputs, GT boxes added, RoIs sampled
+        against ``targets`` and scored by this model's box head. ``labels`` / ``matched`` are set; no loss.
+        DeFeat's faithful SampleTEA pairing (METHODS.md §4.5) asks the teacher for this through the hook."""
+        sizes = out.image_sizes
+        tg = self._targets(targets, len(sizes), out.priors[0].device)
+        proposals = self.rpn.propose(out.priors, out.head["rpn.objectness"], out.head["rpn.box_reg"], sizes, True)
+        rois, labels, matched, _ = self.roi_heads.sample(proposals, tg)
+        feats = {k: out.feats[k] for k in self.levels}
+        return replace(self.roi_forward(feats, rois, sizes), proposals=proposals, labels=labels, matched=matched)
+
     @torch.no_grad()
     def postprocess(self, out: DetOutput, **thresholds) -> list[dict[str, Tensor]]:
         """Detections from ``out.rois``; keyword ``thresholds`` (``score_thresh``, ``nms_thresh``,
