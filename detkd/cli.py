@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,8 +17,28 @@ app = typer.Typer(
 )
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate predictions or models with the official protocols.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate the embedded data sets (SynthFaces, SynthIDs).")
+config_app = typer.Typer(no_args_is_help=True, help="Show experiment configs and their keys.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("detkd")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        typer.echo(f"detkd {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """detkd: knowledge distillation for object detectors, face detectors and face recognizers."""
 
 
 def _fail(msg: str) -> None:
@@ -29,10 +50,15 @@ def _fail(msg: str) -> None:
 def train(
     config: str = typer.Argument(..., help="config file or name under configs/, e.g. retinaface/mnet025_synthfaces"),
     overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, type-checked"),
-    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly"),
+    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly (same config as saved)"),
+    overwrite: bool = typer.Option(False, help="replace the run already in the run directory"),
+    allow_changed: Optional[List[str]] = typer.Option(
+        None, "--allow-changed", help="with --resume: accept a changed config key (or section), e.g. optim.lr"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation at the end"),
 ):
-    """Train a model (or distil one: the config's `distill` section) and evaluate it."""
+    """Train a model (or distil one: the config's `distill` section) and evaluate it.
+
+    The run directory is <train.out_dir>/<name>; `detkd config show CONFIG` lists every key."""
     from detkd.config import ConfigError, load_config
     from detkd.experiment import train as run
 
@@ -40,8 +66,11 @@ def train(
         cfg = load_config(config, overrides or [])
     except (ConfigError, KeyError) as e:
         _fail(str(e))
+    cfg.train.overwrite = overwrite or cfg.train.overwrite
+    cfg.train.allow_changed = list(cfg.train.allow_changed) + list(allow_changed or [])
     result = run(cfg, resume=resume, evaluate=not no_eval)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: one summary, not one per rank
+        typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @eval_app.command("widerface")
@@ -76,9 +105,11 @@ def eval_detector(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Run a detector over a WIDER-layout set and print easy/medium/hard AP."""
+    from detkd.engine.checkpoint import expect_model_kind
     from detkd.experiment import evaluate_widerface
     from detkd.models.weights import load_model_file
 
+    expect_model_kind(weights, ("face detector", "detector"), "--weights")
     model, _ = load_model_file(weights)
     ap = evaluate_widerface(model, images_dir, gt_dir, protocol, pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
@@ -99,7 +130,13 @@ def eval_verification(
         _fail(str(e))
     if isinstance(res, dict):
         keep = {k: v for k, v in res.items() if isinstance(v, (int, float))}
-        typer.echo(json.dumps(keep) if as_json else "\n".join(f"{k}: {v:.4f}" for k, v in keep.items()))
+
+        def line(k, v):  # a TAR whose FAR target was not reached is not shown as a number
+            if isinstance(v, bool):
+                return f"{k}: {'yes' if v else 'no'}"
+            return f"{k}: not reached" if res.get(f"{k}_reached") is False else f"{k}: {v:.4f}"
+
+        typer.echo(json.dumps(keep) if as_json else "\n".join(line(k, v) for k, v in keep.items()))
 
 
 @app.command()
@@ -222,9 +259,31 @@ def demo(
              shipped_baseline=not retrain_baseline)
 
 
+@config_app.command("show")
+def config_show(
+    name: str = typer.Argument(..., help="config file or name under configs/ (see `detkd list configs`)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, applied before showing"),
+    as_json: bool = typer.Option(False, "--json", help="print the config as one JSON object"),
+):
+    """Print a config: every key (usable as an a.b=c override), its value and its type."""
+    from detkd.config import format_config, load_config, to_dict
+
+    cfg = load_config(name, overrides or [])
+    typer.echo(json.dumps(to_dict(cfg), indent=2, default=str) if as_json else format_config(cfg))
+
+
 def main() -> None:
+    """Entry point: user mistakes (``detkd.errors.UserError`` and missing / unreadable files) print one line
+    ``error: ...`` to stderr and exit 2; Ctrl-C exits 130 (training saves ``last.pt`` first)."""
+    from detkd.errors import EXIT_USER_ERROR, UserError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    try:
+        app()
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        typer.secho(f"error: {' '.join(msg.split())}", fg=typer.colors.RED, err=True)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -129,20 +129,28 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
     if cfg.distill is None:
         return DetectionTask(student)
     from detkd.distill.distiller import build_distill_task
-    from detkd.engine.checkpoint import load_student_weights
+    from detkd.engine.checkpoint import load_weights_into
+    from detkd.errors import UserError
 
     d = cfg.distill
     if not d.teacher_weights:
-        raise ValueError("distill.teacher_weights is empty: a distillation run needs a trained teacher")
+        raise UserError("distill.teacher_weights is empty: a distillation run needs a trained teacher",
+                        key="distill.teacher_weights")
     teacher = build_model(d.teacher)
-    teacher.load_state_dict(load_student_weights(d.teacher_weights), strict=True)
+    load_weights_into(teacher, d.teacher_weights, "distill.teacher_weights", expected=d.teacher.name)
     return build_distill_task(d, student, teacher)
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> dict:
     """Train (or distil) as the config says, evaluate, and write ``summary.json`` in the run directory."""
-    from detkd.engine.loop import Trainer
+    import dataclasses
 
+    from detkd.engine.loop import Trainer
+    from detkd.engine.rundir import check_run_dir
+
+    # fail before building anything (teacher, cache) when the run dir holds a run or the resumed config changed
+    check_run_dir(cfg.run_dir, dataclasses.asdict(cfg), resume=resume or cfg.train.resume,
+                  overwrite=cfg.train.overwrite, allow_changed=cfg.train.allow_changed)
     if cfg.task != "detection":
         from detkd.distill.face import train_facerec
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from detkd.data.face import write_bin
+from detkd.errors import UserError
 from detkd.eval.verification import (
     ACC_THRESHOLDS, VAL_THRESHOLDS, accuracy_folds, embed_images, evaluate_pairs, fold_bounds, slinear_interp,
     tar_at_far, verify_bin, verify_weights,
@@ -166,7 +167,7 @@ def test_verify_bin_and_weights_cli(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["acc"] == pytest.approx(r["acc"]) == pytest.approx(r2["acc"])
     (tmp_path / "m.json").write_text(json.dumps({"model": {"name": "iresnet18", "input_size": 32}}))
-    with pytest.raises(KeyError, match="does not match"):
+    with pytest.raises(UserError, match="does not match"):
         verify_weights(tmp_path / "m.safetensors", tmp_path / "v.bin")
     (tmp_path / "m.json").unlink()
     with pytest.raises(FileNotFoundError, match="model card"):

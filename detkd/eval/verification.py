@@ -10,6 +10,10 @@
   θ* = scipy-style ``interp1d(FAR, θ, kind='slinear')`` at the target (reimplemented in numpy, see
   ``slinear_interp``), else θ* = 0; TAR = TA/#same and FAR = FA/#diff on the held-out fold; mean over folds.
   (A fold without same/different pairs counts 0 for that rate.)
+- Reached: ``tar_far_*_reached`` is True iff every fold's training FAR curve reaches the target and the mean
+  held-out FAR is at most the target plus one false accept per fold (``1 / mean #diff per fold``, the finest
+  FAR a fold can measure). Otherwise the TAR is not a TAR at that FAR (a collapsed model accepts every pair:
+  FAR 1.0, "TAR" 100%): reports print "not reached (FAR reached x)" and always give the FAR reached.
 - ROC: TPR/FPR of each θ of the accuracy grid on each held-out fold, averaged over folds.
 """
 from __future__ import annotations
@@ -128,11 +132,29 @@ def tar_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float, n_folds:
     return float(tar.mean()), float(tar.std()), float(far.mean())
 
 
+def far_reached(dist: np.ndarray, issame: np.ndarray, far_target: float, far: float,
+                n_folds: int = N_FOLDS) -> bool:
+    """Whether TAR@``far_target`` is a TAR at that FAR (see the module docstring): the training FAR curves
+    reach the target and the mean held-out FAR ``far`` is at most target + 1 / (mean #diff per fold)."""
+    issame = np.asarray(issame, bool)
+    bounds = fold_bounds(len(dist), n_folds)
+    n_diff = np.add.reduceat((~issame).astype(np.int64), bounds[:-1])  # [F]
+    if n_diff.sum() == 0:
+        return False
+    _, fa, _, nd = _fold_counts(dist, issame, VAL_THRESHOLDS, bounds)
+    for f in range(n_folds):
+        far_train = _rate(fa.sum(0) - fa[f], nd.sum() - nd[f])
+        if far_train.max() < far_target:
+            return False
+    return bool(far <= far_target + 1.0 / n_diff.mean() + 1e-12)
+
+
 def evaluate_pairs(emb1: np.ndarray, emb2: np.ndarray, issame) -> dict:
     """Verification metrics of normalised pair embeddings ``[N, D]`` and labels ``[N]``.
 
     Returns ``acc``, ``acc_std`` (population std), ``best_thresholds [10]``, ``tar_far_1e-2``,
-    ``tar_far_1e-3`` (mean TAR at each FAR target, with ``*_std`` and ``*_far`` the mean achieved FAR),
+    ``tar_far_1e-3`` (mean TAR at each FAR target, with ``*_std``, ``*_far`` the mean FAR reached and
+    ``*_reached`` whether that FAR is the target's, see ``far_reached``),
     ``roc=(fpr [400], tpr [400])`` and ``num_pairs``.
     """
     issame = np.asarray(issame, bool).reshape(-1)
@@ -145,6 +167,7 @@ def evaluate_pairs(emb1: np.ndarray, emb2: np.ndarray, issame) -> dict:
     for key, target in FAR_TARGETS.items():
         tar, tar_std, far = tar_at_far(dist, issame, target)
         out[key], out[f"{key}_std"], out[f"{key}_far"] = tar, tar_std, far
+        out[f"{key}_reached"] = far_reached(dist, issame, target, far)
     out["roc"] = (fpr, tpr)
     return out
 
@@ -247,10 +270,14 @@ def load_face_model(weights_path: str | Path) -> nn.Module:
 
     from detkd.registry import lookup
 
+    from detkd.engine.checkpoint import expect_model_kind
+    from detkd.errors import UserError
+
     weights = Path(weights_path)
     if not weights.is_file():
         raise FileNotFoundError(f"weights not found: {weights}")
     card_file = _card_path(weights)
+    expect_model_kind(weights, ("face recognizer",), "weights")
     card = jsonlib.loads(card_file.read_text())
     if isinstance(card, dict) and card.get("model_config_type"):  # a card written by detkd.engine.checkpoint
         from detkd.engine.checkpoint import build_student
@@ -258,18 +285,19 @@ def load_face_model(weights_path: str | Path) -> nn.Module:
         return build_student(weights).eval()
     cfg = card.get("model") if isinstance(card, dict) else None
     if not isinstance(cfg, dict) or "name" not in cfg:
-        raise KeyError(f"{card_file}: needs a 'model' dict with a 'name' key (the model config)")
+        raise UserError(f"{card_file}: needs a 'model' dict with a 'name' key (the model config)", path=card_file)
     kwargs = {k: v for k, v in cfg.items() if k != "name"}
     model = lookup("model", cfg["name"])(**kwargs)
     state = load_file(str(weights))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise KeyError(f"{weights}: state dict does not match model {cfg['name']!r}: {e}") from None
+        raise UserError(f"{weights}: state dict does not match model {cfg['name']!r}: "
+                        f"{' '.join(str(e).split())}", path=weights) from None
     missing = [k for k in missing if not k.startswith("head.")]  # an export may drop the training head
     if missing or unexpected:
-        raise KeyError(f"{weights}: state dict does not match model {cfg['name']!r}: "
-                       f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise UserError(f"{weights}: state dict does not match model {cfg['name']!r}: "
+                        f"missing {missing[:5]}, unexpected {unexpected[:5]}", path=weights)
     return model.eval()
 
 
@@ -283,6 +311,15 @@ def summary(result: dict) -> dict:
     return out
 
 
+def format_tar(result: dict, key: str) -> str:
+    """``"TAR@FAR=1e-2 97.33 (FAR 0.008)"`` or ``"TAR@FAR=1e-2 not reached (FAR reached 1.000, TAR there 100.00)"``."""
+    label = f"TAR@FAR={key.rsplit('_', 1)[-1]}"
+    tar, far = 100 * result[key], result.get(f"{key}_far", float("nan"))
+    if result.get(f"{key}_reached", True):
+        return f"{label} {tar:.2f} (FAR {far:.3f})"
+    return f"{label} not reached (FAR reached {far:.3f}, TAR there {tar:.2f})"
+
+
 def verify_weights(weights_path: str | Path, bin_path: str | Path, json: bool = False, batch_size: int = 64,
                    roc_png: str | Path | None = None, device: str = "cpu") -> dict:
     """CLI body of ``detkd eval verification --weights W --bin FILE.bin [--json]``: prints and returns metrics."""
@@ -292,12 +329,11 @@ def verify_weights(weights_path: str | Path, bin_path: str | Path, json: bool = 
         print(jsonlib.dumps(summary(result), indent=1))
     else:
         print(f"{Path(bin_path).name}: accuracy-flip {100 * result['acc']:.2f} ± {100 * result['acc_std']:.2f} "
-              f"over {result['num_pairs']} pairs; TAR@FAR=1e-2 {100 * result['tar_far_1e-2']:.2f}, "
-              f"TAR@FAR=1e-3 {100 * result['tar_far_1e-3']:.2f}")
+              f"over {result['num_pairs']} pairs; " + ", ".join(format_tar(result, k) for k in FAR_TARGETS))
     return result
 
 
 __all__ = [
-    "accuracy_folds", "embed_images", "evaluate_pairs", "fold_bounds", "load_face_model", "pair_distances",
+    "accuracy_folds", "embed_images", "evaluate_pairs", "far_reached", "fold_bounds", "format_tar", "load_face_model", "pair_distances",
     "save_roc_png", "slinear_interp", "summary", "tar_at_far", "verify_bin", "verify_weights",
 ]
