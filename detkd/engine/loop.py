@@ -316,6 +316,7 @@ class Trainer:
             raise RuntimeError(f"{path}: task weights do not match the task: {e}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._rescale_lr(state.get("config") or {}, path)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
@@ -333,6 +334,23 @@ class Trainer:
         if self.main:
             print(f"[detkd] resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch}, "
                   f"global step {self.global_step}", file=sys.stderr)
+
+    def _rescale_lr(self, saved_cfg: dict, path: Path) -> None:
+        """An allowed change of ``optim.lr`` on resume (the optimizer and scheduler states hold the old one):
+        scale every group's base and current learning rate by new / old, so the schedule continues at the new
+        learning rate."""
+        old = (saved_cfg.get("optim") or {}).get("lr")
+        new = getattr(getattr(self.cfg, "optim", None), "lr", None)
+        if not old or new is None or float(old) == float(new):
+            return
+        r = float(new) / float(old)
+        for g in self.optimizer.param_groups:
+            g["lr"] *= r
+            if "initial_lr" in g:
+                g["initial_lr"] *= r
+        self.scheduler.base_lrs = [b * r for b in self.scheduler.base_lrs]
+        if self.main:
+            print(f"[detkd] {path}: optim.lr {old} -> {new}: learning rates scaled by {r:.4g}", file=sys.stderr)
 
     def _load_init_weights(self, path: str) -> None:
         model = getattr(self.cfg, "model", None)

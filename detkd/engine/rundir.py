@@ -31,7 +31,7 @@ RUN_DIRS = ("tb",)
 IGNORED_KEYS = frozenset({
     "train.resume", "train.overwrite", "train.allow_changed", "train.progress", "train.tensorboard",
     "train.max_iters", "train.ckpt_every", "train.ckpt_every_iters", "train.log_every", "train.num_workers",
-    "train.device",
+    "train.device", "train.out_dir",  # the run dir may have been moved
 })
 
 
@@ -117,7 +117,7 @@ def check_run_dir(run_dir: str | Path, config: dict, *, resume: bool, overwrite:
         diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
         raise UserError(
             f"--resume: the config differs from the run's saved {saved_path}: {diff}; resume with the saved "
-            f"values, or accept the change with --allow-changed {' '.join(refused)}", path=saved_path,
+            f"values, or accept the change with {' '.join('--allow-changed ' + k for k in refused)}", path=saved_path,
             key=next(iter(refused)))
     return sorted(changes)
 
