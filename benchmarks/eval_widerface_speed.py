@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detkd.eval.widerface import (WiderFaceEvaluator, dets_to_xywhs, evaluate_dir, load_gt, read_pred_dir,
+from detkd.data.widerface import load_gt
+from detkd.eval.widerface import (WiderFaceEvaluator, dets_to_xywhs, evaluate_dir, read_pred_dir,
                                   write_txt)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def main() -> int:
         t0 = time.perf_counter()
         ev = WiderFaceEvaluator(gt)
         for (event, name), d in zip(gt.images, xywhs):
-            ev.process(event, name, d)
+            ev.add(event, name, d)
         aps = ev.evaluate()
         times.append(time.perf_counter() - t0)
 

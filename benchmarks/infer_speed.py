@@ -79,7 +79,7 @@ def bench_case(model, image, protocol: str, runs: int) -> dict:
     model.prior_cache(h, w)  # warm: forward timing excludes prior building
     out = model(x)
     cls, box, landm = out.cat_head("cls_logits"), out.cat_head("box_reg"), out.cat_head("landmarks")
-    priors = torch.cat(out.priors)
+    priors = model.priors_cxcywh(out)  # the coders' (cx, cy, w, h) form; out.priors are xyxy
     var = model.variance
 
     def decode_only():  # everything of decode_detections but the NMS
@@ -106,7 +106,7 @@ def bench_case(model, image, protocol: str, runs: int) -> dict:
         "preprocess": lambda: preprocess(image, p),
         "forward": lambda: model(x),
         "priors": lambda: make_priors(h, w, model.config.min_sizes, model.config.steps),
-        "priors_cached": lambda: model.prior_cache(h, w),
+        "priors_cached": lambda: model.prior_cache.xyxy(h, w),
         "decode": decode_only,
         "nms": lambda: nms_plus1(boxes, scores, p.nms_thresh),
         "pipeline": lambda: detect_image(model, image, p),

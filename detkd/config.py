@@ -87,23 +87,27 @@ class TrainConfig:
 
 @dataclass
 class DetDataConfig:
-    """A detection data set in WIDER layout (real WIDER FACE or the generated SynthFaces)."""
+    """A registered detection data set: ``build("dataset", cfg, split="train" | "val")``."""
 
     name: str = "synthfaces"  # registered dataset builder
     root: str = "data/synthfaces"  # SynthFaces is generated here on first use (seed 0)
-    img_size: int = 320  # square training input
+    img_size: int = 320  # training input size
     augment: bool = True
     seed: int = -1  # augmentation RNG seed; -1 = use train.seed
+    size_divisor: int = 32  # batches are padded bottom/right to a multiple of this (collate, not the dataset)
 
 
 @dataclass
 class DetEvalConfig:
-    """Evaluation on ``<root>/val``: images under ``images/``, official-layout .mat files under ``gt/``."""
+    """Evaluation of a detector on the val split of ``cfg.data`` with a registered evaluator."""
 
-    protocol: str = "biubug6-origin"  # a preset of detkd.infer.PROTOCOLS
-    images_dir: str = ""  # default <data.root>/val/images
-    gt_dir: str = ""  # default <data.root>/val/gt
-    max_images: int = 0  # >0 evaluates only the first N GT entries (smoke runs)
+    evaluator: str = "widerface"  # registered evaluator (`detkd list evaluators`)
+    protocol: str = "biubug6-origin"  # test-time resize + post-processing preset of detkd.infer.PROTOCOLS
+    images_dir: str = ""  # given to the data set's val builder when set (default: its own layout under root)
+    gt_dir: str = ""  # ditto, the ground-truth location
+    max_images: int = 0  # >0 evaluates only the first N val images (smoke runs)
+    batch_size: int = 1  # images per forward (same-size ones batched; >1 moves scores by float rounding, ~1e-7)
+    num_workers: int = 0  # DataLoader workers decoding images
 
 
 @dataclass
@@ -171,6 +175,16 @@ def _suggest(key: str, choices) -> str:
     return f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
 
 
+def section_names(obj: Any) -> list[str]:
+    """Names of the config sections ``obj`` resolves beyond its fields (``DistillConfig``: the method names).
+
+    A config class opts in with two methods: ``config_section_names() -> list[str]`` and
+    ``config_section(name, create=True) -> dataclass`` (a default section, kept only with ``create``).
+    """
+    fn = getattr(type(obj), "config_section_names", None)
+    return list(fn(obj)) if fn is not None else []
+
+
 def all_keys(cfg: Any, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cfg):
@@ -179,6 +193,10 @@ def all_keys(cfg: Any, prefix: str = "") -> list[str]:
         keys.append(k)
         if dataclasses.is_dataclass(v):
             keys += all_keys(v, k + ".")
+    for name in section_names(cfg):
+        if prefix + name not in keys:
+            keys.append(prefix + name)
+            keys += all_keys(cfg.config_section(name, create=False), prefix + name + ".")
     return keys
 
 
@@ -196,6 +214,9 @@ def set_key(cfg: Any, key: str, raw: str) -> None:
     obj = cfg
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names and i < len(parts) - 1 and part in section_names(obj):
+            obj = obj.config_section(part)  # e.g. distill.tdkd.scale: a method's section
+            continue
         if part not in names:
             where = ".".join(parts[:i]) or "<root>"
             raise ConfigError(

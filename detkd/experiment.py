@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from detkd.config import DetEvalConfig, ExperimentConfig
-from detkd.registry import build, build_model
+from detkd.data.loader import batch_image_sizes
+from detkd.registry import build_model, lookup
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +27,71 @@ class DetectionTask(nn.Module):
 
     def forward(self, batch):
         images, targets, _ = batch
-        return self.student(images, targets).losses
+        return self.student(images, targets, image_sizes=batch_image_sizes(batch)).losses
 
 
 # ------------------------------------------------------------------------------------------------ data
 
 
+# DetDataConfig fields that configure batching, not the dataset builder
+COLLATE_FIELDS = ("size_divisor",)
+
+
 def build_train_set(cfg: ExperimentConfig):
     """The training split; augmentation randomness is a pure function of (seed, epoch, index)."""
+    import dataclasses
+
     seed = cfg.data.seed if cfg.data.seed >= 0 else cfg.train.seed
-    return build("dataset", cfg.data, split="train", seed=seed)
+    kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
+              if f.name != "name" and f.name not in COLLATE_FIELDS}
+    return lookup("dataset", cfg.data.name)(**{**kwargs, "split": "train", "seed": seed})
 
 
-def val_paths(cfg: ExperimentConfig) -> tuple[Path, Path]:
+def build_collate(cfg: ExperimentConfig):
+    """``collate_detection`` padding to ``data.size_divisor`` (32 when the data config has no such field)."""
+    from detkd.data.loader import detection_collate
+
+    return detection_collate(getattr(cfg.data, "size_divisor", 32))
+
+
+def build_val_set(cfg: ExperimentConfig):
+    """The evaluation split of ``cfg.data``: ``(image uint8 [H, W, 3], meta)`` samples; ``eval.images_dir`` /
+    ``eval.gt_dir`` go to the data set builder when set."""
     ev = cfg.eval or DetEvalConfig()
-    root = Path(cfg.data.root)
-    images = Path(ev.images_dir) if ev.images_dir else root / "val" / "images"
-    gt = Path(ev.gt_dir) if ev.gt_dir else root / "val" / "gt"
-    return images, gt
+    extra = {k: v for k, v in (("images_dir", ev.images_dir), ("gt_dir", ev.gt_dir)) if v}
+    return build("dataset", cfg.data, split="val", **extra)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-@torch.no_grad()
+def evaluate_detector(model: nn.Module, dataset, evaluator, protocol: str = "biubug6-origin", *,
+                      max_images: int = 0, batch_size: int = 1, num_workers: int = 0,
+                      progress: bool = True) -> dict:
+    """Detect on ``dataset`` (``(image uint8 [H, W, 3], meta)`` samples) with the test ``protocol`` and evaluate.
+
+    Batched through a ``DataLoader`` and ``detkd.eval.base.inference_on_dataset``; under DDP each rank takes a
+    strided shard and the evaluator gathers to rank 0. ``max_images > 0``: only the first N samples. Returns
+    the evaluator's metrics on rank 0, ``{}`` on other ranks. ``batch_size`` 1 (the default) reproduces the
+    reference one-image test bit for bit; larger batches run same-size images together, which moves scores by
+    float rounding (about 1e-7) and so can move an AP in its last digits.
+    """
+    from detkd.eval.base import inference_on_dataset, shard_indices
+    from detkd.infer import ProtocolImages, collate_images, detect_batch, get_protocol
+
+    proto = get_protocol(protocol)
+    n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
+    images = ProtocolImages(dataset, proto, shard_indices(n))
+    loader = torch.utils.data.DataLoader(images, batch_size=max(1, batch_size), shuffle=False,
+                                         num_workers=num_workers, collate_fn=collate_images)
+
+    def predict(m: nn.Module, batch):
+        ims, metas = batch
+        return metas, detect_batch(m, ims, metas, proto)
+
+    return inference_on_dataset(model, loader, evaluator, predict, progress=progress)
+
+
 def evaluate_widerface(
     model: nn.Module,
     images_dir,
@@ -60,58 +101,42 @@ def evaluate_widerface(
     pred_dir=None,
     plot_dir=None,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> dict:
-    """Detect on every GT image, evaluate with the WIDER protocol; rank-aware (shards, gathers to rank 0).
+    """Detect on every GT image of a WIDER-layout val set, evaluate with the WIDER protocol; rank-aware.
 
-    Returns ``{"easy", "medium", "hard"}`` AP on rank 0 (empty dict on other ranks).
+    Returns ``{"easy", "medium", "hard"}`` AP on rank 0 (empty dict on other ranks). ``plot_dir``: PR curves
+    (``pr_curves.png`` / ``.npz``); ``pred_dir``: the standard txt files.
     """
-    from tqdm import tqdm
-
     from detkd.data.widerface import WiderFaceVal
-    from detkd.engine import dist
-    from detkd.eval.widerface import WiderFaceEvaluator, dets_to_xywhs, write_txt
-    from detkd.infer import PROTOCOLS, detect_image
+    from detkd.eval.base import build_evaluator
 
-    proto = PROTOCOLS[protocol]
     val = WiderFaceVal(images_dir, gt_dir)
-    n = len(val) if max_images <= 0 else min(max_images, len(val))
-    rank, world = dist.rank(), dist.world_size()
-    was_training = model.training
-    model.eval()
-    mine = []
-    for i in tqdm(range(rank, n, world), desc="eval", disable=not progress or rank != 0, leave=False):
-        image, meta = val[i]
-        d = detect_image(model, image, proto)
-        boxes, scores = d["boxes"].cpu().numpy(), d["scores"].cpu().numpy()
-        mine.append((meta["event"], meta["name"], boxes, scores))
-    model.train(was_training)
-    gathered = dist.gather_objects(mine)
-    if rank != 0:
+    evaluator = build_evaluator("widerface", dataset=val, max_images=max_images, pred_dir=pred_dir)
+    ap = evaluate_detector(model, val, evaluator, protocol, max_images=max_images, batch_size=batch_size,
+                           progress=progress)
+    if not ap:
         return {}
-    evaluator = WiderFaceEvaluator(val.gt, images=[val.gt.images[i] for i in range(n)])
-    for part in gathered:
-        for event, name, boxes, scores in part:
-            evaluator.process(event, name, dets_to_xywhs(boxes, scores))
-            if pred_dir is not None:
-                write_txt(pred_dir, event, name, boxes, scores)
-    ap = evaluator.evaluate()
     if plot_dir is not None:
-        from detkd.eval.plots import plot_pr_curves
-
-        Path(plot_dir).mkdir(parents=True, exist_ok=True)
-        plot_pr_curves(evaluator.curves, Path(plot_dir) / "pr_curves.png", title=f"WIDER protocol ({protocol})")
-        np.savez(Path(plot_dir) / "pr_curves.npz", **{f"{k}_{j}": v for k, c in evaluator.curves.items()
-                                                    for j, v in zip(("rec", "prec"), c)})
+        evaluator.save_plots(plot_dir, f"WIDER protocol ({protocol})")
     return {k: float(ap[k]) for k in ("easy", "medium", "hard")}
 
 
 def make_evaluator(cfg: ExperimentConfig):
+    """``evaluate(student, epoch) -> metrics`` for the Trainer: ``cfg.eval.evaluator`` on the val split."""
+    from detkd.eval.base import build_evaluator
+
     ev = cfg.eval or DetEvalConfig()
-    images_dir, gt_dir = val_paths(cfg)
 
     def evaluate(student, epoch):
-        plot_dir = cfg.run_dir / "eval" if epoch is None or epoch + 1 >= cfg.train.epochs else None
-        return evaluate_widerface(student, images_dir, gt_dir, ev.protocol, ev.max_images, plot_dir=plot_dir)
+        val = build_val_set(cfg)
+        evaluator = build_evaluator(ev.evaluator, dataset=val, max_images=ev.max_images)
+        metrics = evaluate_detector(student, val, evaluator, ev.protocol, max_images=ev.max_images,
+                                    batch_size=ev.batch_size, num_workers=ev.num_workers)
+        last = epoch is None or epoch + 1 >= cfg.train.epochs
+        if metrics and last and hasattr(evaluator, "save_plots"):
+            evaluator.save_plots(cfg.run_dir / "eval", f"{ev.evaluator} ({ev.protocol})")
+        return {k: float(v) for k, v in metrics.items()}
 
     return evaluate
 
@@ -158,11 +183,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) ->
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
     train_set = build_train_set(cfg)
-    from detkd.data.loader import collate_detection
-
+    collate = build_collate(cfg)
     if cfg.distill is not None:  # fail fast: taps, shapes, identical inputs, teacher better than chance
-        sample = collate_detection([train_set[i] for i in range(min(2, len(train_set)))])
+        sample = collate([train_set[i] for i in range(min(2, len(train_set)))])
         task.check_setup(sample, teacher_loaded=True, accuracy_batches=[sample])
     trainer = Trainer(cfg, task, train_set, evaluate=make_evaluator(cfg) if evaluate else None,
-                      collate_fn=collate_detection)
+                      collate_fn=collate)
     return trainer.fit(resume=resume)

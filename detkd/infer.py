@@ -1,4 +1,4 @@
-"""Single-image face detection with the reference RetinaFace pipelines (EVAL.md §4, METHODS.md §1.9).
+"""Detection inference with the reference test pipelines (EVAL.md §4, METHODS.md §1.9): one image, or batches.
 
 A ``Protocol`` fixes the test scale and the post-processing:
 
@@ -14,8 +14,14 @@ A ``Protocol`` fixes the test scale and the post-processing:
 Pre-processing as the reference: the uint8 image becomes float32, is resized with ``cv2.INTER_LINEAR`` on the
 float image (``fx = fy = r``), not padded; the model subtracts its mean. Boxes and landmarks are decoded in
 resized-input pixels and divided by r, so ``detect_image`` returns original-image pixels:
-``{"boxes" [N, 4] xyxy, "scores" [N], "landmarks" [N, 5, 2]}`` (CPU tensors, descending score).
-Images are numpy ``uint8 [H, W, 3]`` RGB (``read_image``).
+``{"boxes" [N, 4] xyxy, "scores" [N], "labels" [N]}`` plus ``"landmarks" [N, 5, 2]`` when the model predicts
+them (CPU tensors, descending score). Images are numpy ``uint8 [H, W, 3]`` RGB (``read_image``).
+
+Batched evaluation: ``ProtocolImages(dataset, protocol)`` wraps a data set of ``(image uint8 [H, W, 3], meta)``
+samples into ``(float32 [3, h, w] resized, meta + {"scale": r})``; ``collate_images`` keeps the batch as lists
+(sizes differ); ``detect_batch(model, images, metas, protocol)`` runs one forward per distinct input size in the
+batch (all of them at once when the sizes agree) and returns the per-image detections in original pixels, the
+same numbers ``detect_image`` gives image by image.
 """
 from __future__ import annotations
 
@@ -82,20 +88,79 @@ def preprocess(image_rgb: np.ndarray, protocol: str | Protocol) -> tuple[torch.T
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None], r
 
 
+def to_original(det: dict, scale: float) -> dict:
+    """One image's detections from resized-input pixels back to original pixels (CPU tensors): ``boxes`` and
+    ``landmarks`` (when present) divided by ``scale``; every other entry (scores, labels) copied."""
+    out = {}
+    for k, v in det.items():
+        v = v.detach().cpu() if torch.is_tensor(v) else v
+        out[k] = v / scale if k in ("boxes", "landmarks") else v
+    return out
+
+
+def _postprocess(model: nn.Module, out, p: Protocol) -> list[dict]:
+    return model.postprocess(out, score_thresh=p.conf_thresh, nms_thresh=p.nms_thresh, top_k=p.top_k,
+                             keep_top_k=p.keep_top_k)
+
+
 @torch.no_grad()
 def detect_image(model: nn.Module, image_rgb: np.ndarray, protocol: str | Protocol = "biubug6-origin") -> dict:
-    """Detect faces in one RGB image; boxes/landmarks in original-image pixels (see module docstring)."""
+    """Detect objects in one RGB image; boxes (and landmarks, if any) in original-image pixels (module docstring)."""
     p = get_protocol(protocol)
     x, r = preprocess(image_rgb, p)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        out = model(x.to(device))
-        d = model.postprocess(out, p.conf_thresh, p.nms_thresh, p.top_k, p.keep_top_k)[0]
+        d = _postprocess(model, model(x.to(device)), p)[0]
     finally:
         model.train(was_training)
-    return {"boxes": d["boxes"].cpu() / r, "scores": d["scores"].cpu(), "landmarks": d["landmarks"].cpu() / r}
+    return to_original(d, r)
+
+
+class ProtocolImages(torch.utils.data.Dataset):
+    """``dataset[i] = (image uint8 [H, W, 3] RGB, meta)`` -> ``(float32 [3, h, w] resized by the protocol,
+    meta + {"scale": r, "orig_size": (H, W)})``; ``indices`` selects (and orders) the samples used."""
+
+    def __init__(self, dataset, protocol: str | Protocol, indices=None):
+        self.dataset = dataset
+        self.protocol = get_protocol(protocol)
+        self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, meta = self.dataset[self.indices[i]]
+        x, r = preprocess(image, self.protocol)
+        return x[0], {**meta, "scale": r, "orig_size": tuple(image.shape[:2])}
+
+
+def collate_images(batch) -> tuple[list[torch.Tensor], list[dict]]:
+    """``[(image [3, h, w], meta), ...]`` -> ``(list of images, list of metas)`` (sizes may differ)."""
+    images, metas = zip(*batch)
+    return list(images), list(metas)
+
+
+@torch.no_grad()
+def detect_batch(model: nn.Module, images: list[torch.Tensor], metas: list[dict],
+                 protocol: str | Protocol) -> list[dict]:
+    """Detections of a batch of protocol-resized images ``[3, h_i, w_i]`` in original pixels (``meta["scale"]``).
+
+    Images of the same size go through the model together (no padding: padding would move the reference's
+    numbers); the model is used in whatever mode it is in (``inference_on_dataset`` sets eval mode).
+    """
+    p = get_protocol(protocol)
+    device = next(model.parameters()).device
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    dets: list[dict | None] = [None] * len(images)
+    for idx in groups.values():
+        x = torch.stack([images[i] for i in idx]).to(device)  # [b, 3, h, w]
+        for i, d in zip(idx, _postprocess(model, model(x), p)):
+            dets[i] = to_original(d, metas[i]["scale"])
+    return dets
 
 
 def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, min_score: float = 0.5) -> Path:

@@ -8,15 +8,27 @@ from typing import Any, Callable
 
 MODELS: dict[str, Callable] = {}
 DATASETS: dict[str, Callable] = {}
-METHODS: dict[str, Callable] = {}
+METHODS: dict[str, Callable] = {}  # detection distillation methods (``distill.methods=[...]``)
+OBJECTIVES: dict[str, Callable] = {}  # face-recognition training objectives (``distill.method=...``)
+EVALUATORS: dict[str, Callable] = {}  # evaluators with the ``detkd.eval.base`` protocol
+# model name -> keyword arguments of a tiny CPU instance; tests/test_contract.py builds every registered model
+# with them and checks the output contract (docs/contracts.md, "Adding a model family")
+TINY_CONFIGS: dict[str, dict[str, Any]] = {}
 
-_TABLES = {"model": MODELS, "dataset": DATASETS, "method": METHODS}
+_TABLES = {"model": MODELS, "dataset": DATASETS, "method": METHODS, "objective": OBJECTIVES,
+           "evaluator": EVALUATORS}
+# What each kind is, for error messages ("unknown detection method ...").
+KIND_NAMES = {"model": "model", "dataset": "dataset", "method": "detection distillation method",
+              "objective": "face-recognition objective", "evaluator": "evaluator"}
 # Modules whose import fills the tables (kept explicit: no import-time magic elsewhere).
-_PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill")
+_PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill", "detkd.eval")
 
 
-def register(kind: str, name: str | None = None):
-    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``)."""
+def register(kind: str, name: str | None = None, tiny: dict[str, Any] | None = None):
+    """Decorator: ``@register("model")`` files a builder under its function name (or ``name``).
+
+    ``tiny`` (models): keyword arguments that make a small, fast CPU instance for the contract test.
+    """
     table = _TABLES[kind]
 
     def wrap(fn):
@@ -24,6 +36,8 @@ def register(kind: str, name: str | None = None):
         if key in table and table[key] is not fn:
             raise KeyError(f"{kind} {key!r} is registered twice")
         table[key] = fn
+        if tiny is not None:
+            TINY_CONFIGS[key] = dict(tiny)
         return fn
 
     return wrap
@@ -34,17 +48,28 @@ def load_all() -> None:
         importlib.import_module(mod)
 
 
-def close_matches(name: str, choices) -> str:
-    near = difflib.get_close_matches(name, list(choices), n=5, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+def close_matches(name: str, choices, n: int = 5, cutoff: float = 0.5) -> str:
+    """``"; did you mean 'a', 'b'?"`` for the choices close to ``name`` (empty when none is): the one helper
+    every "unknown name" error in detkd uses."""
+    near = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=cutoff)
+    return f"; did you mean {', '.join(repr(x) for x in near)}?" if near else ""
+
+
+def kind_of(name: str) -> list[str]:
+    """The kinds under which ``name`` is registered (to say what a misplaced name is)."""
+    load_all()
+    return [k for k, table in _TABLES.items() if name in table]
 
 
 def lookup(kind: str, name: str) -> Callable:
     load_all()
     table = _TABLES[kind]
     if name not in table:
+        elsewhere = [KIND_NAMES[k] for k in kind_of(name) if k != kind]
+        what = f"; {name!r} is a {' and a '.join(elsewhere)}, not a {KIND_NAMES[kind]}" if elsewhere else ""
         raise KeyError(
-            f"unknown {kind} {name!r}{close_matches(name, table)} (known: {', '.join(sorted(table))})"
+            f"unknown {KIND_NAMES[kind]} {name!r}{what}{close_matches(name, table)} "
+            f"(known: {', '.join(sorted(table))})"
         )
     return table[name]
 

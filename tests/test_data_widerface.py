@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from detkd.data.loader import collate_detection
+from detkd.data.loader import batch_image_sizes, collate_detection
 from detkd.data.widerface import WiderFaceTrain, WiderFaceVal, read_label_txt
 from detkd.registry import lookup
 
@@ -120,14 +120,42 @@ def test_corrupt_and_missing_images_name_the_file(tmp_path):
         ds[2]
 
 
-def test_collate_rejects_mixed_sizes():
+def test_collate_pads_mixed_sizes_bottom_right_and_keeps_sizes_and_metas():
     s = {"boxes": torch.zeros(0, 4)}
-    with pytest.raises(ValueError, match="different shapes"):
-        collate_detection([(torch.zeros(3, 8, 8), s, {"path": "a"}), (torch.zeros(3, 9, 9), s, {"path": "b"})])
+    a, b = torch.full((3, 40, 70), 7.0), torch.full((3, 66, 30), 9.0)
+    images, targets, metas = collate_detection([(a, s, {"path": "a"}), (b, s, {"path": "b"})])
+    assert images.shape == (2, 3, 96, 96) and images.dtype == torch.float32  # ceil(66/32)*32, ceil(70/32)*32
+    assert (images[0, :, :40, :70] == 7).all()
+    assert images[0, :, 40:].abs().sum() == 0 and (images[0, :, :, 70:] == 0).all()
+    assert (images[1, :, :66, :30] == 9).all() and images[1, :, 66:].abs().sum() == 0
+    assert [m["image_size"] for m in metas] == [(40, 70), (66, 30)] and [m["path"] for m in metas] == ["a", "b"]
+    assert batch_image_sizes((images, targets, metas)) == [(40, 70), (66, 30)]
+    one, _, _ = collate_detection([(a, s, {}), (b, s, {})], size_divisor=1, pad_value=5.0)
+    assert one.shape == (2, 3, 66, 70) and (one[0, :, 40:] == 5).all()
+    same, _, _ = collate_detection([(torch.ones(3, 64, 64), s, {}), (torch.ones(3, 64, 64), s, {})])
+    assert same.shape == (2, 3, 64, 64) and (same == 1).all()  # already a multiple of 32: no padding
+    with pytest.raises(ValueError, match=r"image b has shape \(66, 30\)"):
+        collate_detection([(a, s, {"path": "a"}), (b[0], s, {"path": "b"})])
+
+
+def test_keep_ratio_resize_short_side_and_long_cap():
+    from detkd.data.transforms import keep_ratio_scale, resize_keep_ratio
+
+    assert keep_ratio_scale(375, 500, 600, 1000) == pytest.approx(1.6)  # VOC-like: short side 375 -> 600
+    assert keep_ratio_scale(300, 1000, 600, 1000) == pytest.approx(1.0)  # the long side caps the scale
+    image = np.zeros((375, 500, 3), np.uint8)
+    boxes = np.array([[10, 20, 110, 220]], np.float32)
+    lms = np.ones((1, 5, 2), np.float32) * 50
+    out, b, lm, (sy, sx) = resize_keep_ratio(image, boxes, lms, 600, 1000)
+    assert out.shape == (600, 800, 3) and sy == sx == pytest.approx(1.6)
+    np.testing.assert_allclose(b, boxes * 1.6, rtol=1e-6)
+    np.testing.assert_allclose(lm, lms * 1.6, rtol=1e-6)
+    out, b, _, (sy, sx) = resize_keep_ratio(np.zeros((333, 500, 3), np.uint8), boxes, None, 800, 1333)
+    assert out.shape == (800, int(500 * 800 / 333 + 0.5), 3) and sy == 800 / 333
 
 
 def test_val_dataset_on_written_gt(tmp_path):
-    from detkd.eval.widerface import WiderGT, save_gt
+    from detkd.data.widerface import WiderGT, save_gt
 
     gt = WiderGT(events=["0--Parade", "1--Handshaking"], images=[("0--Parade", "p_1"), ("1--Handshaking", "h_2")],
                  boxes=[np.array([[1, 2, 3, 4]], np.int32), np.zeros((0, 4), np.int32)],

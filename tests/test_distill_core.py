@@ -27,8 +27,8 @@ from detkd.distill.distiller import (
 from detkd.distill.feat import FeatConfig
 from detkd.distill.kd import KDConfig
 from detkd.distill.losses import feat_mse, kd_kl, masked_feat_l2, prob_l2_uncertain
-from detkd.distill.masks import priors_to_locations, tdkd_location_masks, tdkd_prior_masks
-from detkd.structures import Assignment, DetOutput
+from detkd.distill.masks import MaskInputs, priors_to_locations, tdkd_location_masks, tdkd_prior_masks
+from detkd.structures import Assignment, DetOutput, HeadKey
 
 
 
@@ -45,13 +45,14 @@ class ToyDet(nn.Module):
         self.stem = nn.ModuleDict({lvl: nn.Conv2d(3, c, 1) for lvl in self.levels})
         self.cls = nn.ModuleDict({lvl: nn.Conv2d(c, anchors * 2, 1) for lvl in self.levels})
         self.task_convs = task_convs
+        self.head_spec = {"cls_logits": HeadKey("softmax", 2)}
         self.channels = {lvl: c for lvl in self.levels}
         if task_convs:
             tower_names = [f"{t}_{lvl}" for t in ("cls", "reg") for lvl in self.levels]
             self.towers = nn.ModuleDict({name: nn.Conv2d(c, c, 1) for name in tower_names})
             self.channels.update({f"{t}_feat.{lvl}": c for t in ("cls", "reg") for lvl in self.levels})
 
-    def forward(self, images, targets=None, decode=False):
+    def forward(self, images, targets=None, decode=False, image_sizes=None):
         if self.inplace:
             images.div_(255.0)  # a bug the start-up check must catch
         x = images / 255.0
@@ -224,7 +225,7 @@ def test_tdkd_masks_need_neg_rank_and_matching_levels():
     with pytest.raises(ValueError, match="neg_rank"):
         tdkd_prior_masks(_assign(pos, None))
     with pytest.raises(ValueError, match="2 prior levels"):
-        tdkd_location_masks(_assign(pos, torch.arange(40)[None]), [32, 8], [(4, 4)])
+        tdkd_location_masks(MaskInputs(_assign(pos, torch.arange(40)[None]), [32, 8], [(4, 4)], [], []))
 
 
 # -------------------------------------------------------------------------------------------- adapters
@@ -428,4 +429,6 @@ def test_distill_config_overrides_and_method_errors():
     with pytest.raises(ValueError, match="twice"):
         build_distill_task(DistillConfig(methods=["kd", "kd"]), ToyDet(), ToyDet())
     with pytest.raises(TypeError, match="no `channels` dict"):
+        build_distill_task(DistillConfig(methods=["feat"]), nn.Linear(1, 1), ToyDet())
+    with pytest.raises(TypeError, match="distill.kd: the student model.*no `head_spec`"):
         build_distill_task(DistillConfig(methods=["kd"]), nn.Linear(1, 1), ToyDet())

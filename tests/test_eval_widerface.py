@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from detkd.eval.widerface import (SUBSETS, WiderFaceEvaluator, WiderGT, dets_to_xywhs, evaluate_dir,
-                                  iou_plus1, load_gt, read_pred_dir, save_gt, write_txt)
+from detkd.data.widerface import SUBSETS, WiderGT, load_gt, save_gt
+from detkd.eval.widerface import (WiderFaceEvaluator, dets_to_xywhs, evaluate_dir,
+                                  iou_plus1, read_pred_dir, write_txt)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_GT = DATA / "widerface_val_gt"
@@ -28,7 +29,7 @@ def make_gt(boxes: dict[str, list], keep: dict[str, list[int]] | None = None, ev
 def run(gt: WiderGT, preds: dict[str, list], images=None) -> tuple[dict, WiderFaceEvaluator]:
     ev = WiderFaceEvaluator(gt, images=images)
     for name, dets in preds.items():
-        ev.process(gt.events[0], name, np.asarray(dets, dtype=np.float64).reshape(-1, 5))
+        ev.add(gt.events[0], name, np.asarray(dets, dtype=np.float64).reshape(-1, 5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ev.evaluate(), ev
@@ -177,7 +178,7 @@ def test_count_pooling_includes_skipped_images():
 def test_missing_prediction_warns():
     gt = make_gt({"a": [[0, 0, 10, 10]], "b": [[0, 0, 10, 10]], "c": [[0, 0, 10, 10]]})
     ev = WiderFaceEvaluator(gt)
-    ev.process("0--E", "a", np.array([[0, 0, 10, 10, 0.9], [50, 50, 10, 10, 0.1]]))
+    ev.add("0--E", "a", np.array([[0, 0, 10, 10, 0.9], [50, 50, 10, 10, 0.1]]))
     with pytest.warns(UserWarning, match="2 of 3 images have no prediction"):
         ap = ev.evaluate()
     assert ap["hard"] == pytest.approx(1 / 3, abs=1e-15)
@@ -231,14 +232,14 @@ def test_process_rejects_bad_input():
     gt = make_gt({"a": [[0, 0, 10, 10]]})
     ev = WiderFaceEvaluator(gt)
     with pytest.raises(KeyError, match="0--E/zzz"):
-        ev.process("0--E", "zzz", np.zeros((0, 5)))
+        ev.add("0--E", "zzz", np.zeros((0, 5)))
     with pytest.raises(ValueError, match="shape"):
-        ev.process("0--E", "a", np.zeros((3, 4)))
+        ev.add("0--E", "a", np.zeros((3, 4)))
     with pytest.raises(ValueError, match="NaN"):
-        ev.process("0--E", "a", np.array([[0, 0, 1, 1, np.nan]]))
-    ev.process("0--E", "a", np.zeros((0, 5)))
+        ev.add("0--E", "a", np.array([[0, 0, 1, 1, np.nan]]))
+    ev.add("0--E", "a", np.zeros((0, 5)))
     with pytest.raises(ValueError, match="twice"):
-        ev.process("0--E", "a", np.zeros((0, 5)))
+        ev.add("0--E", "a", np.zeros((0, 5)))
 
 
 # --------------------------------------------------------------------------------------------- txt I/O
@@ -262,7 +263,7 @@ def test_in_memory_equals_on_disk(tmp_path):
         xyxy = np.c_[v[:, :2] + rng.random((len(v), 2)), v[:, :2] + v[:, 2:4] + rng.random((len(v), 2))]
         sc = rng.random(len(v)).astype(np.float32)
         write_txt(tmp_path / "pred", "0--E", k, xyxy, sc)
-        ev.process("0--E", k, dets_to_xywhs(xyxy, sc))
+        ev.add("0--E", k, dets_to_xywhs(xyxy, sc))
     save_gt(gt, tmp_path / "gt")
     assert evaluate_dir(tmp_path / "pred", tmp_path / "gt", plot_dir=tmp_path / "plots") == ev.evaluate()
     assert (tmp_path / "plots" / "pr_curves.png").stat().st_size > 1000
@@ -382,14 +383,14 @@ def _gt_as_predictions_closed_form(gt: WiderGT, subset: str) -> float:
 def test_real_gt_as_predictions(real_gt):
     ev = WiderFaceEvaluator(real_gt)
     for (event, name), b in zip(real_gt.images, real_gt.boxes):
-        ev.process(event, name, np.c_[b.astype(float), np.ones(len(b))])
+        ev.add(event, name, np.c_[b.astype(float), np.ones(len(b))])
     assert ev.evaluate() == {s: 0.0 for s in SUBSETS}           # one constant score: 0/0 normalisation
     ev.reset()
     for j, ((event, name), b) in enumerate(zip(real_gt.images, real_gt.boxes)):
         d = np.c_[b.astype(float), np.ones(len(b))]
         if j == 0:                                              # one far-away box with score 0
             d = np.r_[d, [[-5000, -5000, 1, 1, 0.0]]]
-        ev.process(event, name, d)
+        ev.add(event, name, d)
     ap = ev.evaluate()
     # Exactly: easy 7211/7212, medium 13319/13320, hard (31956/31958)^2. Every counted face is recalled
     # except, in hard, the w=-2 box of 39_Ice_Skating_iceskiing_39_583 (IoU 0 even with itself) and the 2nd
@@ -429,7 +430,7 @@ def test_real_subset_matches_reference(real_gt):
         xy = rng.uniform(0, 1000, (30, 2)).astype(np.float32)
         xyxy = np.r_[xyxy, np.c_[xy, xy + rng.uniform(4, 100, (30, 2))]]
         preds[i] = dets_to_xywhs(xyxy, rng.uniform(0.02, 1.0, len(xyxy)).astype(np.float32))
-        ev.process(event, name, preds[i][rng.permutation(len(xyxy))])
+        ev.add(event, name, preds[i][rng.permutation(len(xyxy))])
     assert ev.evaluate() == reference_ap(sub, preds)
 
 

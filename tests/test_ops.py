@@ -13,7 +13,7 @@ from detkd.ops.boxes import (
     encode_boxes,
     encode_landmarks,
 )
-from detkd.ops.match import background_ce, match_priors, mine_hard_negatives
+from detkd.ops.assign import background_ce, retinaface_hard_negatives, retinaface_match
 from detkd.ops.nms import nms_plus1, nms_plus1_reference
 from detkd.ops.priors import PriorCache, make_priors
 
@@ -107,7 +107,7 @@ def priors_640_xyxy():
 def test_gt_equal_to_anchor_is_forced_positive():
     pri, pxy = priors_640_xyxy()
     k = 12800 + 40 * 2 * 10 + 2 * 7 + 1  # level 2, row 10, col 7, second size (128 px)
-    m = match_priors(pxy[k : k + 1].clone(), pxy)
+    m = retinaface_match(pxy[k : k + 1].clone(), pxy)
     assert m.pos[k] and m.matched[k] == 0 and m.iou[k] == pytest.approx(1.0)
 
 
@@ -118,14 +118,14 @@ def test_forced_match_between_0_2_and_0_35():
 
     best_iou, best = box_iou(gt, pxy).max(1)
     assert 0.2 <= best_iou.item() < 0.35
-    m = match_priors(gt, pxy)
+    m = retinaface_match(gt, pxy)
     assert m.pos.sum() == 1 and m.pos[best.item()] and m.matched[best.item()] == 0
 
 
 def test_hard_gt_alone_makes_image_background():
     _, pxy = priors_640_xyxy()
     gt = torch.tensor([[10.0, 10.0, 13.0, 13.0]])  # 3 px face: best IoU < 0.2
-    m = match_priors(gt, pxy)
+    m = retinaface_match(gt, pxy)
     assert not m.pos.any() and (m.matched == -1).all()
     assert m.iou.max() < 0.2
 
@@ -138,7 +138,7 @@ def test_hard_gt_not_forced_but_takes_over_its_best_prior():
     tiny = torch.tensor([[230.0, 230.0, 233.0, 233.0]])  # inside `big`, best IoU < 0.2
     gts = torch.cat([big, tiny])
     best_tiny = box_iou(tiny, pxy).argmax().item()
-    m = match_priors(gts, pxy)
+    m = retinaface_match(gts, pxy)
     assert m.pos.any()
     assert m.matched[best_tiny] == 1  # re-assigned to the hard GT (reference loop over all GTs)
     # positive only if its overlap with its original best GT reaches 0.35 (never forced to 2)
@@ -152,13 +152,13 @@ def test_shared_best_prior_goes_to_last_gt():
     from torchvision.ops import box_iou
 
     assert box_iou(a, pxy).argmax() == box_iou(b, pxy).argmax()
-    m = match_priors(torch.cat([a, b]), pxy)
+    m = retinaface_match(torch.cat([a, b]), pxy)
     assert m.matched[box_iou(a, pxy).argmax()] == 1
 
 
 def test_image_without_gt():
     _, pxy = priors_640_xyxy()
-    m = match_priors(torch.zeros(0, 4), pxy)
+    m = retinaface_match(torch.zeros(0, 4), pxy)
     assert not m.pos.any() and (m.matched == -1).all() and (m.iou == 0).all()
 
 
@@ -172,7 +172,7 @@ def test_hard_negative_mining_counts_and_ranking():
     pos = torch.zeros(b, p, dtype=torch.bool)
     pos[0, :5] = True  # 5 positives -> 35 negatives
     pos[1, :100] = True  # 7 * 100 > P - 1 -> capped: every non-positive
-    neg, rank = mine_hard_negatives(logits, pos, 7)
+    neg, rank = retinaface_hard_negatives(logits, pos, 7)
     assert neg[0].sum() == 35 and neg[1].sum() == 400 and neg[2].sum() == 0
     assert not (neg & pos).any()
     for i in range(b):

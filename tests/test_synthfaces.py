@@ -6,7 +6,7 @@ import pytest
 
 from detkd.data import synth as S
 from detkd.data.widerface import WiderFaceTrain, WiderFaceVal, read_label_txt
-from detkd.eval.widerface import load_gt
+from detkd.data.widerface import load_gt
 from detkd.registry import lookup
 
 SMALL = dict(n_train=12, n_val=12, image_size=160)

@@ -12,11 +12,12 @@ import torch
 from detkd.distill.distiller import DistillConfig, DistillContext, build_distill_task
 from detkd.distill.feat import FeatConfig
 from detkd.distill.losses import prob_l2_uncertain
-from detkd.distill.masks import priors_to_locations, tdkd_location_masks, tdkd_prior_masks
+from detkd.distill.masks import mask_inputs, priors_to_locations, tdkd_location_masks, tdkd_prior_masks
 from detkd.distill.tdkd import TDKDConfig, loc_over_feat
 from detkd.models.retinaface import RetinaFaceConfig
 from detkd.registry import build_model
 
+LEVELS = ("p3", "p4", "p5")
 
 
 
@@ -67,7 +68,7 @@ def test_prior_count_640_and_level_split():
         out = student(torch.zeros(1, 3, 640, 640), [face((156, 76, 172, 92))])  # = level-0 anchor (10, 20)
     assert out.level_sizes() == [12800, 3200, 800] and sum(out.level_sizes()) == 16800
     hw = [tuple(out.feats[k].shape[-2:]) for k in ("p3", "p4", "p5")]
-    masks = tdkd_location_masks(out.assign, out.level_sizes(), hw)
+    masks = tdkd_location_masks(mask_inputs(out, LEVELS))
     assert [tuple(c.shape) for c, _ in masks] == [(1, 80, 80), (1, 40, 40), (1, 20, 20)]
     pos = out.assign.pos[0].nonzero().flatten().tolist()
     assert pos == [(10 * 80 + 20) * 2]  # below 12800: level 0
@@ -82,7 +83,7 @@ def test_gt_equal_to_an_anchor_is_in_both_masks():
     with torch.no_grad():
         out = student(torch.zeros(2, 3, 96, 96), targets)
     hw = [tuple(out.feats[k].shape[-2:]) for k in ("p3", "p4", "p5")]
-    masks = tdkd_location_masks(out.assign, out.level_sizes(), hw)
+    masks = tdkd_location_masks(mask_inputs(out, LEVELS))
     (cls0, loc0), (cls1, loc1), _ = masks
     assert loc0[0].nonzero().tolist() == [[5, 7]] and cls0[0, 5, 7]  # neighbours have IoU 1/3 < 0.35
     assert loc1[1, 2, 2] and cls1[1, 2, 2]
@@ -101,7 +102,7 @@ def test_masks_for_a_320x256_input_follow_the_actual_levels():
     sizes = out.level_sizes()
     assert sizes == [40 * 32 * 2, 20 * 16 * 2, 10 * 8 * 2]
     hw = [tuple(out.feats[k].shape[-2:]) for k in ("p3", "p4", "p5")]
-    masks = tdkd_location_masks(out.assign, sizes, hw)
+    masks = tdkd_location_masks(mask_inputs(out, LEVELS))
     assert [tuple(c.shape[1:]) for c, _ in masks] == hw == [(40, 32), (20, 16), (10, 8)]
     assert masks[2][1][0, 3, 4] and masks[2][0][0, 3, 4]
     cls_prior, loc_prior = tdkd_prior_masks(out.assign)

@@ -99,7 +99,8 @@ def test_real_image_recall_and_ap(leaky_file):
     need(IMAGE)
     need(GT_DIR / "wider_face_val.mat")
     try:
-        from detkd.eval.widerface import WiderFaceEvaluator, dets_to_xywhs, load_gt
+        from detkd.data.widerface import load_gt
+        from detkd.eval.widerface import WiderFaceEvaluator, dets_to_xywhs
     except ImportError:
         pytest.skip("detkd.eval.widerface is not available yet")
     from torchvision.ops import box_iou
@@ -118,7 +119,7 @@ def test_real_image_recall_and_ap(leaky_file):
     assert recalled >= 14
     assert abs(len(dets["boxes"]) - 58) <= 2  # EVAL.md §4.3: the reference writes 58 boxes for this image
     ev = WiderFaceEvaluator(gt, images=[("11--Meeting", IMAGE_NAME)])
-    ev.process("11--Meeting", IMAGE_NAME, dets_to_xywhs(dets["boxes"].numpy(), dets["scores"].numpy()))
+    ev.add("11--Meeting", IMAGE_NAME, dets_to_xywhs(dets["boxes"].numpy(), dets["scores"].numpy()))
     ap = ev.evaluate()
     print(f"AP on this image: {ap}")
     assert ap["easy"] > 0.9 and ap["hard"] > 0.8

@@ -425,7 +425,7 @@ def _scenes(seed: int, split: int, n: int, size: int, faces, nonfaces):
 def write_synthfaces(out_dir: str | Path, seed: int = 0, n_train: int = 600, n_val: int = 150,
                      image_size: int = 320) -> Path:
     """Write SynthFaces under ``out_dir`` in WIDER layout (see the module docstring). Returns ``out_dir``."""
-    from detkd.eval.widerface import WiderGT, save_gt
+    from detkd.data.widerface import WiderGT, save_gt
 
     out = Path(out_dir)
     train_lines: list[str] = []
@@ -474,13 +474,15 @@ def ensure_synthfaces(root: str | Path, seed: int = 0, n_train: int = 600, n_val
 
 @register("dataset")
 def synthfaces(*, root: str, img_size: int = 320, augment: bool = True, seed: int = 0, split: str = "train",
-               data_seed: int = 0, n_train: int = 600, n_val: int = 150, image_size: int = 320):
-    """SynthFaces (written to ``root`` on first use, then read like WIDER FACE)."""
+               data_seed: int = 0, n_train: int = 600, n_val: int = 150, image_size: int = 320,
+               images_dir: str | None = None, gt_dir: str | None = None):
+    """SynthFaces (written to ``root`` on first use, then read like WIDER FACE; ``images_dir`` / ``gt_dir``
+    replace the val split's image and GT folders)."""
     from detkd.data.widerface import WiderFaceTrain, WiderFaceVal
 
     ensure_synthfaces(root, data_seed, n_train, n_val, image_size)
     if split == "train":
         return WiderFaceTrain(root, img_size=img_size, augment=augment, seed=seed)
     if split == "val":
-        return WiderFaceVal(root)
+        return WiderFaceVal(images_dir or root, gt_dir or Path(root) / "val" / "gt")
     raise ValueError(f"synthfaces: unknown split {split!r} (expected 'train' or 'val')")

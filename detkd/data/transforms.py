@@ -1,4 +1,6 @@
-"""Face-detection training augmentation of METHODS.md §1.5, and the fixed-size validation resize.
+"""Face-detection training augmentation of METHODS.md §1.5, the fixed-size validation resize, and the
+keep-ratio resize of mmdet-style recipes (``resize_keep_ratio``: short side -> S unless the long side would
+pass L; the batch is then padded to a multiple of 32 by ``detkd.data.loader.collate_detection``).
 
 Conventions
 -----------
@@ -140,6 +142,36 @@ def resize_square(image, boxes, landmarks, size: int, interpolation: int):
     resized, _ = TF.resize_bounding_boxes(torch.from_numpy(boxes), canvas_size=(h, w), size=[size, size])
     lm = landmarks * np.array([size / w, size / h], dtype=np.float32)
     return out, resized.numpy().astype(np.float32), lm.astype(np.float32)
+
+
+def keep_ratio_scale(height: int, width: int, short: int, max_long: int | None = None) -> float:
+    """``min(short / short side, max_long / long side)``: the mmdet ``keep_ratio`` scale for ``(short, max_long)``
+    (e.g. ``(800, 1333)`` COCO, ``(600, 1000)`` VOC)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"keep_ratio_scale: empty image {height}x{width}")
+    scale = short / min(height, width)
+    if max_long is not None:
+        scale = min(scale, max_long / max(height, width))
+    return scale
+
+
+def resize_keep_ratio(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None, short: int,
+                      max_long: int | None = None, interpolation: int = cv2.INTER_LINEAR):
+    """Resize keeping the aspect ratio (``keep_ratio_scale``); new size ``(int(h·s + 0.5), int(w·s + 0.5))``
+    as mmcv's ``rescale_size``. Boxes and landmarks are scaled by the actual ``new_w / w`` and ``new_h / h``.
+
+    Returns ``(image [h', w', 3], boxes [N, 4], landmarks [N, 5, 2] | None, (sy, sx))``.
+    """
+    h, w = image.shape[:2]
+    scale = keep_ratio_scale(h, w, short, max_long)
+    nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    out = cv2.resize(image, (nw, nh), interpolation=interpolation)
+    sx, sy = nw / w, nh / h
+    boxes = torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4))
+    boxes, _ = TF.resize_bounding_boxes(boxes, canvas_size=(h, w), size=[nh, nw])
+    if landmarks is not None:
+        landmarks = (np.asarray(landmarks, np.float32) * np.array([sx, sy], np.float32)).astype(np.float32)
+    return out, boxes.numpy().astype(np.float32), landmarks, (sy, sx)
 
 
 def to_chw_float(image: np.ndarray) -> torch.Tensor:

@@ -29,8 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detkd.data.loader import batch_image_sizes
 from detkd.distill.adapters import AdapterSpec, build_adapter
-from detkd.registry import METHODS, close_matches, register
+from detkd.distill.masks import MaskInputs, mask_inputs
+from detkd.registry import METHODS, close_matches, load_all, register
+from detkd.structures import HeadKey
 
 HEAD_PREFIX = "head."
 
@@ -63,18 +66,57 @@ class Schedule:
 
 @dataclass
 class DistillContext:
-    """What a mask builder or group scale sees for one batch. ``memo`` caches work shared by several terms."""
+    """What a mask builder or group scale sees for one batch. ``memo`` caches work shared by several terms.
+
+    ``teacher_model`` is the frozen teacher module itself (``None`` when the teacher's outputs come from a
+    cache); ``query_teacher`` runs one of its methods on the student's intermediate results.
+    """
 
     teacher: Any  # DetOutput (or EmbedOutput)
     student: Any
     targets: list[dict] | None
     step: int
     cache: dict = field(default_factory=dict)
+    teacher_model: nn.Module | None = None
 
     def memo(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self.cache:
             self.cache[key] = fn()
         return self.cache[key]
+
+    def mask_inputs(self, taps: Sequence[str], level_key: str | None = None, what: str = "this mask") -> MaskInputs:
+        """The student's ``MaskInputs`` for ``taps`` (level ``l`` on ``taps[l]``), built once per batch."""
+        key = f"mask_inputs:{','.join(taps)}:{level_key}"
+        return self.memo(key, lambda: mask_inputs(self.student, taps, self.targets, level_key, what))
+
+    def query_teacher(self, method: str, *args, **kwargs) -> Any:
+        """``teacher_model.<method>(*args, **kwargs)`` under ``torch.no_grad()``, teacher in eval mode.
+
+        The teacher-query hook: a method runs part of the teacher on the student's intermediate results, e.g.
+        DeFeat's ``ctx.query_teacher("roi_forward", feats, proposals, image_sizes)`` scores the student's RoIs
+        with the teacher's box head. Results carry no gradient. Memoise with ``ctx.memo`` when several terms
+        need the same query.
+        """
+        model = self.teacher_model
+        if model is None:
+            raise RuntimeError(
+                f"query_teacher({method!r}): no teacher model in this distillation step (teacher outputs from a "
+                "cache cannot answer queries; run with the teacher in memory)"
+            )
+        fn = getattr(model, method, None) if not method.startswith("_") else None
+        if not callable(fn):
+            public = [n for n in dir(model) if not n.startswith("_") and callable(getattr(model, n, None))]
+            raise AttributeError(
+                f"query_teacher: the teacher ({type(model).__name__}) has no method {method!r}"
+                f"{close_matches(method, public)}"
+            )
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return fn(*args, **kwargs)
+        finally:
+            model.train(was_training)
 
 
 @dataclass
@@ -170,9 +212,12 @@ class Distiller(nn.Module):
         return x if term.adapter is None else self.adapters[_module_key(term.adapter.key)](x)
 
     def forward(
-        self, t_out: Any, s_out: Any, targets: list[dict] | None = None, step: int = 0
+        self, t_out: Any, s_out: Any, targets: list[dict] | None = None, step: int = 0,
+        teacher_model: nn.Module | None = None,
     ) -> dict[str, Tensor]:
-        ctx = DistillContext(teacher=t_out, student=s_out, targets=targets, step=int(step))
+        """Weighted KD terms ``{term.key: scalar}``; ``teacher_model`` enables ``DistillContext.query_teacher``."""
+        ctx = DistillContext(teacher=t_out, student=s_out, targets=targets, step=int(step),
+                             teacher_model=teacher_model)
         raw: dict[str, Tensor] = {}
         for term in self.terms:
             s = self.adapt(term, get_tap(s_out, term.student, "student"))
@@ -226,11 +271,13 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def run_models(teacher: nn.Module, student: nn.Module, images: Tensor, targets: Any) -> tuple[Any, Any]:
-    """Teacher (no grad, no targets: taps only) and student (with targets) on the identical ``images``."""
+def run_models(teacher: nn.Module, student: nn.Module, images: Tensor, targets: Any,
+               image_sizes: list[tuple[int, int]] | None = None) -> tuple[Any, Any]:
+    """Teacher (no grad, no targets: taps only) and student (with targets) on the identical ``images``,
+    both told the valid ``image_sizes`` of the padded batch."""
     with torch.no_grad():
-        t_out = teacher(images)
-    s_out = student(images, targets)
+        t_out = teacher(images, image_sizes=image_sizes)
+    s_out = student(images, targets, image_sizes=image_sizes)
     return t_out, s_out
 
 
@@ -277,14 +324,14 @@ class DistillTask(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         images, targets = _batch_parts(batch)
-        t_out, s_out = run_models(self._teacher, self.student, images, targets)
+        t_out, s_out = run_models(self._teacher, self.student, images, targets, batch_image_sizes(batch))
         step = int(self.kd_step)
         if self.training:
             self.kd_step += 1
         losses = dict(s_out.losses)
         if not losses:
             raise RuntimeError("the student returned no task losses; it must be called with targets")
-        kd = self.distiller(t_out, s_out, targets, step)
+        kd = self.distiller(t_out, s_out, targets, step, teacher_model=self._teacher)
         clash = sorted(set(losses) & set(kd))
         if clash:
             raise KeyError(f"distillation loss names collide with task losses: {clash}")
@@ -314,27 +361,77 @@ def _check_loaded(teacher_loaded: Any) -> None:
         raise RuntimeError(f"the teacher checkpoint lacks {len(missing)} weights: {shown}")
 
 
+def classification_key(model: nn.Module) -> tuple[str, HeadKey] | None:
+    """The first ``head_spec`` entry of kind softmax or sigmoid (``None`` when the model declares none)."""
+    for key, spec in (getattr(model, "head_spec", None) or {}).items():
+        if spec.kind in ("softmax", "sigmoid"):
+            return key, spec
+    return None
+
+
+def head_key(model: nn.Module, key: str, side: str, what: str) -> HeadKey:
+    """``model.head_spec[key]``, or a clear error naming the caller (``what``) and the declared keys."""
+    spec = getattr(model, "head_spec", None)
+    if not isinstance(spec, dict):
+        raise TypeError(f"{what}: the {side} model ({type(model).__name__}) declares no `head_spec`; every "
+                        "detkd detector declares what its head outputs mean")
+    if key not in spec:
+        raise KeyError(f"{what}: the {side} model declares no head key {key!r}{close_matches(key, spec)} "
+                       f"(declared: {', '.join(spec) or 'none'})")
+    return spec[key]
+
+
+def class_probability_kind(student: nn.Module, teacher: nn.Module, key: str, what: str) -> str:
+    """``"softmax"`` or ``"sigmoid"``: how both models' ``head[key]`` become class probabilities.
+
+    Raises at build time when either side does not declare ``key`` as a classification output, or when the two
+    sides disagree in kind or number of columns (a softmax applied to sigmoid logits would be silent garbage).
+    """
+    s, t = head_key(student, key, "student", what), head_key(teacher, key, "teacher", what)
+    for side, spec in (("student", s), ("teacher", t)):
+        if spec.kind not in ("softmax", "sigmoid"):
+            raise ValueError(f"{what}: the {side}'s head key {key!r} is of kind {spec.kind!r}, not class logits "
+                             "(softmax or sigmoid)")
+    if (s.kind, s.dim) != (t.kind, t.dim):
+        raise ValueError(f"{what}: head key {key!r} is {s.kind} with {s.dim} columns in the student but {t.kind} "
+                         f"with {t.dim} columns in the teacher; class KD needs the same classifier on both sides")
+    return s.kind
+
+
 @torch.no_grad()
 def teacher_balanced_accuracy(teacher: nn.Module, batches: Iterable) -> float | None:
-    """Balanced accuracy of a 2-way (background/face) teacher on its own positives and negatives.
+    """Balanced accuracy of the teacher on its own positives and negatives.
 
-    ``(TPR + TNR) / 2`` with "face" = argmax of ``head["cls_logits"]`` is class 1, over ``assign.pos`` and
-    ``assign.neg`` of all batches. ``None`` when the teacher has no 2-way ``cls_logits`` or no assignment.
+    ``(TPR + TNR) / 2`` over ``assign.pos`` and ``assign.neg`` of all batches, with the classification head
+    key of ``teacher.head_spec`` (the first softmax or sigmoid entry). Predicted foreground: softmax: the
+    argmax is not column 0 (background), class = argmax; sigmoid: the largest probability is > 0.5, class =
+    argmax + 1. A positive counts as correct when foreground is predicted with its class (a label <= 0 on a
+    positive, e.g. RetinaFace's face without landmarks, only needs foreground). ``None`` when the teacher
+    declares no classification key, has no assignment, or the batches hold no positive or no negative.
     """
+    found = classification_key(teacher)
+    if found is None:
+        return None
+    key, spec = found
     tp = n_pos = tn = n_neg = 0
     for batch in batches:
         images, targets = _batch_parts(batch)
-        out = teacher(images, targets)
-        if getattr(out, "assign", None) is None or "cls_logits" not in getattr(out, "head", {}):
+        out = teacher(images, targets, image_sizes=batch_image_sizes(batch))
+        if getattr(out, "assign", None) is None or key not in getattr(out, "head", {}):
             return None
-        logits = out.cat_head("cls_logits")  # [B, P, K]
-        if logits.shape[-1] != 2:
-            return None
-        face = logits.argmax(-1) == 1
+        logits = out.cat_head(key).float()  # [B, P, K+1] or [B, P, K]
+        if spec.kind == "softmax":
+            cls = logits.argmax(-1)  # [B, P], 0 = background
+            fg = cls != 0
+        else:
+            best, idx = logits.sigmoid().max(-1)
+            fg, cls = best > 0.5, idx + 1
         pos, neg = out.assign.pos.bool(), out.assign.neg.bool()
-        tp += int((face & pos).sum())
+        labels = out.assign.labels
+        right = fg & ((labels <= 0) | (cls == labels))
+        tp += int((right & pos).sum())
         n_pos += int(pos.sum())
-        tn += int((~face & neg).sum())
+        tn += int((~fg & neg).sum())
         n_neg += int(neg.sum())
     if n_pos == 0 or n_neg == 0:
         return None
@@ -376,7 +473,7 @@ def check_setup(
     student.eval()  # no BN statistics update from a check
     try:
         with torch.no_grad():
-            t_out, s_out = run_models(teacher, student, images, targets)
+            t_out, s_out = run_models(teacher, student, images, targets, batch_image_sizes(sample_batch))
     finally:
         student.train(was_training)
         for h in handles:
@@ -412,7 +509,7 @@ def check_setup(
                     f"teacher tap {term.teacher!r} {tuple(t.shape)}"
                 )
             shapes[term.key] = (tuple(s.shape), tuple(t.shape))
-        ctx = DistillContext(teacher=t_out, student=s_out, targets=targets, step=0)
+        ctx = DistillContext(teacher=t_out, student=s_out, targets=targets, step=0, teacher_model=teacher)
         for term in distiller.terms:  # masks must build for this geometry
             if term.mask is not None:
                 term.mask(ctx)
@@ -442,10 +539,10 @@ def distill_method(config_cls: type, name: str | None = None):
 
 
 def method_builder(name: str) -> Callable:
-    import detkd.distill  # noqa: F401  (fills the method table)
-
+    """The registered detection-distillation method ``name`` (a builder with a ``config_cls``)."""
+    load_all()
     if name not in METHODS or not hasattr(METHODS[name], "config_cls"):
-        known = sorted(k for k, v in METHODS.items() if hasattr(v, "config_cls"))
+        known = method_names()
         raise KeyError(f"unknown distillation method {name!r}{close_matches(name, known)} (known: {', '.join(known)})")
     return METHODS[name]
 
@@ -455,18 +552,59 @@ def method_config(name: str) -> Any:
     return method_builder(name).config_cls()
 
 
-@dataclass
+def method_names() -> list[str]:
+    """Every registered detection-distillation method."""
+    load_all()
+    return sorted(k for k, v in METHODS.items() if hasattr(v, "config_cls"))
+
+
+@dataclass(init=False)
 class DistillConfig:
     """``ExperimentConfig.distill``. ``teacher`` is a model config (``build_model(teacher)``), loaded from
-    ``teacher_weights``; ``methods`` lists the methods whose terms are concatenated; each method reads its
-    own section (``kd``, ``feat``, ``tdkd``; defaults from the method's config class)."""
+    ``teacher_weights``; ``methods`` lists the methods whose terms are concatenated.
+
+    Each method reads its own config section, kept in ``sections`` (method name -> that method's config
+    dataclass); a method without a section gets its defaults (from the registry, on first use). Sections are
+    reached as attributes and in overrides by the method's name: ``DistillConfig(methods=["tdkd"],
+    tdkd=TDKDConfig(scale="fixed"))``, ``cfg.tdkd.scale``, ``distill.tdkd.scale=fixed``. No method is named
+    here: a new method only registers itself (``@distill_method(ItsConfig)``).
+    """
 
     teacher: Any = None
     teacher_weights: str = ""
     methods: list[str] = field(default_factory=lambda: ["tdkd"])
-    kd: Any = field(default_factory=lambda: method_config("kd"))
-    feat: Any = field(default_factory=lambda: method_config("feat"))
-    tdkd: Any = field(default_factory=lambda: method_config("tdkd"))
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, teacher: Any = None, teacher_weights: str = "", methods: list[str] | None = None,
+                 sections: dict[str, Any] | None = None, **method_sections: Any):
+        self.teacher = teacher
+        self.teacher_weights = teacher_weights
+        self.methods = ["tdkd"] if methods is None else list(methods)
+        self.sections = dict(sections or {})
+        for name, section in method_sections.items():
+            method_builder(name)  # unknown names fail here, with close matches
+            self.sections[name] = section
+
+    def config_section(self, name: str, create: bool = True) -> Any:
+        """The section of method ``name`` (created with the method's defaults on first use; ``create=False``
+        returns a default without keeping it)."""
+        if name in self.sections:
+            return self.sections[name]
+        section = method_config(name)
+        if create:
+            self.sections[name] = section
+        return section
+
+    def config_section_names(self) -> list[str]:
+        return method_names()
+
+    def __getattr__(self, name: str) -> Any:  # only called for names that are not attributes
+        if name.startswith("_") or name in ("teacher", "teacher_weights", "methods", "sections"):
+            raise AttributeError(name)
+        try:
+            return self.config_section(name)
+        except KeyError as e:
+            raise AttributeError(str(e)) from None
 
 
 def build_terms(cfg: Any, student: nn.Module, teacher: nn.Module) -> list[Term]:
@@ -475,7 +613,7 @@ def build_terms(cfg: Any, student: nn.Module, teacher: nn.Module) -> list[Term]:
     terms: list[Term] = []
     for name in cfg.methods:
         builder = method_builder(name)
-        section = getattr(cfg, name, None)
+        section = cfg.config_section(name) if hasattr(cfg, "config_section") else getattr(cfg, name, None)
         if section is None:
             section = builder.config_cls()
         for term in builder(section, student, teacher):

@@ -4,7 +4,7 @@ One term per tap pair, ``kd.feat.<student tap>`` = ``weight · mean((A(S) − T)
 (``adapter`` kind, trainable) from the student tap's declared channels to the teacher tap's. Default taps
 student ``p3, p4, p5`` → teacher ``p3, p4, p5``. ``mask``: ``"none"`` (every location) or ``"gt"`` (locations
 holding a positive prior of the student's assignment; ``student_taps[i]`` is head level ``i``; the mean is then
-over the masked elements).
+over the masked elements; the level split comes from ``distill.masks.mask_inputs``).
 """
 from __future__ import annotations
 
@@ -27,19 +27,12 @@ class FeatConfig:
     teacher_taps: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
     adapter: AdapterKind = "conv1x1"
     mask: Literal["none", "gt"] = "none"
-    level_key: str = "cls_logits"  # head output whose per-level sizes split the priors
+    level_key: str = ""  # head output whose per-level sizes split the priors ("" = the model's priors)
 
 
 def level_masks(ctx: DistillContext, taps: list[str], level_key: str) -> list[Tensor]:
     """Positive-location masks ``bool [B, H, W]`` for the student taps (tap i = head level i)."""
-    s = ctx.student
-    if s.assign is None:
-        raise ValueError("feat mask='gt' needs the student's assignment: call the student with targets")
-    sizes = s.level_sizes(level_key)
-    if len(sizes) != len(taps):
-        raise ValueError(f"feat mask='gt': {len(taps)} taps {taps} but the head has {len(sizes)} levels")
-    hw = [tuple(s.feats[t].shape[-2:]) for t in taps]
-    return positive_location_masks(s.assign, sizes, hw)
+    return positive_location_masks(ctx.mask_inputs(taps, level_key or None, "feat mask='gt'"))
 
 
 def gt_mask(ctx: DistillContext, level: int, taps: list[str], level_key: str) -> Tensor:

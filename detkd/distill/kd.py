@@ -1,8 +1,10 @@
 """Generic temperature KD on class logits (Hinton et al.): the logit baseline for dense detectors.
 
 Term ``kd.kd.cls`` = ``weight · T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))`` summed over classes and averaged
-over the selected priors. Logits are ``head[<logits>]`` with all levels concatenated, ``[B, P, K]``
-(RetinaFace: ``K = 2``, background/face, softmax over the class axis). Prior selection (``[B, P]``, from the
+over the selected priors. Logits are ``head[<logits>]`` with all levels concatenated, ``[B, P, K]``; the
+models' ``head_spec`` says how they become probabilities (RetinaFace: softmax over (background, face);
+RetinaNet/GFL: K sigmoids, one Bernoulli KL per class), checked when the terms are built: student and teacher
+must declare the same classifier. Prior selection (``[B, P]``, from the
 STUDENT's assignment, i.e. the samples its own classification loss uses):
 ``"assign"`` = pos ∪ neg (default), ``"pos"`` = positives only, ``"all"`` = every prior.
 """
@@ -14,7 +16,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, distill_method
+from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, class_probability_kind, distill_method
 from detkd.distill.losses import kd_kl
 
 
@@ -44,6 +46,7 @@ def assigned_priors(ctx: DistillContext, select: str) -> Tensor | None:
 def kd(cfg: KDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     if cfg.select not in ("assign", "pos", "all"):
         raise ValueError(f"distill.kd.select={cfg.select!r}: use 'assign', 'pos' or 'all'")
+    kind = class_probability_kind(student, teacher, cfg.logits, "distill.kd")
     tap = HEAD_PREFIX + cfg.logits
     mask = None if cfg.select == "all" else partial(assigned_priors, select=cfg.select)
-    return [Term("cls", tap, tap, partial(kd_kl, T=cfg.temperature), weight=cfg.weight, mask=mask)]
+    return [Term("cls", tap, tap, partial(kd_kl, T=cfg.temperature, kind=kind), weight=cfg.weight, mask=mask)]

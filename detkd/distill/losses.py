@@ -16,7 +16,7 @@ Normalisation table (the part that differs between papers):
 | ``masked_feat_l2(denom="fgfi")``  | same                                       | max(1, 2·#masked locations)    |
 | ``masked_feat_l2(denom="defeat")``| same                                       | max(1, 2·C·#masked locations)  |
 | ``prob_l2_uncertain``             | Σ over selected (b, p, k) entries of Δp²   | max(1, #selected entries)      |
-| ``kd_kl``                         | T²·Σ over selected priors of Σ_k KL        | max(1, #selected priors)       |
+| ``kd_kl`` (softmax or sigmoid)    | T²·Σ over selected priors of Σ_k KL        | max(1, #selected priors)       |
 | ``feat_mse``                      | Σ over b, c, masked (y,x) of (s − t)²      | max(1, C·#masked locations)    |
 
 (FGFI's reference has no guard; with at least one GT per image — always the case on VOC — the two agree.)
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FeatDenom = Literal["tdkd", "fgfi", "defeat"]
+ProbKind = Literal["softmax", "sigmoid"]
 
 
 def _check_pair(s: Tensor, t: Tensor, what: str) -> None:
@@ -83,21 +84,43 @@ def prob_l2_uncertain(p_s: Tensor, p_t: Tensor, lo: float = 0.1, hi: float = 0.9
     return num / sel.sum().clamp(min=1).to(num.dtype)
 
 
-def kd_kl(
-    student_logits: Tensor, teacher_logits: Tensor, T: float = 1.0, mask: Tensor | None = None
-) -> Tensor:
-    """Temperature KD on softmax class logits: ``T²·KL(softmax(t/T) ‖ softmax(s/T))``.
+def class_probs(logits: Tensor, kind: ProbKind = "softmax", T: float = 1.0) -> Tensor:
+    """Class probabilities of logits ``[..., K]`` at temperature ``T`` (fp32): a softmax over the last axis
+    (``"softmax"``, background column included) or K independent sigmoids (``"sigmoid"``)."""
+    z = logits.float() if T == 1 else logits.float() / T
+    if kind == "softmax":
+        return z.softmax(-1)
+    if kind == "sigmoid":
+        return z.sigmoid()
+    raise ValueError(f"unknown class probability kind {kind!r} (use 'softmax' or 'sigmoid')")
 
-    ``student_logits``, ``teacher_logits`` ``[..., K]`` (softmax over the last axis); ``mask`` selects the
-    leading positions (``[...]``, bool), ``None`` = all. KL is summed over classes and averaged over the
-    selected positions (``max(1, n)``).
+
+def kd_kl(
+    student_logits: Tensor, teacher_logits: Tensor, T: float = 1.0, mask: Tensor | None = None,
+    kind: ProbKind = "softmax",
+) -> Tensor:
+    """Temperature KD on class logits: ``T²·KL(q ‖ p)`` with ``q``, ``p`` the teacher / student probabilities.
+
+    ``student_logits``, ``teacher_logits`` ``[..., K]``. ``kind="softmax"``: ``q = softmax(t/T)``,
+    ``KL = Σ_k q_k (log q_k − log p_k)``. ``kind="sigmoid"`` (K independent classifiers): ``q_k = σ(t_k/T)``,
+    ``KL = Σ_k [q_k (log q_k − log p_k) + (1 − q_k)(log(1 − q_k) − log(1 − p_k))]`` (one Bernoulli KL per
+    column). ``mask`` selects the leading positions (``[...]``, bool), ``None`` = all. KL is summed over
+    classes and averaged over the selected positions (``max(1, n)``).
     """
     _check_pair(student_logits, teacher_logits, "kd_kl")
     if T <= 0:
         raise ValueError(f"kd_kl: temperature must be > 0, got {T}")
-    log_p = F.log_softmax(student_logits.float() / T, dim=-1)
-    log_q = F.log_softmax(teacher_logits.float() / T, dim=-1)
-    kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # [...]
+    if kind == "softmax":
+        log_p = F.log_softmax(student_logits.float() / T, dim=-1)
+        log_q = F.log_softmax(teacher_logits.float() / T, dim=-1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # [...]
+    elif kind == "sigmoid":
+        zs, zt = student_logits.float() / T, teacher_logits.float() / T
+        q = zt.sigmoid()
+        # log σ(z) = -softplus(-z), log(1 - σ(z)) = -softplus(z): stable for large |z|
+        kl = (q * (F.softplus(-zs) - F.softplus(-zt)) + (1 - q) * (F.softplus(zs) - F.softplus(zt))).sum(-1)
+    else:
+        raise ValueError(f"kd_kl: unknown kind {kind!r} (use 'softmax' or 'sigmoid')")
     if mask is None:
         return kl.mean() * T * T
     if mask.shape != kl.shape:

@@ -9,8 +9,9 @@ teacher taps its per-task conv blocks):
   ``scale = 1`` (``"fixed"``, the reference's current HEAD) or ``sg(L_loc) / sg(L_feat)`` (``"dynamic"``, the
   first release, which produced the released distilled weights; 0 when ``L_feat == 0``). ``L_loc`` is the
   student's unweighted box loss ``raw_losses["loc"]``.
-- ``kd.tdkd.prob`` = ``prob_weight · Σ_S (p_t − p_s)² / max(1, |S|)`` over all priors, both softmax columns,
-  ``S = {prob_band[0] < p_t < prob_band[1]}`` (strict).
+- ``kd.tdkd.prob`` = ``prob_weight · Σ_S (p_t − p_s)² / max(1, |S|)`` over all priors and class columns,
+  ``S = {prob_band[0] < p_t < prob_band[1]}`` (strict). Probabilities follow the models' ``head_spec``
+  (RetinaFace: softmax over both columns; a sigmoid head: one sigmoid per column), checked at build time.
 
 Masks come from the STUDENT's assignment (§1.6 matching, ``neg_rank`` = the detection loss's hard-negative
 ranking): ``M^cls`` = locations of pos ∪ top-min(3·n_pos, P−1) hard negatives, ``M^loc`` = locations of
@@ -31,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from detkd.distill.adapters import AdapterSpec
-from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, distill_method
-from detkd.distill.losses import masked_feat_l2, prob_l2_uncertain
+from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, class_probability_kind, distill_method
+from detkd.distill.losses import class_probs, masked_feat_l2, prob_l2_uncertain
 from detkd.distill.masks import tdkd_location_masks
 
 TASKS = (("cls", "cls_feat"), ("loc", "reg_feat"))  # (term name, teacher tap prefix); the mask index follows
@@ -48,19 +49,12 @@ class TDKDConfig:
     faithful: bool = False  # True: frozen seeded random adapters (released code)
     adapter_seed: int = 0
     levels: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
-    logits: str = "cls_logits"  # 2-way head output, also gives the per-level prior counts
+    logits: str = "cls_logits"  # class logits (softmax or sigmoid, as the models' head_spec declares)
     loc_key: str = "loc"  # student raw_losses key of the unweighted box loss
 
 
 def level_masks(ctx: DistillContext, cfg: TDKDConfig) -> list[tuple[Tensor, Tensor]]:
-    s = ctx.student
-    if s.assign is None:
-        raise ValueError("TDKD masks need the student's assignment: call the student with targets")
-    sizes = s.level_sizes(cfg.logits)
-    if len(sizes) != len(cfg.levels):
-        raise ValueError(f"TDKD: {len(cfg.levels)} levels {cfg.levels} but the head has {len(sizes)} levels")
-    hw = [tuple(s.feats[lvl].shape[-2:]) for lvl in cfg.levels]
-    return tdkd_location_masks(s.assign, sizes, hw, neg_ratio=cfg.neg_ratio)
+    return tdkd_location_masks(ctx.mask_inputs(cfg.levels, what="TDKD masks"), neg_ratio=cfg.neg_ratio)
 
 
 def task_mask(ctx: DistillContext, cfg: TDKDConfig, level: int, task: int) -> Tensor:
@@ -68,9 +62,11 @@ def task_mask(ctx: DistillContext, cfg: TDKDConfig, level: int, task: int) -> Te
     return ctx.memo("tdkd.masks", lambda: level_masks(ctx, cfg))[level][task]
 
 
-def prob_loss(s_logits: Tensor, t_logits: Tensor, mask: Tensor | None = None, band=(0.1, 0.9)) -> Tensor:
-    """TDKD probability term on logits ``[B, P, 2]`` (softmax over the class axis; ``mask`` unused)."""
-    return prob_l2_uncertain(s_logits.float().softmax(-1), t_logits.float().softmax(-1), band[0], band[1])
+def prob_loss(s_logits: Tensor, t_logits: Tensor, mask: Tensor | None = None, band=(0.1, 0.9),
+              kind: str = "softmax") -> Tensor:
+    """TDKD probability term on logits ``[B, P, K]`` (``kind``: softmax over the class axis or per-column
+    sigmoids; ``mask`` unused)."""
+    return prob_l2_uncertain(class_probs(s_logits, kind), class_probs(t_logits, kind), band[0], band[1])
 
 
 def loc_over_feat(l_feat: Tensor, ctx: DistillContext, loc_key: str = "loc") -> Tensor:
@@ -94,6 +90,7 @@ def tdkd(cfg: TDKDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     lo, hi = cfg.prob_band
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"distill.tdkd.prob_band={cfg.prob_band}: need 0 <= lo < hi <= 1")
+    kind = class_probability_kind(student, teacher, cfg.logits, "distill.tdkd")
     scale = partial(loc_over_feat, loc_key=cfg.loc_key) if cfg.scale == "dynamic" else None
     terms = []
     for level, tap in enumerate(cfg.levels):
@@ -119,5 +116,5 @@ def tdkd(cfg: TDKDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
                 )
             )
     logits = HEAD_PREFIX + cfg.logits
-    terms.append(Term("prob", logits, logits, partial(prob_loss, band=(lo, hi)), weight=cfg.prob_weight))
+    terms.append(Term("prob", logits, logits, partial(prob_loss, band=(lo, hi), kind=kind), weight=cfg.prob_weight))
     return terms

@@ -2,9 +2,8 @@
 
 Conventions
 -----------
-* Ground truth comes from the four official MATLAB files (``wider_face_val.mat`` and
-  ``wider_{easy,medium,hard}_val.mat``), read with plain ``scipy.io.loadmat`` (no ``squeeze_me``).
-  GT boxes are int32 ``[n, 4]`` **x, y, w, h**; keep lists are stored here **0-based** (the files are 1-based).
+* Ground truth (``WiderGT``, ``load_gt``, ``save_gt``) is read by ``detkd.data.widerface`` from the four official
+  MATLAB files. GT boxes are int32 ``[n, 4]`` **x, y, w, h**; keep lists are **0-based**.
 * Predictions per image are float ``[n, 5]`` **x, y, w, h, score**, exactly what the standard txt files hold
   (``x = int(x1)``, ``w = int(x2) - int(x1)``, ``score = str(np.float32(s))``).
 * The algorithm reproduces the Python port of the official tool plus the two MATLAB behaviours that make it
@@ -16,194 +15,25 @@ Conventions
 * Degenerate case worth knowing: if every loaded score is the same value in [0, 1], the normalisation is
   0/0, every normalised score is NaN, no box passes any threshold and the AP is exactly 0.0 (the official
   code does the same). A subset without counted faces (possible with ``images=``) gives AP = NaN.
+* ``WiderFaceEvaluator`` follows the ``detkd.eval.base`` protocol (``process(metas, outputs)`` with metas
+  holding ``event`` and ``name``) and is registered as the evaluator ``"widerface"``.
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import scipy.io as sio
 
-SUBSETS = ("easy", "medium", "hard")
-GT_FILES = {"val": "wider_face_val.mat", **{s: f"wider_{s}_val.mat" for s in SUBSETS}}
-_CELL_KEYS = ("event_list", "file_list", "face_bbx_list")
-_LABEL_KEYS = ("blur_label_list", "expression_label_list", "illumination_label_list",
-               "invalid_label_list", "occlusion_label_list", "pose_label_list")
+from detkd.data.widerface import SUBSETS, WiderGT, load_gt
+from detkd.eval.ap import voc_ap
+from detkd.eval.base import DatasetEvaluator
+from detkd.registry import register
+
 NUM_THRESHOLDS = 1000
 IOU_THRESHOLD = 0.5
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Ground truth
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class WiderGT:
-    """WIDER FACE validation ground truth.
-
-    ``events``  event names in file order, e.g. ``"0--Parade"``
-    ``images``  (event, image name without ``.jpg``) in file order
-    ``boxes``   per image int32 [n, 4] x, y, w, h
-    ``keep``    per subset ("easy", "medium", "hard") and image: int64 [k] 0-based indices into ``boxes``
-    """
-
-    events: list[str]
-    images: list[tuple[str, str]]
-    boxes: list[np.ndarray]
-    keep: dict[str, list[np.ndarray]]
-    _index: dict[tuple[str, str], int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if len(self.boxes) != len(self.images):
-            raise ValueError(f"WiderGT: {len(self.images)} images but {len(self.boxes)} box arrays")
-        for s in SUBSETS:
-            if len(self.keep.get(s, ())) != len(self.images):
-                raise ValueError(f"WiderGT: keep[{s!r}] must hold one index array per image")
-        self._index = {key: i for i, key in enumerate(self.images)}
-        if len(self._index) != len(self.images):
-            raise ValueError("WiderGT: duplicate (event, name) in images")
-
-    def count_faces(self, subset: str) -> int:
-        """Number of counted faces of a subset (the official ``count_face``)."""
-        return int(sum(len(k) for k in self.keep[subset]))
-
-    def index(self, event: str, name: str) -> int:
-        """Position of image (event, name) in ``images``; KeyError naming it if unknown."""
-        try:
-            return self._index[(event, name)]
-        except KeyError:
-            raise KeyError(f"image {event}/{name} is not in the WIDER ground truth") from None
-
-
-def _loadmat(path: Path, keys: Iterable[str]) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"WIDER ground-truth file not found: {path}")
-    try:
-        data = sio.loadmat(str(path))
-    except Exception as e:  # scipy raises several types on corrupt files
-        raise ValueError(f"{path}: cannot be read as a MATLAB 5 MAT-file ({e})") from e
-    for key in keys:
-        if key not in data:
-            raise ValueError(f"{path}: missing key {key!r}")
-        if data[key].dtype != object:
-            raise ValueError(f"{path}: key {key!r} is not a MATLAB cell array")
-    return data
-
-
-def _cell(arr: np.ndarray) -> list:
-    """Elements of a MATLAB cell array in (column-major == file) order for (n, 1) / (1, n) / (0, 0) shapes."""
-    return list(np.asarray(arr, dtype=object).ravel(order="F"))
-
-
-def _string(x, path: Path, key: str) -> str:
-    a = np.asarray(x).ravel()
-    if a.size != 1 or a.dtype.kind != "U":
-        raise ValueError(f"{path}: key {key!r} holds a non-string entry {x!r}")
-    return str(a[0])
-
-
-def _parse_index(data: dict, path: Path) -> tuple[list[str], list[tuple[str, str]], list[np.ndarray]]:
-    events, images, boxes = [], [], []
-    ev_cells, file_cells, box_cells = (_cell(data[k]) for k in _CELL_KEYS)
-    if not (len(ev_cells) == len(file_cells) == len(box_cells)):
-        raise ValueError(f"{path}: event_list/file_list/face_bbx_list lengths differ")
-    for ev_cell, files, bbxs in zip(ev_cells, file_cells, box_cells):
-        event = _string(ev_cell, path, "event_list")
-        names = [_string(c, path, "file_list") for c in _cell(files)]
-        bbs = _cell(bbxs)
-        if len(bbs) != len(names):
-            raise ValueError(f"{path}: key 'face_bbx_list' has {len(bbs)} entries for {len(names)} images "
-                             f"in event {event}")
-        events.append(event)
-        for name, b in zip(names, bbs):
-            b = np.asarray(b)
-            if b.size % 4 or (b.ndim == 2 and b.size and b.shape[1] != 4):
-                raise ValueError(f"{path}: key 'face_bbx_list' entry {event}/{name} has shape {b.shape}, "
-                                 "expected [n, 4]")
-            images.append((event, name))
-            boxes.append(b.astype(np.int32).reshape(-1, 4))
-    return events, images, boxes
-
-
-def load_gt(gt_dir: str | Path) -> WiderGT:
-    """Read ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat`` from ``gt_dir``."""
-    gt_dir = Path(gt_dir)
-    val_path = gt_dir / GT_FILES["val"]
-    events, images, boxes = _parse_index(_loadmat(val_path, _CELL_KEYS), val_path)
-    keep: dict[str, list[np.ndarray]] = {}
-    for subset in SUBSETS:
-        path = gt_dir / GT_FILES[subset]
-        data = _loadmat(path, ("event_list", "file_list", "gt_list"))
-        sub_events = [_string(c, path, "event_list") for c in _cell(data["event_list"])]
-        if sub_events != events:
-            raise ValueError(f"{path}: key 'event_list' differs from {val_path.name}")
-        gt_cells = _cell(data["gt_list"])
-        if len(gt_cells) != len(events):
-            raise ValueError(f"{path}: key 'gt_list' has {len(gt_cells)} events, expected {len(events)}")
-        lists = []
-        for event, files, cell in zip(events, _cell(data["file_list"]), gt_cells):
-            entries = _cell(cell)
-            if len(entries) != len(_cell(files)):
-                raise ValueError(f"{path}: key 'gt_list' has {len(entries)} images in event {event}, "
-                                 "file_list disagrees")
-            lists.extend(np.asarray(e).ravel().astype(np.int64) - 1 for e in entries)
-        if len(lists) != len(images):
-            raise ValueError(f"{path}: key 'gt_list' covers {len(lists)} images, expected {len(images)}")
-        for (event, name), k, b in zip(images, lists, boxes):
-            if k.size and (k.min() < 0 or k.max() >= len(b)):
-                raise ValueError(f"{path}: key 'gt_list' entry {event}/{name} indexes outside its "
-                                 f"{len(b)} boxes (1-based values {k.min() + 1}..{k.max() + 1})")
-        keep[subset] = lists
-    return WiderGT(events=events, images=images, boxes=boxes, keep=keep)
-
-
-def _obj(n: int) -> np.ndarray:
-    return np.empty((n, 1), dtype=object)
-
-
-def save_gt(gt: WiderGT, gt_dir: str | Path) -> Path:
-    """Write ``gt`` as the four official .mat files (same nesting; label lists are zeros). Returns gt_dir.
-
-    Images are written grouped by event in ``gt.events`` order (relative order kept), which is the order
-    ``load_gt`` gives back; keep lists are stored 1-based, uint8 (uint16 for images with > 255 faces).
-    """
-    gt_dir = Path(gt_dir)
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    per_event: dict[str, list[int]] = {e: [] for e in gt.events}
-    for i, (event, _) in enumerate(gt.images):
-        if event not in per_event:
-            raise ValueError(f"save_gt: image event {event!r} is not in gt.events")
-        per_event[event].append(i)
-    n_ev = len(gt.events)
-    cells = {k: _obj(n_ev) for k in (*_CELL_KEYS, *_LABEL_KEYS)}
-    gt_lists = {s: _obj(n_ev) for s in SUBSETS}
-    for e, event in enumerate(gt.events):
-        idx = per_event[event]
-        cells["event_list"][e, 0] = np.array([event])
-        files, bbxs = _obj(len(idx)), _obj(len(idx))
-        labels = _obj(len(idx))
-        subs = {s: _obj(len(idx)) for s in SUBSETS}
-        for j, i in enumerate(idx):
-            b = np.asarray(gt.boxes[i], dtype=np.int32).reshape(-1, 4)
-            files[j, 0] = np.array([gt.images[i][1]])
-            bbxs[j, 0] = b
-            labels[j, 0] = np.zeros((len(b), 1), dtype=np.uint8)
-            dtype = np.uint8 if len(b) <= 255 else np.uint16 if len(b) <= 65535 else np.uint32
-            for s in SUBSETS:
-                subs[s][j, 0] = (np.asarray(gt.keep[s][i], dtype=np.int64) + 1).astype(dtype).reshape(-1, 1)
-        cells["file_list"][e, 0] = files
-        cells["face_bbx_list"][e, 0] = bbxs
-        for k in _LABEL_KEYS:
-            cells[k][e, 0] = labels
-        for s in SUBSETS:
-            gt_lists[s][e, 0] = subs[s]
-    sio.savemat(str(gt_dir / GT_FILES["val"]), cells, do_compression=True)
-    for s in SUBSETS:
-        sio.savemat(str(gt_dir / GT_FILES[s]), {**cells, "gt_list": gt_lists[s]}, do_compression=True)
-    return gt_dir
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Prediction files
@@ -323,46 +153,60 @@ def iou_plus1(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray) -> np.ndarray:
         return np.where(valid, inter / np.where(valid, ua, 1.0), 0.0)
 
 
-def voc_ap(rec: np.ndarray, prec: np.ndarray) -> float:
-    """VOC-2010 "area" AP: sentinels, right-to-left ``np.maximum`` envelope (NaN propagates), sum."""
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+class WiderFaceEvaluator(DatasetEvaluator):
+    """WIDER FACE evaluator (``detkd.eval.base`` protocol) over the val GT (or a subset of its images).
 
-
-class WiderFaceEvaluator:
-    """``reset / process / evaluate`` evaluator over the WIDER val GT (or a subset of its images).
-
+    ``process(metas, outputs)``: each meta names the image (``event`` and ``name``, as ``WiderFaceVal`` gives
+    them), each output holds ``boxes`` [n, 4] xyxy original-image pixels and ``scores`` [n]; they become the
+    [n, 5] x, y, w, h, score rows the standard txt file would give back (``dets_to_xywhs``). ``add(event, name,
+    dets)`` records one image's rows directly (as read from a prediction directory).
     ``images``: optional iterable of (event, name); counts and AP then cover only those images.
-    After ``evaluate()``, ``self.curves[subset] = (recall [T], precision [T])`` over thresholds
+    ``pred_dir``: also write each processed image's txt file there (``write_txt``; every rank writes its own).
+    After ``evaluate()`` (on rank 0), ``self.curves[subset] = (recall [T], precision [T])`` over thresholds
     0.999 .. 0.000 (precision is NaN where no box passes the threshold).
     """
 
-    def __init__(self, gt: WiderGT, images: Iterable[tuple[str, str]] | None = None) -> None:
+    def __init__(self, gt: WiderGT, images: Iterable[tuple[str, str]] | None = None,
+                 pred_dir: str | Path | None = None) -> None:
+        super().__init__()
         self.gt = gt
         if images is None:
             self.selected = np.arange(len(gt.images))
         else:
             self.selected = np.array(sorted({gt.index(e, n) for e, n in images}), dtype=np.int64)
         self._selected_set = set(self.selected.tolist())
+        self.pred_dir = None if pred_dir is None else Path(pred_dir)
         self.thresholds = 1 - np.arange(1, NUM_THRESHOLDS + 1) / NUM_THRESHOLDS   # [T] 0.999 .. 0.0
         self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.reset()
 
     def reset(self) -> None:
-        self._preds: dict[int, np.ndarray] = {}
+        super().reset()
+        self._seen: set[int] = set()
         self.curves = {}
 
-    def process(self, event: str, name: str, dets) -> None:
+    def record(self, meta: dict, output: Any) -> tuple[int, np.ndarray] | None:
+        try:
+            event, name = meta["event"], meta["name"]
+        except KeyError as e:
+            raise KeyError(f"WIDER evaluation: image meta has no {e.args[0]!r} (keys: {sorted(meta)})") from None
+        if self.pred_dir is not None:
+            write_txt(self.pred_dir, event, name, output["boxes"], output["scores"])
+        return self._check(event, name, dets_to_xywhs(output["boxes"], output["scores"]))
+
+    def add(self, event: str, name: str, dets) -> None:
         """Record one image's detections: float [n, 5] x, y, w, h, score (e.g. from ``dets_to_xywhs``).
 
         Images outside ``images=`` are ignored; an image given twice is an error.
         """
+        rec = self._check(event, name, dets)
+        if rec is not None:
+            self._records.append(rec)
+
+    def _check(self, event: str, name: str, dets) -> tuple[int, np.ndarray] | None:
         i = self.gt.index(event, name)
         if i not in self._selected_set:
-            return
+            return None
         d = _numpy(dets).astype(np.float64)
         if d.size == 0:
             d = d.reshape(0, 5)
@@ -370,19 +214,31 @@ class WiderFaceEvaluator:
             raise ValueError(f"{event}/{name}: dets must be [n, 5] x,y,w,h,score, got shape {d.shape}")
         if not np.isfinite(d[:, :5]).all():
             raise ValueError(f"{event}/{name}: dets contain NaN or inf")
-        if i in self._preds:
+        if i in self._seen:
             raise ValueError(f"{event}/{name}: detections given twice")
-        self._preds[i] = d[:, :5]
+        self._seen.add(i)
+        return i, d[:, :5]
 
-    def _normalised(self) -> dict[int, np.ndarray]:
+    def save_plots(self, plot_dir: str | Path, title: str) -> Path:
+        """``pr_curves.png`` and ``pr_curves.npz`` (``<subset>_rec``, ``<subset>_prec``) of the last
+        ``evaluate()`` in ``plot_dir``; returns the PNG path."""
+        from detkd.eval.plots import plot_pr_curves
+
+        plot_dir = Path(plot_dir)
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(plot_dir / "pr_curves.npz", **{f"{k}_{j}": v for k, c in self.curves.items()
+                                                for j, v in zip(("rec", "prec"), c)})
+        return plot_pr_curves(self.curves, plot_dir / "pr_curves.png", title=title)
+
+    def _normalised(self, preds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """Sort each image by score (descending, stable) and apply the global min-max normalisation."""
         lo, hi = 1.0, 0.0
-        for d in self._preds.values():
+        for d in preds.values():
             if len(d):
                 lo, hi = min(lo, float(d[:, 4].min())), max(hi, float(d[:, 4].max()))
         out = {}
         with np.errstate(divide="ignore", invalid="ignore"):
-            for i, d in self._preds.items():
+            for i, d in preds.items():
                 if len(d):
                     d = d[np.argsort(-d[:, 4], kind="stable")]
                     d = np.concatenate([d[:, :4], ((d[:, 4] - lo) / (hi - lo))[:, None]], axis=1)
@@ -396,12 +252,19 @@ class WiderFaceEvaluator:
         ge = scores[None, :] >= self.thresholds[:, None]               # [T, n]; NaN passes nothing
         return np.where(ge.any(axis=1), len(scores) - ge[:, ::-1].argmax(axis=1), 0)
 
-    def evaluate(self) -> dict[str, float]:
-        missing = len(self.selected) - len(self._preds)
+    def compute(self, records: list[tuple[int, np.ndarray]]) -> dict[str, float]:
+        """easy / medium / hard AP from every rank's ``(GT index, [n, 5] dets)`` records."""
+        raw: dict[int, np.ndarray] = {}
+        for i, d in records:
+            if i in raw:
+                event, name = self.gt.images[i]
+                raise ValueError(f"{event}/{name}: detections given twice (by two ranks?)")
+            raw[i] = d
+        missing = len(self.selected) - len(raw)
         if missing:
             warnings.warn(f"WIDER evaluation: {missing} of {len(self.selected)} images have no prediction; "
                           "treated as images without detections", stacklevel=2)
-        preds = self._normalised()
+        preds = self._normalised(raw)
         T = NUM_THRESHOLDS
         pr = {s: np.zeros((T, 2), dtype=np.float64) for s in SUBSETS}   # [T, (proposals, recalled)]
         count = {s: 0 for s in SUBSETS}
@@ -458,14 +321,27 @@ def evaluate_dir(pred_dir: str | Path, gt_dir: str | Path, plot_dir: str | Path 
         except KeyError:
             unknown += 1
             continue
-        evaluator.process(event, name, dets)
+        evaluator.add(event, name, dets)
     if unknown:
         warnings.warn(f"{pred_dir}: {unknown} prediction files name images that are not in the WIDER GT; "
                       "ignored", stacklevel=2)
     results = evaluator.evaluate()
     if plot_dir is not None:
-        from detkd.eval.plots import plot_pr_curves
-        Path(plot_dir).mkdir(parents=True, exist_ok=True)
-        plot_pr_curves(evaluator.curves, Path(plot_dir) / "pr_curves.png",
-                       title="WIDER FACE val  " + "  ".join(f"{s} {results[s]:.4f}" for s in SUBSETS))
+        evaluator.save_plots(plot_dir, "WIDER FACE val  " + "  ".join(f"{s} {results[s]:.4f}" for s in SUBSETS))
     return results
+
+
+@register("evaluator")
+def widerface(*, dataset=None, gt_dir: str | Path | None = None, images: Iterable[tuple[str, str]] | None = None,
+              pred_dir: str | Path | None = None, max_images: int = 0) -> WiderFaceEvaluator:
+    """WIDER FACE easy / medium / hard AP. The GT comes from ``dataset.gt`` (a ``WiderFaceVal``) or ``gt_dir``;
+    ``max_images > 0`` restricts the counts to the first N GT images (smoke runs)."""
+    if dataset is not None and getattr(dataset, "gt", None) is not None:
+        gt = dataset.gt
+    elif gt_dir is not None:
+        gt = load_gt(gt_dir)
+    else:
+        raise ValueError("widerface evaluator: give dataset= (a WIDER val set) or gt_dir=")
+    if images is None and max_images > 0:
+        images = gt.images[:max_images]
+    return WiderFaceEvaluator(gt, images=images, pred_dir=pred_dir)

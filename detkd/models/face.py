@@ -373,7 +373,7 @@ def _check_size(input_size: int) -> None:
         raise ValueError(f"input_size must be at least 16 (four stride-2 stages), got {input_size}")
 
 
-@register("model")
+@register("model", tiny={"input_size": 32, "embedding_dim": 16, "num_classes": 5, "width": 0.25})
 def mobilefacenet(*, embedding_dim: int = 512, num_classes: int = 0, head: str = "arcface", s: float = 64.0,
                   m: float = 0.5, input_size: int = 112, width: float = 1.0, activation: str = "",
                   dropout: float = 0.0) -> FaceRecognizer:
@@ -390,19 +390,19 @@ def _iresnet(layers, *, embedding_dim=512, num_classes=0, head="arcface", s=64.0
     return FaceRecognizer(trunk, embedding_dim, input_size, _make_head(head, embedding_dim, num_classes, s, m))
 
 
-@register("model")
+@register("model", tiny={"input_size": 32, "embedding_dim": 16, "num_classes": 5, "width": 0.25})
 def iresnet18(**kwargs) -> FaceRecognizer:
     """IResNet-18 (layers 2-2-2-2); kwargs as ``FaceModelConfig``."""
     return _iresnet((2, 2, 2, 2), **kwargs)
 
 
-@register("model")
+@register("model", tiny={"input_size": 32, "embedding_dim": 16, "num_classes": 5, "width": 0.25})
 def iresnet50(**kwargs) -> FaceRecognizer:
     """IResNet-50 (layers 3-4-14-3)."""
     return _iresnet((3, 4, 14, 3), **kwargs)
 
 
-@register("model")
+@register("model", tiny={"input_size": 32, "embedding_dim": 16, "num_classes": 5, "width": 0.25})
 def iresnet100(**kwargs) -> FaceRecognizer:
     """IResNet-100 (layers 3-13-30-3), the MarginDistillation teacher."""
     return _iresnet((3, 13, 30, 3), **kwargs)

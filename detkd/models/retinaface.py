@@ -11,11 +11,14 @@ Conventions (docs/contracts.md, METHODS.md §1.2-1.6, EVAL.md §4):
   64->64) before the 1x1 predictors; their outputs are the taps ``cls_feat.pX`` / ``reg_feat.pX``.
 * ``activation``: ``"relu"`` (TDKD, first biubug6 release) or ``"leaky0.1"`` (biubug6 HEAD: LeakyReLU(0.1) in
   the MobileNet, and in FPN + SSH when ``fpn_channels <= 64``). Same keys, different function: pick per checkpoint.
-* Priors ``[h*w*2, 4]`` per level, (cx, cy, w, h) in input pixels, cached per (H, W, device).
+* ``DetOutput.priors``: per level ``[h*w*2, 4]`` xyxy input pixels; the (cx, cy, w, h) originals the coders
+  use stay cached per (H, W, device) (``priors_cxcywh``), so codes are those of the reference.
+* ``head_spec``: ``cls_logits`` softmax over (bg, face), ``box_reg`` SSD deltas, ``landmarks`` SSD offsets.
 * Targets: ``boxes [N, 4]`` xyxy pixels, ``landmarks [N, 5, 2]``, ``landmarks_valid [N]``; a face without
   landmarks gets label -1 (box + class losses only). N may be 0.
 * Losses (MultiBoxLoss): ``task.loc = loc_weight * L_loc``, ``task.cls = L_conf``, ``task.landm = L_landm``;
-  the unweighted terms are in ``raw_losses``. Decoding: softmax face score > conf, "+1" NMS.
+  the unweighted terms are in ``raw_losses``. Decoding: softmax face score > ``score_thresh``, "+1" NMS
+  (``postprocess(out, score_thresh=, nms_thresh=, top_k=, keep_top_k=)``).
 """
 from __future__ import annotations
 
@@ -28,12 +31,13 @@ from torch import Tensor, nn
 
 from detkd.models.backbones import MobileNetV1, conv_dw, resnet50_trunk
 from detkd.models.necks import FPN, SSH
-from detkd.ops.boxes import cxcywh_to_xyxy, decode_boxes, decode_landmarks, encode_boxes, encode_landmarks
-from detkd.ops.match import match_priors, mine_hard_negatives
+from detkd.models.dense import DenseDetector
+from detkd.ops.assign import retinaface_hard_negatives, retinaface_match
+from detkd.ops.boxes import decode_boxes, decode_landmarks, encode_boxes, encode_landmarks
 from detkd.ops.nms import nms_plus1, reference_order
 from detkd.ops.priors import PriorCache
 from detkd.registry import register
-from detkd.structures import Assignment, DetOutput
+from detkd.structures import Assignment, DetOutput, HeadKey
 
 LEVELS = ("p3", "p4", "p5")
 BGR_MEAN = (104.0, 117.0, 123.0)
@@ -76,11 +80,27 @@ class TaskHead(nn.Module):
         return out.reshape(out.shape[0], -1, self.k), feat  # [B, h*w*A, k]
 
 
-class RetinaFace(nn.Module):
-    def __init__(self, body: nn.Module, in_channels: list[int], cfg: RetinaFaceConfig):
+class RetinaFace(DenseDetector):
+    """RetinaFace on the dense skeleton (``detkd.models.dense``): ``body`` -> FPN + 3 SSH -> 3 task heads.
+
+    ``body=None`` builds the config's default trunk (MobileNetV1 of ``cfg.width``, or ResNet-50 for
+    ``retinaface_r50``); ``in_channels`` are the body's output channels (default: ``body.channels``).
+    State-dict keys are the reference's (``body.*``, ``fpn.*``, ``ssh1..3``, ``ClassHead``, ``BboxHead``,
+    ``LandmarkHead``), so the neck and heads stay direct attributes.
+    """
+
+    levels = LEVELS
+
+    def __init__(self, body: nn.Module | None = None, in_channels: list[int] | None = None,
+                 cfg: RetinaFaceConfig | None = None):
         super().__init__()
+        cfg = cfg or RetinaFaceConfig()
         if len(cfg.steps) != 3 or len(cfg.min_sizes) != 3:
             raise ValueError(f"RetinaFace has 3 levels; got steps {cfg.steps}, min_sizes {cfg.min_sizes}")
+        if body is None:
+            body = resnet50_trunk() if cfg.name == "retinaface_r50" else MobileNetV1(cfg.width, cfg.activation)
+        if in_channels is None:
+            in_channels = list(body.channels.values())
         self.config = cfg
         c = cfg.fpn_channels
         neck_act = cfg.activation if c <= 64 else "relu"  # reference: leaky only where out_channels <= 64
@@ -95,7 +115,14 @@ class RetinaFace(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.prior_cache = PriorCache(cfg.min_sizes, cfg.steps)
         self.variance = tuple(cfg.variance)
-        self.score_thresh, self.nms_thresh = 0.02, 0.4  # default decode = biubug6 HEAD test settings
+        # default decode = biubug6 HEAD test settings
+        self.thresholds = {"score_thresh": 0.02, "nms_thresh": 0.4, "top_k": None, "keep_top_k": None}
+        self.loss_weights = {"loc": cfg.loc_weight}
+        self.head_spec = {
+            "cls_logits": HeadKey("softmax", 2),
+            "box_reg": HeadKey("deltas", 4, "ssd"),
+            "landmarks": HeadKey("landmarks", 10, "ssd"),
+        }
         self.channels = {lvl: c for lvl in LEVELS}
         self.strides = dict(zip(LEVELS, cfg.steps))
         if tc:
@@ -103,100 +130,114 @@ class RetinaFace(nn.Module):
                 self.channels.update({f"cls_feat.{lvl}": c, f"reg_feat.{lvl}": c})
                 self.strides.update({f"cls_feat.{lvl}": s, f"reg_feat.{lvl}": s})
 
-    # ------------------------------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------------------------ stages
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None, decode: bool = False) -> DetOutput:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"RetinaFace expects RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
-        x = images[:, [2, 1, 0]] - self.pixel_mean.to(images.dtype)  # RGB -> BGR, minus mean
+    def preprocess(self, images: Tensor) -> Tensor:
+        return images[:, [2, 1, 0]] - self.pixel_mean.to(images.dtype)  # RGB -> BGR, minus mean
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
         fpn = self.fpn(list(self.body(x).values()))
-        ssh = [self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2])]  # [B, C, h_l, w_l]
-        feats = dict(zip(LEVELS, ssh))
+        return dict(zip(LEVELS, (self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2]))))  # [B, C, h_l, w_l]
+
+    def head_forward(self, feats: dict[str, Tensor]) -> tuple[dict[str, list[Tensor]], dict[str, Tensor]]:
         head = {"cls_logits": [], "box_reg": [], "landmarks": []}
-        for i, (lvl, f) in enumerate(zip(LEVELS, ssh)):
+        taps = {}
+        for i, lvl in enumerate(LEVELS):
+            f = feats[lvl]
             cls, cls_feat = self.ClassHead[i](f)
             box, reg_feat = self.BboxHead[i](f)
             head["cls_logits"].append(cls)
             head["box_reg"].append(box)
             head["landmarks"].append(self.LandmarkHead[i](f)[0])
             if self.config.task_convs:
-                feats[f"cls_feat.{lvl}"], feats[f"reg_feat.{lvl}"] = cls_feat, reg_feat
-        h, w = images.shape[-2:]
-        priors = self.prior_cache(h, w, images.device)
-        for lvl, p, c in zip(LEVELS, priors, head["cls_logits"]):
-            if p.shape[0] != c.shape[1]:
-                raise RuntimeError(f"level {lvl}: {c.shape[1]} head outputs but {p.shape[0]} priors for {h}x{w}")
-        out = DetOutput(feats=feats, head=head, priors=priors)
-        if targets is not None:
-            if len(targets) != images.shape[0]:
-                raise ValueError(f"{len(targets)} targets for a batch of {images.shape[0]} images")
-            out.assign, raw = self.loss(out, targets)
-            cfg = self.config
-            out.losses = {"task.loc": cfg.loc_weight * raw["loc"], "task.cls": raw["cls"], "task.landm": raw["landm"]}
-            out.raw_losses = raw
-        if decode:
-            out.dets = self.postprocess(out)
-        return out
+                taps[f"cls_feat.{lvl}"], taps[f"reg_feat.{lvl}"] = cls_feat, reg_feat
+        return head, taps
 
-    # ------------------------------------------------------------------------------------- assign + loss
+    def make_priors(self, height: int, width: int, device: torch.device) -> list[Tensor]:
+        """Per level ``[h*w*A, 4]`` xyxy pixels; (cx, cy, w, h) stay cached for the coders (``priors_cxcywh``)."""
+        return self.prior_cache.xyxy(height, width, device)
+
+    def priors_cxcywh(self, out: DetOutput) -> Tensor:
+        """``[P, 4]`` (cx, cy, w, h) priors of ``out`` (the cached originals, so codes are bit-identical)."""
+        return torch.cat(self.prior_cache.cxcywh_of(out.priors))
+
+    # ------------------------------------------------------------------------------- assign + loss
 
     @torch.no_grad()
-    def assign_targets(self, priors: Tensor, targets: list[dict]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Match every image: labels/matched/iou ``[B, P]`` and regression targets ``[B, P, 4]``, ``[B, P, 10]``."""
+    def assign(self, out: DetOutput, targets: list[dict]) -> Assignment:
+        """RetinaFace's matcher + hard-negative mining (``detkd.ops.assign``); labels -1 = no landmarks."""
         cfg = self.config
-        b, p, dev = len(targets), priors.shape[0], priors.device
-        priors_xyxy = cxcywh_to_xyxy(priors)
+        priors_xyxy = torch.cat(out.priors)  # [P, 4]
+        b, p, dev = len(targets), priors_xyxy.shape[0], priors_xyxy.device
         labels = torch.zeros(b, p, dtype=torch.long, device=dev)
         matched = torch.full((b, p), -1, dtype=torch.long, device=dev)
         iou = torch.zeros(b, p, device=dev)
-        loc_t = torch.zeros(b, p, 4, device=dev)
-        landm_t = torch.zeros(b, p, 10, device=dev)
         for i, t in enumerate(targets):
-            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=dev).reshape(-1, 4)  # [G, 4]
-            m = match_priors(boxes, priors_xyxy, cfg.pos_iou, cfg.forced_iou)
+            boxes = _boxes(t, dev)  # [G, 4]
+            m = retinaface_match(boxes, priors_xyxy, cfg.pos_iou, cfg.forced_iou)
             iou[i] = m.iou
             if not bool(m.pos.any()):
                 continue
-            lms, valid = _landmarks(t, boxes.shape[0], dev)  # [G, 5, 2], [G]
+            _, valid = _landmarks(t, boxes.shape[0], dev)  # [G]
             pos_idx = m.pos.nonzero().squeeze(1)  # [n_pos]
             gt = m.matched[pos_idx]
             matched[i, pos_idx] = gt
             labels[i, pos_idx] = torch.where(valid[gt], 1, -1)
+        pos = labels != 0  # [B, P]
+        neg, neg_rank = retinaface_hard_negatives(out.cat_head("cls_logits"), pos, cfg.neg_pos)
+        return Assignment(labels=labels, matched=matched, pos=pos, neg=neg, ignore=~(pos | neg), iou=iou,
+                          neg_rank=neg_rank)
+
+    @torch.no_grad()
+    def regression_targets(self, out: DetOutput, targets: list[dict]) -> tuple[Tensor, Tensor]:
+        """Encoded box ``[B, P, 4]`` and landmark ``[B, P, 10]`` targets of the positives of ``out.assign``."""
+        a = out.assign
+        priors = self.priors_cxcywh(out)  # [P, 4]
+        b, p, dev = a.pos.shape[0], a.pos.shape[1], priors.device
+        loc_t = torch.zeros(b, p, 4, device=dev)
+        landm_t = torch.zeros(b, p, 10, device=dev)
+        for i, t in enumerate(targets):
+            if not bool(a.pos[i].any()):
+                continue
+            boxes = _boxes(t, dev)
+            lms, _ = _landmarks(t, boxes.shape[0], dev)  # [G, 5, 2]
+            pos_idx = a.pos[i].nonzero().squeeze(1)  # [n_pos]
+            gt = a.matched[i, pos_idx]
             loc_t[i, pos_idx] = encode_boxes(boxes[gt], priors[pos_idx], self.variance)
             landm_t[i, pos_idx] = encode_landmarks(lms[gt], priors[pos_idx], self.variance)
-        return labels, matched, iou, loc_t, landm_t
+        return loc_t, landm_t
 
-    def loss(self, out: DetOutput, targets: list[dict]) -> tuple[Assignment, dict[str, Tensor]]:
-        """MultiBoxLoss (METHODS.md §1.6): returns the assignment and the unweighted ``loc``/``cls``/``landm``."""
-        priors = torch.cat(out.priors)  # [P, 4]
+    def loss(self, out: DetOutput, targets: list[dict]) -> dict[str, Tensor]:
+        """MultiBoxLoss (METHODS.md §1.6): the unweighted ``loc`` / ``cls`` / ``landm`` of ``out.assign``."""
+        a = out.assign
         loc = out.cat_head("box_reg")  # [B, P, 4]
         conf = out.cat_head("cls_logits")  # [B, P, 2]
         landm = out.cat_head("landmarks")  # [B, P, 10]
-        labels, matched, iou, loc_t, landm_t = self.assign_targets(priors, targets)
-        pos = labels != 0  # [B, P]
-        pos1 = labels > 0
+        loc_t, landm_t = self.regression_targets(out, targets)
+        pos, pos1 = a.pos, a.labels > 0  # [B, P]
         n = pos.sum().clamp(min=1).float()
         n1 = pos1.sum().clamp(min=1).float()
         # losses in float32 even under AMP (targets are float32)
         loss_loc = F.smooth_l1_loss(loc[pos].float(), loc_t[pos], reduction="sum") / n
         loss_landm = F.smooth_l1_loss(landm[pos1].float(), landm_t[pos1], reduction="sum") / n1
-        neg, neg_rank = mine_hard_negatives(conf, pos, self.config.neg_pos)
-        sel = pos | neg
+        sel = pos | a.neg
         loss_cls = F.cross_entropy(conf[sel].float(), pos[sel].long(), reduction="sum") / n
-        assign = Assignment(labels=labels, matched=matched, pos=pos, neg=neg, ignore=~sel, iou=iou, neg_rank=neg_rank)
-        return assign, {"loc": loss_loc, "cls": loss_cls, "landm": loss_landm}
+        return {"loc": loss_loc, "cls": loss_cls, "landm": loss_landm}
 
     # ------------------------------------------------------------------------------------------ decode
 
-    @torch.no_grad()
-    def postprocess(self, out: DetOutput, conf_thresh: float | None = None, nms_thresh: float | None = None,
-                    top_k: int | None = None, keep_top_k: int | None = None) -> list[dict[str, Tensor]]:
-        """Detections per image in input pixels (defaults: the model's ``score_thresh`` / ``nms_thresh``)."""
+    def decode(self, out: DetOutput, score_thresh: float = 0.02, nms_thresh: float = 0.4, top_k: int | None = None,
+               keep_top_k: int | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image in input pixels (``postprocess`` fills the defaults from ``self.thresholds``)."""
         return decode_detections(
-            out.cat_head("cls_logits"), out.cat_head("box_reg"), out.cat_head("landmarks"), torch.cat(out.priors),
-            self.variance, self.score_thresh if conf_thresh is None else conf_thresh,
-            self.nms_thresh if nms_thresh is None else nms_thresh, top_k, keep_top_k,
+            out.cat_head("cls_logits"), out.cat_head("box_reg"), out.cat_head("landmarks"), self.priors_cxcywh(out),
+            self.variance, score_thresh, nms_thresh, top_k, keep_top_k,
         )
+
+
+def _boxes(t: dict, dev) -> Tensor:
+    """A target's GT boxes ``[G, 4]`` float32 xyxy."""
+    return torch.as_tensor(t["boxes"], dtype=torch.float32, device=dev).reshape(-1, 4)
 
 
 def _landmarks(t: dict, g: int, dev) -> tuple[Tensor, Tensor]:
@@ -252,7 +293,7 @@ def _config(name: str, **kw) -> RetinaFaceConfig:
     return RetinaFaceConfig(name=name, **kw)
 
 
-@register("model")
+@register("model", tiny={"width": 0.25, "task_convs": True})
 def retinaface_mnet(*, width: float = 0.25, activation: str = "relu", task_convs: bool = False,
                     min_sizes=None, steps=None, variance=None, fpn_channels: int = 64, loc_weight: float = 2.0,
                     pos_iou: float = 0.35, forced_iou: float = 0.2, neg_pos: int = 7) -> RetinaFace:
@@ -260,11 +301,10 @@ def retinaface_mnet(*, width: float = 0.25, activation: str = "relu", task_convs
     cfg = _config("retinaface_mnet", width=width, activation=activation, task_convs=task_convs, min_sizes=min_sizes,
                   steps=steps, variance=variance, fpn_channels=fpn_channels, loc_weight=loc_weight,
                   pos_iou=pos_iou, forced_iou=forced_iou, neg_pos=neg_pos)
-    body = MobileNetV1(width, activation)
-    return RetinaFace(body, list(body.channels.values()), cfg)
+    return RetinaFace(cfg=cfg)
 
 
-@register("model")
+@register("model", tiny={"fpn_channels": 16})
 def retinaface_r50(*, width: float | None = None, activation: str = "relu", task_convs: bool = False,
                    min_sizes=None, steps=None, variance=None, fpn_channels: int = 256, loc_weight: float = 2.0,
                    pos_iou: float = 0.35, forced_iou: float = 0.2, neg_pos: int = 7) -> RetinaFace:
@@ -272,5 +312,4 @@ def retinaface_r50(*, width: float | None = None, activation: str = "relu", task
     cfg = _config("retinaface_r50", width=width, activation=activation, task_convs=task_convs, min_sizes=min_sizes,
                   steps=steps, variance=variance, fpn_channels=fpn_channels, loc_weight=loc_weight,
                   pos_iou=pos_iou, forced_iou=forced_iou, neg_pos=neg_pos)
-    body = resnet50_trunk()
-    return RetinaFace(body, list(body.channels.values()), cfg)
+    return RetinaFace(cfg=cfg)

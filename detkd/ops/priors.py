@@ -14,6 +14,7 @@ import math
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert
 
 
 def feature_sizes(height: int, width: int, steps) -> list[tuple[int, int]]:
@@ -42,20 +43,45 @@ def make_priors(height: int, width: int, min_sizes, steps, device=None, dtype=to
 
 
 class PriorCache:
-    """Memoises ``make_priors`` per (H, W, device, dtype); priors are never modified in place by callers."""
+    """Memoises ``make_priors`` per (H, W, device, dtype); priors are never modified in place by callers.
+
+    ``cache(h, w)`` gives the (cx, cy, w, h) priors the coders use; ``cache.xyxy(h, w)`` the same priors as
+    xyxy (what ``DetOutput.priors`` reports), and ``cache.cxcywh_of(xyxy_list)`` maps a list it handed out back
+    to the cached (cx, cy, w, h) tensors, so encoding and decoding use the original numbers.
+    """
 
     def __init__(self, min_sizes, steps, max_entries: int = 32):
         self.min_sizes = [list(m) for m in min_sizes]
         self.steps = list(steps)
         self.max_entries = max_entries
         self._cache: dict[tuple, list[Tensor]] = {}
+        self._xyxy: dict[tuple, list[Tensor]] = {}
 
     def __call__(self, height: int, width: int, device=None, dtype=torch.float32) -> list[Tensor]:
         key = (int(height), int(width), str(device), dtype)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) >= self.max_entries:  # evict the oldest (many image sizes at test time)
-                self._cache.pop(next(iter(self._cache)))
+                old = next(iter(self._cache))
+                self._cache.pop(old)
+                self._xyxy.pop(old, None)
             hit = make_priors(height, width, self.min_sizes, self.steps, device, dtype)
             self._cache[key] = hit
         return hit
+
+    def xyxy(self, height: int, width: int, device=None, dtype=torch.float32) -> list[Tensor]:
+        """The priors of ``__call__`` as ``[h*w*A_k, 4]`` xyxy per level (cached as well)."""
+        cxcywh = self(height, width, device, dtype)
+        key = (int(height), int(width), str(device), dtype)
+        hit = self._xyxy.get(key)
+        if hit is None:
+            hit = [box_convert(p, "cxcywh", "xyxy") for p in cxcywh]
+            self._xyxy[key] = hit
+        return hit
+
+    def cxcywh_of(self, priors_xyxy: list[Tensor]) -> list[Tensor]:
+        """The cached (cx, cy, w, h) priors of a list returned by ``xyxy`` (converted when not found)."""
+        for key, xyxy in self._xyxy.items():
+            if len(xyxy) == len(priors_xyxy) and all(a is b for a, b in zip(xyxy, priors_xyxy)):
+                return self._cache[key]
+        return [box_convert(p, "xyxy", "cxcywh") for p in priors_xyxy]
