@@ -282,6 +282,8 @@ def main() -> None:
         app()
     except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message
+            msg = msg.rsplit(f"{type(e).__name__}: ", 1)[-1]
         typer.secho(f"error: {' '.join(msg.split())}", fg=typer.colors.RED, err=True)
         sys.exit(EXIT_USER_ERROR)
 

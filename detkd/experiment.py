@@ -13,7 +13,7 @@ from torch import nn
 
 from detkd.config import DetEvalConfig, ExperimentConfig
 from detkd.data.loader import batch_image_sizes
-from detkd.registry import build_model, lookup
+from detkd.registry import build, build_model, lookup
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def jpeg_is_truncated(path: str | Path) -> bool:
 def read_image(path: str | Path, strict: bool | None = None) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB via OpenCV (the reference pipelines' decoder).
 
-    Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``ValueError`` naming the file when it is missing, a
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``UserError`` (a ``ValueError``) naming the file when it is missing, a
     directory or not decodable; a truncated JPEG warns (``strict``: raises ``TruncatedImageError``).
     ``strict=None`` reads ``DETKD_STRICT_IMAGES`` (``1`` / ``true`` = strict).
     """
@@ -66,7 +66,7 @@ def read_image(path: str | Path, strict: bool | None = None) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot decode image (corrupt or not an image): {path}")
+        raise UserError(f"cannot decode image (corrupt or not an image): {path}", path=path)
     if path.suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif") and jpeg_is_truncated(path):
         if strict is None:
             strict = os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes", "on")

@@ -357,12 +357,18 @@ def model_kind(name: str) -> str:
     from detkd.registry import MODELS, load_all
 
     load_all()
-    ret = str(getattr(MODELS.get(name), "__annotations__", {}).get("return", ""))
-    if "RetinaFace" in ret:
+    fn = MODELS.get(name)
+    try:  # the returned class and its bases, e.g. ["RetinaFace", "DenseDetector", "Module", "object"]
+        ret = typing.get_type_hints(fn).get("return")
+        names = [c.__name__ for c in ret.__mro__] if isinstance(ret, type) else [str(ret)]
+    except Exception:  # unresolvable annotation: its text
+        names = [str(getattr(fn, "__annotations__", {}).get("return", ""))]
+    text = " ".join(names)
+    if "RetinaFace" in text:
         return "face detector"
-    if "Recognizer" in ret:
+    if "Recognizer" in text:
         return "face recognizer"
-    if "Detector" in ret or "RCNN" in ret:
+    if "Detector" in text or "RCNN" in text:
         return "detector"
     return "model"
 
