@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from detkd.data.widerface import load_gt
+from detkd.reporting import write_results
 from detkd.eval.widerface import (WiderFaceEvaluator, dets_to_xywhs, evaluate_dir, read_pred_dir,
                                   write_txt)
 
@@ -98,8 +99,6 @@ def main() -> int:
         "command": "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["benchmarks/eval_widerface_speed.py",
                                                                       *sys.argv[1:]]),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "eval_widerface_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         "# WIDER FACE evaluator speed",
         "",
@@ -119,7 +118,7 @@ def main() -> int:
         + f"; in-memory equals on-disk: {result['in_memory_equals_dir']}.",
         "",
     ]
-    (RESULTS / "eval_widerface_speed.md").write_text("\n".join(md))
+    write_results(RESULTS, "eval_widerface_speed", result, md)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from detkd.config import load_config  # noqa: E402
+from detkd.reporting import git_commit, kd_gain_table, write_results  # noqa: E402
 
 STUDENTS = ["arcface", "angular", "margin_t", "margin_distillation"]
 TRIPLETS = ["triplet_l2", "triplet_cos"]
@@ -78,7 +78,7 @@ def config_for(method: str, work: Path, seed: int, quick: bool):
 def run_one(method: str, work: str, seed: int, quick: bool, fresh: bool, threads: int) -> dict:
     """Train (or reuse) one run; returns its verification metrics and wall time."""
     torch.set_num_threads(threads)
-    from detkd.distill.face import train_facerec
+    from detkd.experiment_facerec import train_facerec
 
     cfg = config_for(method, Path(work), seed, quick)
     run_dir = cfg.run_dir
@@ -104,7 +104,9 @@ def step_ratio(work: Path, quick: bool, steps: int = 12, batch: int = 64) -> dic
     """Median step time of MarginDistillation with the cached teacher (embedding lookup by key included)
     over a student-only ArcFace step, on the same batch and student; plus an online-teacher step."""
     from detkd.distill.cache import TeacherCache
-    from detkd.distill.face import build_face_task, build_facerec, load_face_teacher
+    from detkd.distill.facerec_objectives import build_face_task
+    from detkd.experiment_facerec import build_facerec
+    from detkd.models.weights import load_teacher
     from detkd.registry import build_model
 
     cfg = config_for("margin_distillation", work, 0, quick)
@@ -114,7 +116,7 @@ def step_ratio(work: Path, quick: bool, steps: int = 12, batch: int = 64) -> dic
     images = torch.stack([folder[i][0] for i in range(batch)])
     labels = torch.as_tensor(folder.labels[:batch])
     keys = folder.keys[:batch]
-    teacher = load_face_teacher(cfg.distill.teacher, cfg.distill.teacher_weights)
+    teacher = load_teacher(cfg.distill.teacher, cfg.distill.teacher_weights)
 
     torch.manual_seed(0)
     plain = build_face_task(build_model(cfg.model), dataclasses.replace(cfg.distill, method="arcface"))
@@ -160,17 +162,7 @@ def step_ratio(work: Path, quick: bool, steps: int = 12, batch: int = 64) -> dic
 # ------------------------------------------------------------------------------------------ report
 
 
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean = 100 * statistics.fmean(values)
-    std = 100 * statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
-
-
 def write_report(result: dict, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "facerec_synthids.json").write_text(json.dumps(result, indent=1))
     lines = [
         "# Face-recognition KD on SynthIDs (CPU-sized)",
         "",
@@ -180,13 +172,9 @@ def write_report(result: dict, out_dir: Path) -> None:
         "The teacher is trained once (seed 0) and shared by all seeds; students differ by seed in initialisation "
         "and data order.",
         "",
-        "| Model | Accuracy | TAR@FAR=1e-2 | seeds |",
-        "|---|---|---|---|",
+        *kd_gain_table(result["models"], ("acc", "tar_far_1e-2"), ORDER, first="Model", digits=2, titles=TITLES,
+                       extra={k: [len(m["acc"])] for k, m in result["models"].items()}, extra_header=("seeds",), metric_titles=("Accuracy", "TAR@FAR=1e-2")),
     ]
-    for key in ORDER:
-        m = result["models"].get(key)
-        if m:
-            lines.append(f"| {TITLES[key]} | {_fmt(m['acc'])} | {_fmt(m['tar_far_1e-2'])} | {len(m['acc'])} |")
     t = result.get("timing", {})
     lines += [
         "",
@@ -198,15 +186,7 @@ def write_report(result: dict, out_dir: Path) -> None:
         f"({result['jobs']} processes × 1 thread).",
         "",
     ]
-    (out_dir / "facerec_synthids.md").write_text("\n".join(lines))
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    write_results(out_dir, "facerec_synthids", result, lines, indent=1)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -222,8 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work)
     seeds = list(range(args.seeds))
 
-    from detkd.data.synth_ids import write_synthids
-    from detkd.distill.face import build_facerec
+    from detkd.data.synthids import write_synthids
+    from detkd.experiment_facerec import build_facerec
 
     write_synthids(work / "synthids48", seed=0, img_size=48)
     results = [run_one("teacher", str(work), 0, args.quick, args.fresh, max(1, args.jobs))]

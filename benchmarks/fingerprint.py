@@ -55,7 +55,7 @@ def state_hash(sd: dict) -> str:
 
 
 def tiny_synthfaces(root: Path) -> Path:
-    from detkd.data.synth import write_synthfaces
+    from detkd.data.synthfaces import write_synthfaces
 
     return write_synthfaces(root, seed=0, n_train=16, n_val=4, image_size=320)
 

@@ -32,6 +32,7 @@ from detkd.infer import PROTOCOLS, detect_image, preprocess, read_image
 from detkd.models.retinaface import decode_detections, retinaface_mnet
 from detkd.ops.nms import nms_plus1
 from detkd.ops.priors import make_priors
+from detkd.reporting import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -133,8 +134,6 @@ def main():
         "torch": torch.__version__, "threads": args.threads, "runs": args.runs,
         "cpu": platform.processor() or platform.machine(), "budget": BUDGET, "cases": cases,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "infer_speed.json").write_text(json.dumps(report, indent=2))
     lines = [
         "# RetinaFace-MobileNet0.25 inference speed (CPU)",
         "",
@@ -154,7 +153,7 @@ def main():
             f"{100 * c['post_over_forward']:.1f} % {'ok' if c['within_budget'] else 'OVER'} "
             f"(min: {100 * c['post_over_forward_min']:.1f} %) |"
         )
-    (RESULTS / "infer_speed.md").write_text("\n".join(lines) + "\n")
+    write_results(RESULTS, "infer_speed", report, lines)
     print("\n".join(lines))
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 from detkd.config import load_config
 from detkd.experiment import train
+from detkd.reporting import git_commit, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"student (mnet 0.25)": "retinaface/mnet025_synthfaces",
@@ -36,18 +36,15 @@ def main() -> None:
         s = json.loads(summary.read_text())
         rows[label] = {"config": config, "epochs": s.get("epochs"), "wall_time_s": s.get("wall_time_s"),
                        **{k: s["eval"][k] for k in ("easy", "medium", "hard")}}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     gap = {k: rows[list(MODELS)[1]][k] - rows[list(MODELS)[0]][k] for k in ("easy", "medium", "hard")}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "synthfaces_capacity.json").write_text(json.dumps({"models": rows, "gap": gap, "commit": commit},
-                                                                   indent=2))
     lines = ["| model | epochs | easy AP | medium AP | hard AP | train time (s) |", "|---|---|---|---|---|---|"]
     for label, r in rows.items():
         lines.append(f"| {label} | {r['epochs']} | {100 * r['easy']:.1f} | {100 * r['medium']:.1f} | "
                      f"{100 * r['hard']:.1f} | {r['wall_time_s']:.0f} |")
     lines.append(f"| gap (teacher − student) | | {100 * gap['easy']:+.1f} | {100 * gap['medium']:+.1f} | "
                  f"{100 * gap['hard']:+.1f} | |")
-    (RESULTS / "synthfaces_capacity.md").write_text("\n".join(lines) + "\n")
+    write_results(RESULTS, "synthfaces_capacity", {"models": rows, "gap": gap, "commit": commit}, lines)
     print("\n".join(lines))
 
 

@@ -122,21 +122,16 @@ def eval_verification(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """10-fold verification accuracy (flip-sum embeddings) and TAR@FAR of a face recognizer."""
-    from detkd.eval.verification import verify_weights
+    from detkd.eval.verification import describe, summary, verify_weights
 
     try:
-        res = verify_weights(weights, bin, json=as_json)
-    except (FileNotFoundError, ValueError) as e:
+        res = verify_weights(weights, bin)
+    except (FileNotFoundError, ValueError, KeyError) as e:
         _fail(str(e))
-    if isinstance(res, dict):
-        keep = {k: v for k, v in res.items() if isinstance(v, (int, float))}
-
-        def line(k, v):  # a TAR whose FAR target was not reached is not shown as a number
-            if isinstance(v, bool):
-                return f"{k}: {'yes' if v else 'no'}"
-            return f"{k}: not reached" if res.get(f"{k}_reached") is False else f"{k}: {v:.4f}"
-
-        typer.echo(json.dumps(keep) if as_json else "\n".join(line(k, v) for k, v in keep.items()))
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in summary(res).items() if isinstance(v, (int, float))}))
+    else:
+        typer.echo(describe(res, bin.name))
 
 
 @app.command()
@@ -200,7 +195,7 @@ def import_weights(
 @data_app.command("synthfaces")
 def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER layout)"), seed: int = 0):
     """Write SynthFaces: face-detection scenes in WIDER FACE layout with easy/medium/hard .mat subsets."""
-    from detkd.data.synth import write_synthfaces
+    from detkd.data.synthfaces import write_synthfaces
 
     typer.echo(f"SynthFaces written to {write_synthfaces(out, seed=seed)}")
 
@@ -208,14 +203,16 @@ def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER lay
 @data_app.command("synthids")
 def data_synthids(out: Path = typer.Argument(..., help="output root (identity folders + val.bin)"), seed: int = 0):
     """Write SynthIDs: identity folders for face recognition and an LFW-style verification .bin."""
-    from detkd.data.synth_ids import write_synthids
+    from detkd.data.synthids import write_synthids
 
     typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed)}")
 
 
 @app.command("list")
-def list_(what: str = typer.Argument("all", help="models | datasets | methods | configs | protocols | all")):
-    """List registered models, datasets, distillation methods, configs and inference protocols."""
+def list_(what: str = typer.Argument(
+        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all")):
+    """List registered models, datasets, detection distillation methods, face-recognition objectives,
+    evaluators, configs and inference protocols."""
     from detkd import registry
     from detkd.config import list_configs
 
@@ -223,7 +220,9 @@ def list_(what: str = typer.Argument("all", help="models | datasets | methods | 
     sections = {
         "models": sorted(registry.MODELS),
         "datasets": sorted(registry.DATASETS),
-        "methods": sorted(registry.METHODS),
+        "methods": sorted(registry.METHODS),  # detection: distill.methods=[...]
+        "objectives": sorted(registry.OBJECTIVES),  # face recognition: distill.method=...
+        "evaluators": sorted(registry.EVALUATORS),
         "configs": list_configs(),
     }
     from detkd.infer import PROTOCOLS
@@ -231,9 +230,11 @@ def list_(what: str = typer.Argument("all", help="models | datasets | methods | 
     sections["protocols"] = sorted(PROTOCOLS)
     if what != "all" and what not in sections:
         _fail(f"unknown section {what!r}; choose from {', '.join(sections)} or all")
+    titles = {"methods": "methods (detection distillation, distill.methods=[...])",
+              "objectives": "objectives (face recognition, distill.method=...)"}
     for name, items in sections.items():
         if what in ("all", name):
-            typer.echo(f"{name}:")
+            typer.echo(f"{titles.get(name, name)}:")
             for it in items:
                 typer.echo(f"  {it}")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import importlib.util
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -155,10 +155,14 @@ def load_config(name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = resolve_config_path(name)
     spec = importlib.util.spec_from_file_location(f"detkd_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # a config may import the shared presets beside it (``_<name>.py``)
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # surface the config file, not our loader
         raise ConfigError(f"{path}: failed to import: {type(e).__name__}: {e}", path=path) from e
+    finally:
+        sys.path.remove(folder)
     if not hasattr(module, "config"):
         raise ConfigError(f"{path}: defines no `config()` function")
     cfg = module.config()
@@ -171,8 +175,9 @@ def load_config(name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def _suggest(key: str, choices) -> str:
-    near = difflib.get_close_matches(key, list(choices), n=4, cutoff=0.4)
-    return f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    from detkd.registry import close_matches
+
+    return close_matches(key, choices, n=4, cutoff=0.4)
 
 
 def section_names(obj: Any) -> list[str]:

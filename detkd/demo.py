@@ -26,7 +26,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 # (or `detkd demo --retrain-teacher`). 90 epochs, not the student's 30: with 30 the students caught up with it
 # (benchmarks/results/tdkd_synthfaces_investigation.md, cause 3).
 TEACHER_ASSET = ASSETS / "synthfaces_teacher_mnet075.safetensors"
-# The seed-0 baseline of `python benchmarks/kd_gain.py` (runs/kd_gain/seed0/baseline/student.*), shipped so that
+# The seed-0 baseline of `python benchmarks/kd_gain_tdkd.py` (runs/kd_gain/seed0/baseline/student.*), shipped so that
 # `make demo` fits in 15 minutes; `detkd demo --retrain-baseline` trains it again with the same recipe
 BASELINE_ASSET = ASSETS / "synthfaces_baseline_mnet025.safetensors"
 
@@ -172,7 +172,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
     ``baseline_weights``: an exported student to fine-tune instead of the shipped or trained baseline (then the
     seed only changes the three fine-tunes: data order, augmentation, adapter initialisation).
     """
-    from detkd.data.synth import ensure_synthfaces
+    from detkd.data.synthfaces import ensure_synthfaces
 
     t_start = time.time()
     if baseline_weights is not None and not Path(baseline_weights).is_file():  # fail before any training

@@ -58,8 +58,12 @@ def build_val_set(cfg: ExperimentConfig):
     """The evaluation split of ``cfg.data``: ``(image uint8 [H, W, 3], meta)`` samples; ``eval.images_dir`` /
     ``eval.gt_dir`` go to the data set builder when set."""
     ev = cfg.eval or DetEvalConfig()
+    import dataclasses
+
     extra = {k: v for k, v in (("images_dir", ev.images_dir), ("gt_dir", ev.gt_dir)) if v}
-    return build("dataset", cfg.data, split="val", **extra)
+    kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
+              if f.name != "name" and f.name not in COLLATE_FIELDS}
+    return lookup("dataset", cfg.data.name)(**{**kwargs, **extra, "split": "val"})
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -154,16 +158,12 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
     if cfg.distill is None:
         return DetectionTask(student)
     from detkd.distill.distiller import build_distill_task
-    from detkd.engine.checkpoint import load_weights_into
-    from detkd.errors import UserError
+    from detkd.models.weights import load_teacher
 
     d = cfg.distill
     if not d.teacher_weights:
-        raise UserError("distill.teacher_weights is empty: a distillation run needs a trained teacher",
-                        key="distill.teacher_weights")
-    teacher = build_model(d.teacher)
-    load_weights_into(teacher, d.teacher_weights, "distill.teacher_weights", expected=d.teacher.name)
-    return build_distill_task(d, student, teacher)
+        raise ValueError("distill.teacher_weights is empty: a distillation run needs a trained teacher")
+    return build_distill_task(d, student, load_teacher(d.teacher, d.teacher_weights))
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> dict:
@@ -177,7 +177,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) ->
     check_run_dir(cfg.run_dir, dataclasses.asdict(cfg), resume=resume or cfg.train.resume,
                   overwrite=cfg.train.overwrite, allow_changed=cfg.train.allow_changed)
     if cfg.task != "detection":
-        from detkd.distill.face import train_facerec
+        from detkd.experiment_facerec import train_facerec
 
         return train_facerec(cfg, resume=resume)
     torch.manual_seed(cfg.train.seed)

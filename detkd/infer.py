@@ -25,7 +25,6 @@ same numbers ``detect_image`` gives image by image.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +58,9 @@ def get_protocol(protocol: str | Protocol) -> Protocol:
     if isinstance(protocol, Protocol):
         return protocol
     if protocol not in PROTOCOLS:
-        near = difflib.get_close_matches(str(protocol), list(PROTOCOLS), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        from detkd.registry import close_matches
+
+        hint = close_matches(str(protocol), PROTOCOLS, n=3, cutoff=0.4)
         raise ValueError(f"unknown protocol {protocol!r}{hint} (known: {', '.join(PROTOCOLS)})")
     return PROTOCOLS[protocol]
 

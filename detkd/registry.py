@@ -55,6 +55,10 @@ def close_matches(name: str, choices, n: int = 5, cutoff: float = 0.5) -> str:
     return f"; did you mean {', '.join(repr(x) for x in near)}?" if near else ""
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def kind_of(name: str) -> list[str]:
     """The kinds under which ``name`` is registered (to say what a misplaced name is)."""
     load_all()
@@ -66,7 +70,7 @@ def lookup(kind: str, name: str) -> Callable:
     table = _TABLES[kind]
     if name not in table:
         elsewhere = [KIND_NAMES[k] for k in kind_of(name) if k != kind]
-        what = f"; {name!r} is a {' and a '.join(elsewhere)}, not a {KIND_NAMES[kind]}" if elsewhere else ""
+        what = f"; {name!r} is {' and '.join(map(_a, elsewhere))}, not {_a(KIND_NAMES[kind])}" if elsewhere else ""
         raise KeyError(
             f"unknown {KIND_NAMES[kind]} {name!r}{what}{close_matches(name, table)} "
             f"(known: {', '.join(sorted(table))})"

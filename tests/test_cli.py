@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from detkd.cli import app
-from detkd.data.synth import write_synthfaces
+from detkd.data.synthfaces import write_synthfaces
 from detkd.engine.checkpoint import load_checkpoint
 from detkd.eval.widerface import read_pred_dir
 
@@ -92,7 +92,7 @@ def test_import_weights_real_checkpoint(tmp_path):
               "--out", tmp_path / "mnet.safetensors")
     assert "leaky0.1" in res.output
     card = json.loads((tmp_path / "mnet.json").read_text())
-    assert card["activation"] == "leaky0.1"
+    assert card["model"]["activation"] == "leaky0.1"
     bad = cli("import-weights", "retinaface-biubug6", src, "--activation", "gelu", "--out", tmp_path / "x",
               ok=False)
     assert bad.exit_code == 2

@@ -44,9 +44,9 @@ def make_inputs(root: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     from detkd.config import load_config
-    from detkd.data.synth import write_synthfaces
+    from detkd.data.synthfaces import write_synthfaces
     from detkd.engine.checkpoint import FORMAT, save_checkpoint
-    from detkd.models.face import mobilefacenet
+    from detkd.models.facerec import mobilefacenet
     from detkd.models.retinaface import retinaface_mnet
     from detkd.models.weights import save_model_file
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_kd_gain():
-    spec = importlib.util.spec_from_file_location("kd_gain", ROOT / "benchmarks" / "kd_gain.py")
+    spec = importlib.util.spec_from_file_location("kd_gain", ROOT / "benchmarks" / "kd_gain_tdkd.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -424,8 +424,10 @@ def test_distill_config_overrides_and_method_errors():
     assert cfg.tdkd.scale == "fixed" and cfg.methods == ["tdkd", "kd"] and cfg.feat.student_taps == ["p4"]
     with pytest.raises(ConfigError, match="must be one of"):
         set_key(cfg, "tdkd.scale", "dynamik")
-    with pytest.raises(KeyError, match="unknown distillation method 'tdk'.*did you mean 'tdkd'"):
+    with pytest.raises(KeyError, match="unknown detection distillation method 'tdk'.*did you mean 'tdkd'"):
         build_distill_task(DistillConfig(methods=["tdk"]), ToyDet(), ToyDet())
+    with pytest.raises(KeyError, match="'arcface' is a face-recognition objective, not a detection distillation"):
+        build_distill_task(DistillConfig(methods=["arcface"]), ToyDet(), ToyDet())
     with pytest.raises(ValueError, match="twice"):
         build_distill_task(DistillConfig(methods=["kd", "kd"]), ToyDet(), ToyDet())
     with pytest.raises(TypeError, match="no `channels` dict"):

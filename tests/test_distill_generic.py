@@ -197,11 +197,11 @@ def test_distill_config_sections_come_from_the_registry():
     assert "feat.student_taps" in all_keys(cfg) and "feat" not in cfg.sections  # listed, not created
     saved = to_dict(cfg)
     assert saved["sections"]["kd"]["temperature"] == 4.0 and saved["methods"] == ["kd"]
-    with pytest.raises(KeyError, match="unknown distillation method 'kdd'.*did you mean 'kd'"):
+    with pytest.raises(KeyError, match="unknown detection distillation method 'kdd'.*did you mean 'kd'"):
         DistillConfig(kdd=KDConfig())
     with pytest.raises(ConfigError, match="unknown config key 'tdk.scale'.*did you mean 'tdkd.scale'"):
         set_key(cfg, "tdk.scale", "fixed")
-    with pytest.raises(AttributeError, match="unknown distillation method 'nope'"):
+    with pytest.raises(AttributeError, match="unknown detection distillation method 'nope'"):
         _ = cfg.nope
     student, teacher = toy_pair()  # the default feat taps include p5, which the toy does not have
     with pytest.raises(KeyError, match="student tap 'p5'.*declared: p3, p4"):

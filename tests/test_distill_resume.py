@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from detkd.config import load_config
-from detkd.data.synth import write_synthfaces
+from detkd.data.synthfaces import write_synthfaces
 from detkd.engine.checkpoint import export_student
 from detkd.experiment import train
 

@@ -19,13 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _engine_toy as toy  # noqa: E402
 from detkd.config import OptimConfig, ScheduleConfig  # noqa: E402
+from detkd.models.weights import card_path, load_model_file, read_card  # noqa: E402
 from detkd.engine.checkpoint import (  # noqa: E402
-    card_path,
     check_no_teacher,
     export_student,
     find_resume,
     load_checkpoint,
-    load_student,
     load_student_weights,
     rng_state,
     save_checkpoint,
@@ -302,24 +301,22 @@ def test_export_writes_student_safetensors_and_card(tmp_path, monkeypatch):
     toy.run(tmp_path / "run", epochs=1, max_iters=2)
     out = export_student(tmp_path / "run", tmp_path / "exp" / "student.safetensors", {"note": "toy"})
     assert out.is_file() and card_path(out) == tmp_path / "exp" / "student.json"
-    sd, card = load_student(out)
+    sd, card = load_student_weights(out), read_card(out)
     final = load_checkpoint(tmp_path / "run" / "final.pt")["task"]
     assert set(sd) == {k[len("student."):] for k in final if k.startswith("student.")}
     assert all(torch.equal(sd[k], final["student." + k]) for k in sd)
-    assert card["format"] == "detkd.student/1" and card["note"] == "toy" and card["global_step"] == 2
+    assert card["format"] == "detkd-model/2" and card["note"] == "toy" and card["source"]["global_step"] == 2
     assert card["model"] == {"name": "engine_toy_mlp", "hidden": 16, "dropout": 0.2}
-    assert card["model_config_type"].endswith(":ToyModelConfig")
+    assert "model_config_type" not in card  # no Python import path in a card
     assert json.loads(card_path(out).read_text()) == card
     assert set(load_student_weights(tmp_path / "run")) == set(sd)
 
-    # the card rebuilds the student through the registry
+    # the card rebuilds the student through the registry (by name only)
     from detkd import registry
-    from detkd.engine.checkpoint import build_student
 
     monkeypatch.setattr(registry, "load_all", lambda: None)
     monkeypatch.setitem(registry.MODELS, "engine_toy_mlp", toy.build_toy_student)
-    monkeypatch.setitem(sys.modules, card["model_config_type"].split(":")[0], toy)
-    net = build_student(out)
+    net, _ = load_model_file(out)
     assert torch.equal(net.fc.weight, sd["fc.weight"])
 
 
@@ -334,7 +331,7 @@ def test_export_rejects_non_detkd_checkpoint(tmp_path):
 def test_init_weights_from_export_and_mismatch_error(tmp_path):
     toy.run(tmp_path / "run", epochs=1, max_iters=2)
     out = export_student(tmp_path / "run", tmp_path / "student.safetensors")
-    sd, _ = load_student(out)
+    sd = load_student_weights(out)
     cfg = toy.make_config(tmp_path / "init", epochs=1, init_weights=str(out))
     task = toy.ToyTask()
     tr = Trainer(cfg, task, toy.ToyDataset(8), collate_fn=toy.collate)

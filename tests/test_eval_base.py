@@ -140,3 +140,13 @@ def test_detect_image_without_landmarks():
     d = detect_image(_NoLandmarks(), np.zeros((16, 16, 3), np.uint8), "tdkd-640")  # r = 640 / 16 = 40
     assert "landmarks" not in d and d["labels"].tolist() == [3]
     torch.testing.assert_close(d["boxes"], torch.tensor([[0.1, 0.1, 0.5, 0.5]]))
+
+
+def test_registry_fills_evaluators_without_importing_them_first():
+    import subprocess
+    import sys
+
+    code = ("from detkd.eval.base import build_evaluator; from detkd.registry import EVALUATORS, load_all; "
+            "load_all(); print(sorted(EVALUATORS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'widerface'" in out

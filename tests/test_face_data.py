@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from detkd.data.face import FaceFolder, VerificationPairs, read_bin, write_bin
-from detkd.data.synth_ids import augment_face, lfw_faces, split_identities, write_synthids
+from detkd.data.facerec import FaceFolder, VerificationPairs, read_bin, write_bin
+from detkd.data.synthids import augment_face, lfw_faces, split_identities, write_synthids
 from detkd.registry import lookup
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detkd.distill import face_losses as L
-from detkd.distill.face import FaceKDConfig, MarginDistillationTask, build_face_task
+from detkd.distill import facerec_losses as L
+from detkd.distill.facerec_objectives import FaceKDConfig, MarginDistillationTask, build_face_task
 from detkd.distill.triplet import IdentityGroups, collate_groups, mine_triplets
-from detkd.models.face import arcface_target_logit, mobilefacenet
+from detkd.models.facerec import arcface_target_logit, mobilefacenet
 
 S, K, D = 16, 6, 32  # tiny input size, classes, embedding
 
@@ -221,8 +221,10 @@ def test_centre_shape_mismatch_is_a_clear_error():
         build_face_task(_student(), FaceKDConfig(method="margin_distillation"), torch.randn(K + 1, D))
     with pytest.raises(ValueError, match="distill.s"):
         build_face_task(_student(), FaceKDConfig(method="arcface", s=30.0))
-    with pytest.raises(ValueError, match="unknown face method"):
+    with pytest.raises(ValueError, match="unknown face-recognition objective 'nope'"):
         build_face_task(_student(), FaceKDConfig(method="nope"))
+    with pytest.raises(ValueError, match="'tdkd' is a detection distillation method, not a face-recognition"):
+        build_face_task(_student(), FaceKDConfig(method="tdkd"))
 
 
 # ------------------------------------------------------------------------------------------ configs

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from detkd.models.face import (
+from detkd.models.facerec import (
     ArcFaceHead, CosFaceHead, FaceModelConfig, arcface_target_logit, count_parameters, iresnet18, iresnet50,
     iresnet100, mobilefacenet,
 )

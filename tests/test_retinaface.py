@@ -234,7 +234,7 @@ def test_detect_image_scales_back_and_detect_files(tmp_path, student):
     cv2.imwrite(str(path), img)
     save_model_file(student, tmp_path / "m.safetensors")
     model, card = load_model_file(tmp_path / "m.safetensors")
-    assert card["tensors"] == 300
+    assert card["num_tensors"] == 300
     pngs = detect_files(tmp_path / "m.safetensors", "biubug6-origin", tmp_path / "png", "png", [path])
     assert pngs[0].is_file() and read_image(pngs[0]).shape == (50, 70, 3)
     try:

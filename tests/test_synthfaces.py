@@ -4,7 +4,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from detkd.data import synth as S
+from detkd.data import synthfaces as S
 from detkd.data.widerface import WiderFaceTrain, WiderFaceVal, read_label_txt
 from detkd.data.widerface import load_gt
 from detkd.registry import lookup

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from detkd.distill.cache import CachedFaceDataset, TeacherCache, cache_fingerprint, weights_digest
-from detkd.models.face import mobilefacenet
+from detkd.models.facerec import mobilefacenet
 
 S, K, D = 16, 3, 16
 
@@ -137,10 +137,10 @@ def test_corrupt_or_missing_cache_file(tmp_path, weights):
 def test_facerec_runs_build_once_then_never_load_the_teacher(tmp_path, monkeypatch):
     """End to end through the engine: the first distillation run builds the cache, later runs (any method)
     reuse it and never construct the teacher."""
-    import detkd.distill.face as face
+    import detkd.experiment_facerec as face
     from detkd.config import ExperimentConfig, TrainConfig
-    from detkd.data.synth_ids import write_synthids
-    from detkd.models.face import FaceModelConfig
+    from detkd.data.synthids import write_synthids
+    from detkd.models.facerec import FaceModelConfig
 
     root = write_synthids(tmp_path / "ids", seed=0, n_train_ids=4, imgs_per_id=3, n_val_ids=2, n_pairs=20, img_size=S)
     tcfg = FaceModelConfig(name="mobilefacenet", embedding_dim=D, num_classes=4, input_size=S, width=0.25)
@@ -167,7 +167,7 @@ def test_facerec_runs_build_once_then_never_load_the_teacher(tmp_path, monkeypat
     def no_teacher(*a, **k):
         raise AssertionError("the teacher was loaded although the cache is valid")
 
-    monkeypatch.setattr(face, "load_face_teacher", no_teacher)
+    monkeypatch.setattr(face, "load_teacher", no_teacher)
     for method, kw in [("margin_distillation", {}), ("triplet_l2", dict(imgs_per_id=3, bag_size=6, mining_alpha=4.0))]:
         cfg = experiment(method, **kw)
         if method.startswith("triplet"):

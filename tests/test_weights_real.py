@@ -36,9 +36,9 @@ def leaky_file(tmp_path_factory):
 
 def test_leaky_checkpoint_imports_strictly(leaky_file):
     out, card = leaky_file
-    assert card["tensors"] == 300 and card["params"] == 426608
-    assert card["activation"] == "leaky0.1" and card["config"]["activation"] == "leaky0.1"
-    assert card["anchors"]["min_sizes"] == [[16, 32], [64, 128], [256, 512]]
+    assert card["format"] == "detkd-model/2" and card["num_tensors"] == 300
+    assert card["model"]["activation"] == "leaky0.1" and card["model"]["name"] == "retinaface_mnet"
+    assert card["model"]["min_sizes"] == [[16, 32], [64, 128], [256, 512]]
     assert card["source"]["md5"] == "d308262876f997c63f79c7805b2cdab0"
     model, card2 = load_model_file(out)
     src = load_state_file(WEIGHTS / "retinaface_mnet025_leaky.pth")
@@ -50,7 +50,7 @@ def test_leaky_checkpoint_imports_strictly(leaky_file):
 @pytest.mark.parametrize("name", ["retinaface_mnet025_relu_tdkd_base.pth", "retinaface_mnet025_relu_tdkd_distilled.pth"])
 def test_tdkd_relu_checkpoints_import_strictly(name, tmp_path):
     card = import_retinaface_biubug6(need(WEIGHTS / name), "relu", tmp_path / "m.safetensors")
-    assert card["tensors"] == 300 and card["activation"] == "relu"
+    assert card["num_tensors"] == 300 and card["model"]["activation"] == "relu"
     model, _ = load_model_file(tmp_path / "m.safetensors")
     assert not any(isinstance(m, torch.nn.LeakyReLU) for m in model.modules())
 
@@ -73,7 +73,7 @@ def test_model_file_shape_mismatch_names_key(leaky_file, tmp_path):
     out, card = leaky_file
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(out.read_bytes())
-    card = dict(card, config=dict(card["config"], width=0.5))
+    card = dict(card, model=dict(card["model"], width=0.5))
     bad.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"shape mismatches.*body\.stage1\.0\.0\.weight"):
         load_model_file(bad)

@@ -4,7 +4,7 @@
 Data: put the identity folders under data/faces_emore/train and the verification .bin files next to it.
 Teacher: IResNet-100 (run teacher_iresnet100_ms1m first); loss CE_ArcFace + 1.0 · mean(1 − cos(x, t)).
 """
-from detkd.distill.face import ms1m_experiment
+from _facerec_presets import ms1m_experiment
 
 
 def config():

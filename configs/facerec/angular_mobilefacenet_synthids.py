@@ -1,5 +1,5 @@
 """Angular distillation: ArcFace CE + 1.0 · mean(1 − cos(student, teacher embedding)) (§5.5.2)."""
-from detkd.distill.face import synthids_experiment
+from _facerec_presets import synthids_experiment
 
 # lr 0.02 for every student: at 0.1 the half-width MobileFaceNet's ArcFace loss plateaus in this short
 # schedule (SynthIDs accuracy 0.62 at lr 0.1 against 0.78 at 0.02, one seed).

@@ -4,7 +4,7 @@
 Data: put the identity folders under data/faces_emore/train and the verification .bin files next to it.
 lr 0.1 ×0.1 at 100k/160k/220k iterations; W trainable, N(0, 0.01) init.
 """
-from detkd.distill.face import ms1m_experiment
+from _facerec_presets import ms1m_experiment
 
 
 def config():

@@ -4,7 +4,7 @@
 Data: put the identity folders under data/faces_emore/train and the verification .bin files next to it.
 Teacher fc7 (85,742 × 512) frozen as the classifier; per-sample margins M_min 0.2 .. M_max 0.5.
 """
-from detkd.distill.face import ms1m_experiment
+from _facerec_presets import ms1m_experiment
 
 
 def config():

@@ -5,7 +5,7 @@ Data: put the identity folders under data/faces_emore/train and the verification
 Intended KD (1 − α)·CE + α·T²·KL with T 4, α 0.95; the reported numbers came from the released bug
 (``distill.faithful_bug=true``).
 """
-from detkd.distill.face import ms1m_experiment
+from _facerec_presets import ms1m_experiment
 
 
 def config():

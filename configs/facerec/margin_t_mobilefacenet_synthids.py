@@ -2,7 +2,7 @@
 
 ``distill.faithful_bug=true`` trains the released objective CE(z, y) + CE(z/T, ⌊y/T⌋) instead.
 """
-from detkd.distill.face import synthids_experiment
+from _facerec_presets import synthids_experiment
 
 # lr 0.02 for every student: at 0.1 the half-width MobileFaceNet's ArcFace loss plateaus in this short
 # schedule (SynthIDs accuracy 0.62 at lr 0.1 against 0.78 at 0.02, one seed).

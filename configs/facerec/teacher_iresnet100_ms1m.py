@@ -3,7 +3,7 @@ MS1M-ArcFace, 85,742 identities, 112 px, batch 256, SGD 0.1 ×0.1 at 100k/160k/2
 
 Its final.pt provides the teacher embeddings and class centres (fc7 = head.weight) of every student run.
 """
-from detkd.distill.face import ms1m_experiment
+from _facerec_presets import ms1m_experiment
 
 
 def config():

@@ -3,7 +3,7 @@
 Trained once; its ``final.pt`` is the teacher of every ``*_mobilefacenet_synthids`` config (through the
 teacher cache, built on first use). Same recipe as the students: SGD 0.1, s 64, m 0.5, step decay.
 """
-from detkd.distill.face import synthids_experiment
+from _facerec_presets import synthids_experiment
 
 
 def config():

@@ -6,7 +6,7 @@ Fine-tunes the ArcFace student at lr 1e-3; bags of 7,200 images (400 identities 
 (alpha 0.35) with the current student, 60 triplets (180 images) per step, margins 0.2 .. 0.5.
 Mining runs every step over the whole bag here (the reference reuses one bag for many steps): costly.
 """
-from detkd.distill.face import ms1m_experiment
+from _facerec_presets import ms1m_experiment
 
 
 def config():

@@ -4,7 +4,7 @@ lr 1e-3 on semi-hard triplets mined with the current student, margins 0.2..0.5 f
 CPU-sized bags: 16 identities × 8 images per step, 20 triplets (60 images) trained per step; 15 epochs
 of 4 bags = 60 steps.
 """
-from detkd.distill.face import synthids_experiment
+from _facerec_presets import synthids_experiment
 
 
 def config():

@@ -1,4 +1,6 @@
-"""Reading and decoding images: one place, errors that name the file (or what was decoded).
+"""Reading, decoding and converting images: one place, errors that name the file (or what was decoded).
+
+Also decoding of in-memory bytes, square resizing and HWC uint8 -> CHW float conversion.
 
 A truncated JPEG (no end-of-image marker and a decoder that runs out of data) still decodes with OpenCV, with
 the missing part grey; ``read_image`` logs a warning naming the file (once per file and process), or raises
@@ -13,10 +15,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from detkd.errors import UserError
 
-__all__ = ["read_image", "jpeg_is_truncated", "TruncatedImageError", "STRICT_ENV"]
+__all__ = ["read_image", "jpeg_is_truncated", "TruncatedImageError", "STRICT_ENV", "decode_image", "resize_square",
+           "to_chw_float"]
 
 log = logging.getLogger(__name__)
 STRICT_ENV = "DETKD_STRICT_IMAGES"
@@ -55,8 +59,8 @@ def jpeg_is_truncated(path: str | Path) -> bool:
 def read_image(path: str | Path, strict: bool | None = None) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB via OpenCV (the reference pipelines' decoder).
 
-    Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``UserError`` (a ``ValueError``) naming the file when it is missing, a
-    directory or not decodable; a truncated JPEG warns (``strict``: raises ``TruncatedImageError``).
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``UserError`` (a ``ValueError``) naming the file
+    when it is missing, a directory or not decodable; a truncated JPEG warns (``strict``: raises ``TruncatedImageError``).
     ``strict=None`` reads ``DETKD_STRICT_IMAGES`` (``1`` / ``true`` = strict).
     """
     path = Path(path)
@@ -78,3 +82,28 @@ def read_image(path: str | Path, strict: bool | None = None) -> np.ndarray:
             log.warning("%s: truncated JPEG (the file ends before its end-of-image marker); the missing part "
                         "decodes as grey", path)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes | np.ndarray, what: str) -> np.ndarray:
+    """Encoded bytes -> uint8 [H, W, 3] RGB; ValueError naming ``what`` when it cannot be decoded."""
+    buf = np.frombuffer(bytes(data), np.uint8) if not isinstance(data, np.ndarray) else data.astype(np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    if image is None:
+        raise ValueError(f"cannot decode {what} (corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def resize_square(image: np.ndarray, size: int, interpolation: int | None = None) -> np.ndarray:
+    """Resize [H, W, 3] to [size, size, 3] with ``interpolation`` (a ``cv2.INTER_*`` flag). ``None``: area when
+    shrinking, bilinear when enlarging, and the image itself when it already has that size."""
+    if interpolation is None:
+        h, w = image.shape[:2]
+        if (h, w) == (size, size):
+            return image
+        interpolation = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def to_chw_float(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [3, H, W] (channels kept, 0..255)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()

@@ -18,7 +18,7 @@ Pipeline (in order, exactly as the reference ``preproc``):
 2. ``photometric_distort`` brightness / contrast / saturation / hue, two random orders, each sub-op p = 1/2.
 3. ``pad_to_square``       only when the crop failed; filled with the mean colour (123, 117, 104) RGB.
 4. ``random_hflip``        p = 1/2; landmark pairs 0<->1 and 3<->4 swapped.
-5. ``resize_square``       to S x S with a random interpolation among {linear, cubic, area, nearest, lanczos4};
+5. ``resize_sample``       to S x S with a random interpolation among {linear, cubic, area, nearest, lanczos4};
                            boxes and landmarks scaled by S / (square side).
 """
 from __future__ import annotations
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
+
+from detkd.data.image import resize_square, to_chw_float
 
 MEAN_RGB = (123, 117, 104)  # the reference's BGR mean (104, 117, 123) in RGB order
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
@@ -135,10 +137,10 @@ def random_hflip(image, boxes, landmarks, rng: np.random.Generator):
     return np.ascontiguousarray(image[:, ::-1]), flipped.numpy().astype(np.float32), lm
 
 
-def resize_square(image, boxes, landmarks, size: int, interpolation: int):
+def resize_sample(image, boxes, landmarks, size: int, interpolation: int):
     """§1.5 step 5 on a square image: resize to ``size``^2, scale boxes/landmarks by size / side."""
     h, w = image.shape[:2]
-    out = cv2.resize(image, (size, size), interpolation=interpolation)
+    out = resize_square(image, size, interpolation)
     resized, _ = TF.resize_bounding_boxes(torch.from_numpy(boxes), canvas_size=(h, w), size=[size, size])
     lm = landmarks * np.array([size / w, size / h], dtype=np.float32)
     return out, resized.numpy().astype(np.float32), lm.astype(np.float32)
@@ -174,11 +176,6 @@ def resize_keep_ratio(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarra
     return out, boxes.numpy().astype(np.float32), landmarks, (sy, sx)
 
 
-def to_chw_float(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W] (RGB, 0..255)."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-
-
 def train_transform(image, boxes, landmarks, valid, size: int, rng: np.random.Generator):
     """The full §1.5 pipeline. Returns ``(image float32 [3,S,S], boxes [N,4], landmarks [N,5,2], valid [N])``."""
     image, boxes, landmarks, valid, needs_pad = random_square_crop(image, boxes, landmarks, valid, rng)
@@ -187,14 +184,14 @@ def train_transform(image, boxes, landmarks, valid, size: int, rng: np.random.Ge
         image = pad_to_square(image)
     image, boxes, landmarks = random_hflip(image, boxes, landmarks, rng)
     interp = INTERPOLATIONS[int(rng.integers(len(INTERPOLATIONS)))]
-    image, boxes, landmarks = resize_square(image, boxes, landmarks, size, interp)
+    image, boxes, landmarks = resize_sample(image, boxes, landmarks, size, interp)
     return to_chw_float(image), boxes, landmarks, valid
 
 
 def plain_transform(image, boxes, landmarks, valid, size: int):
     """No augmentation: pad to square with the mean colour, bilinear resize to S x S."""
     image = pad_to_square(image)
-    image, boxes, landmarks = resize_square(image, boxes, landmarks, size, cv2.INTER_LINEAR)
+    image, boxes, landmarks = resize_sample(image, boxes, landmarks, size, cv2.INTER_LINEAR)
     return to_chw_float(image), boxes, landmarks, valid
 
 

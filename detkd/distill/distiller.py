@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from detkd.data.loader import batch_image_sizes
 from detkd.distill.adapters import AdapterSpec, build_adapter
 from detkd.distill.masks import MaskInputs, mask_inputs
-from detkd.registry import METHODS, close_matches, load_all, register
+from detkd.registry import METHODS, close_matches, load_all, lookup, register
 from detkd.structures import HeadKey
 
 HEAD_PREFIX = "head."
@@ -539,12 +539,12 @@ def distill_method(config_cls: type, name: str | None = None):
 
 
 def method_builder(name: str) -> Callable:
-    """The registered detection-distillation method ``name`` (a builder with a ``config_cls``)."""
-    load_all()
-    if name not in METHODS or not hasattr(METHODS[name], "config_cls"):
-        known = method_names()
-        raise KeyError(f"unknown distillation method {name!r}{close_matches(name, known)} (known: {', '.join(known)})")
-    return METHODS[name]
+    """The registered detection-distillation method ``name`` (a builder with a ``config_cls``); the error for an
+    unknown name names the kind a misplaced name has (e.g. a face-recognition objective)."""
+    fn = lookup("method", name)
+    if not hasattr(fn, "config_cls"):
+        raise KeyError(f"{name!r} is registered as a method but has no config class (use @distill_method)")
+    return fn
 
 
 def method_config(name: str) -> Any:

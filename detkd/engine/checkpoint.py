@@ -14,7 +14,7 @@ Training state (``last.pt`` / ``final.pt`` in the run dir, written with ``torch.
     rng             list (one per rank) of rng_state() dicts
     world_size      ranks of the run that wrote it
     config          dataclasses.asdict(ExperimentConfig)
-    model_config_type  "module:QualName" of cfg.model's dataclass (to rebuild the student), or None
+    model_config_type  "module:QualName" of cfg.model's dataclass (informative; never read back)
 
 No checkpoint or export is ever written with a non-finite (NaN / inf) floating tensor: ``save_checkpoint``
 and ``export_student`` raise ``detkd.errors.TrainingDiverged`` instead (``nonfinite_tensors`` lists them).
@@ -22,12 +22,11 @@ and ``export_student`` raise ``detkd.errors.TrainingDiverged`` instead (``nonfin
 Every value is a tensor, number, string, list or dict, so our own files load with ``weights_only=True``;
 RNG states are stored as lists/tensors for that reason. The export is ``<out>.safetensors`` holding the
 student's ``state_dict`` (keys without the ``student.`` prefix) and ``<out>.json`` (``card_path(out)``): the
-model card with the model config dict, its dataclass type, provenance and any fields the caller adds.
+model card of ``detkd.models.weights`` (model config dict, provenance, any fields the caller adds), read back
+by ``detkd.models.weights.load_model_file``.
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import os
 import pickle
@@ -45,7 +44,6 @@ from detkd.errors import TrainingDiverged, UserError
 __all__ = [
     "nonfinite_tensors",
     "FORMAT",
-    "STUDENT_FORMAT",
     "save_checkpoint",
     "load_checkpoint",
     "rng_state",
@@ -55,10 +53,7 @@ __all__ = [
     "resolve_checkpoint",
     "student_state_dict",
     "export_student",
-    "card_path",
-    "load_student",
     "load_student_weights",
-    "build_student",
     "write_json_atomic",
     "model_kind",
     "describe_model",
@@ -69,7 +64,6 @@ __all__ = [
 ]
 
 FORMAT = "detkd.train/1"
-STUDENT_FORMAT = "detkd.student/1"
 TEACHER_SEGMENTS = frozenset({"teacher", "_teacher", "teacher_model", "teachers"})
 
 
@@ -232,11 +226,6 @@ def student_state_dict(task_state: dict[str, Tensor], where: str = "checkpoint")
     return out
 
 
-def card_path(out_path: str | Path) -> Path:
-    """Model card path of an export: ``student.safetensors`` -> ``student.json``."""
-    return Path(out_path).with_suffix(".json")
-
-
 def export_student(src: str | Path, out_path: str | Path, model_card: dict | None = None) -> Path:
     """Write the student of a run dir / training checkpoint as safetensors plus a JSON model card."""
     from safetensors.torch import save_file
@@ -259,51 +248,29 @@ def export_student(src: str | Path, out_path: str | Path, model_card: dict | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp.{os.getpid()}"
     try:
-        save_file(student, str(tmp), metadata={"format": STUDENT_FORMAT})
+        save_file(student, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    from detkd.models.weights import make_card, write_card
+
     cfg = state.get("config") or {}
-    card = {
-        "format": STUDENT_FORMAT,
-        "weights": out.name,
-        "experiment": cfg.get("name"),
-        "task": cfg.get("task"),
-        "model": cfg.get("model"),
-        "model_config_type": state.get("model_config_type"),
-        "source_checkpoint": str(ckpt),
-        "epoch": state.get("epoch"),
-        "global_step": state.get("global_step"),
-        "num_tensors": len(student),
-        "num_params": int(sum(v.numel() for v in student.values() if v.is_floating_point())),
-    }
-    card.update(model_card or {})
-    write_json_atomic(card_path(out), card)
+    source = {"experiment": cfg.get("name"), "checkpoint": str(ckpt), "epoch": state.get("epoch"),
+              "global_step": state.get("global_step")}
+    card = make_card(cfg.get("model"), student, task=cfg.get("task"), source=source, weights=out.name,
+                     **(model_card or {}))
+    write_card(out, card)
     return out
-
-
-def load_student(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    """An exported student: ``(state_dict, card)`` (card ``{}`` when the JSON file is absent)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"student weights {path} do not exist")
-    try:
-        sd = load_file(str(path))
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-    cp = card_path(path)
-    card = json.loads(cp.read_text()) if cp.is_file() else {}
-    return sd, card
 
 
 def load_student_weights(path: str | Path) -> dict[str, Tensor]:
     """Student weights from an export (``.safetensors``), a detkd training checkpoint or run dir, or a plain
     state_dict saved with ``torch.save``. Foreign checkpoints go through ``detkd.models.weights``."""
+    from detkd.models.weights import load_state_file
+
     p = Path(path)
     if p.suffix == ".safetensors":
-        return load_student(p)[0]
+        return load_state_file(p)
     ckpt = resolve_checkpoint(p)
     state = load_checkpoint(ckpt)
     if isinstance(state, dict) and state.get("format") == FORMAT:
@@ -311,41 +278,6 @@ def load_student_weights(path: str | Path) -> dict[str, Tensor]:
     if isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values()):
         return state
     raise ValueError(f"{ckpt}: neither a detkd checkpoint nor a plain state_dict of tensors")
-
-
-def _from_dict(cls: type, data: dict) -> Any:
-    """Rebuild a (possibly nested) config dataclass from its ``asdict`` form."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise KeyError(f"{cls.__name__}: unknown fields {sorted(unknown)} in the model card")
-    kwargs = {}
-    for k, v in data.items():
-        h = hints.get(k)
-        if isinstance(v, dict) and isinstance(h, type) and dataclasses.is_dataclass(h):
-            v = _from_dict(h, v)
-        elif isinstance(v, list) and typing.get_origin(h) is tuple:
-            v = tuple(v)
-        kwargs[k] = v
-    return cls(**kwargs)
-
-
-def build_student(path: str | Path) -> torch.nn.Module:
-    """Rebuild an exported student from its card (``model`` + ``model_config_type``) and load its weights."""
-    from detkd.registry import build_model
-
-    sd, card = load_student(path)
-    type_name, model = card.get("model_config_type"), card.get("model")
-    if not type_name or not isinstance(model, dict):
-        raise KeyError(f"{card_path(path)}: model card lacks 'model' / 'model_config_type'; cannot rebuild")
-    mod_name, _, qual = type_name.partition(":")
-    cls: Any = importlib.import_module(mod_name)
-    for part in qual.split("."):
-        cls = getattr(cls, part)
-    net = build_model(_from_dict(cls, model))
-    net.load_state_dict(sd, strict=True)
-    return net
 
 
 # ------------------------------------------------------------------------------- what a weights file holds
@@ -383,7 +315,7 @@ def weights_model_name(path: str | Path) -> str | None:
     p = Path(path)
     try:
         if p.suffix == ".safetensors" or p.suffix == ".json":
-            for card in (card_path(p), p.with_name(p.name + ".json")):
+            for card in (p.with_suffix(".json"), p.with_name(p.name + ".json")):
                 if card.is_file():
                     c = json.loads(card.read_text())
                     model = c.get("model") if isinstance(c.get("model"), dict) else c.get("config")

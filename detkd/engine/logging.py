@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-__all__ = ["MetricsLogger", "progress", "read_metrics"]
+__all__ = ["MetricsLogger", "progress", "read_jsonl", "read_metrics"]
 
 
 def _scalar(v: Any) -> Any:
@@ -134,15 +134,27 @@ def progress(iterable: Iterable, total: int | None = None, enabled: bool = True,
     return tqdm(iterable, total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-def read_metrics(run_dir: str | Path, kind: str | None = "train") -> list[dict]:
-    """Rows of ``run_dir/metrics.jsonl`` (of one ``kind``, or all with ``kind=None``)."""
-    path = Path(run_dir) / "metrics.jsonl"
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The objects of a JSON-lines file, one per non-empty line; errors name ``file:line``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: malformed JSON line ({e})") from None
-        if kind is None or row.get("kind") == kind:
-            rows.append(row)
+            raise ValueError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = "train") -> list[dict]:
+    """Rows of ``run_dir/metrics.jsonl`` (or of that file itself) of one ``kind``, or all with ``kind=None``."""
+    path = Path(run_dir)
+    rows = read_jsonl(path if path.suffix == ".jsonl" else path / "metrics.jsonl")
+    return [r for r in rows if kind is None or r.get("kind") == kind]

@@ -1,1 +1,3 @@
-"""Evaluators: WIDER FACE, face verification."""
+"""Evaluators (``base.py`` protocol): WIDER FACE, face verification; importing this package fills the
+evaluator registry."""
+from detkd.eval import widerface  # noqa: F401

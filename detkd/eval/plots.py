@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from detkd.engine.logging import read_jsonl  # noqa: E402
 
 
 def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_png: str | Path,
@@ -38,23 +39,6 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_png: st
     return out_png
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics file not found: {path}")
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -66,7 +50,7 @@ def plot_loss_curves(jsonl_paths: dict[str, str | Path], out_png: str | Path,
     ``keys``: metric names to draw; by default every numeric key found in any file except ``step``,
     ``epoch``, ``lr`` and ``time``-like fields. Returns the PNG path.
     """
-    runs = {name: _read_jsonl(Path(p)) for name, p in jsonl_paths.items()}
+    runs = {name: read_jsonl(p) for name, p in jsonl_paths.items()}
     if keys is None:
         skip = {"step", "epoch", "lr", "time", "wall", "iter_time", "data_time"}
         found: dict[str, None] = {}

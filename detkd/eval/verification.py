@@ -18,14 +18,13 @@
 """
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from detkd.data.face import read_bin
+from detkd.data.facerec import read_bin
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -252,53 +251,14 @@ def verify_bin(model: nn.Module, bin_path: str | Path, batch_size: int = 64, roc
 # ------------------------------------------------------------------------------------------ exported weights
 
 
-def _card_path(weights: Path) -> Path:
-    for cand in (weights.with_name(weights.name + ".json"), weights.with_suffix(".json")):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"model card not found next to {weights} (looked for {weights.name}.json and "
-                            f"{weights.with_suffix('.json').name})")
-
-
 def load_face_model(weights_path: str | Path) -> nn.Module:
-    """A face recognizer from a detkd export: ``<file>.safetensors`` + its JSON card with a ``model`` dict.
-
-    Cards written by ``detkd.engine.checkpoint.export_student`` are rebuilt with its ``build_student``; other
-    cards need only ``model = {"name": ..., builder kwargs}``.
-    """
-    from safetensors.torch import load_file
-
-    from detkd.registry import lookup
-
+    """A face recognizer from a detkd model file (``detkd.models.weights.load_model_file``); the training
+    head (``head.*``) may be absent from the file (embedding-only exports)."""
     from detkd.engine.checkpoint import expect_model_kind
-    from detkd.errors import UserError
+    from detkd.models.weights import load_model_file
 
-    weights = Path(weights_path)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights not found: {weights}")
-    card_file = _card_path(weights)
-    expect_model_kind(weights, ("face recognizer",), "weights")
-    card = jsonlib.loads(card_file.read_text())
-    if isinstance(card, dict) and card.get("model_config_type"):  # a card written by detkd.engine.checkpoint
-        from detkd.engine.checkpoint import build_student
-
-        return build_student(weights).eval()
-    cfg = card.get("model") if isinstance(card, dict) else None
-    if not isinstance(cfg, dict) or "name" not in cfg:
-        raise UserError(f"{card_file}: needs a 'model' dict with a 'name' key (the model config)", path=card_file)
-    kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    model = lookup("model", cfg["name"])(**kwargs)
-    state = load_file(str(weights))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise UserError(f"{weights}: state dict does not match model {cfg['name']!r}: "
-                        f"{' '.join(str(e).split())}", path=weights) from None
-    missing = [k for k in missing if not k.startswith("head.")]  # an export may drop the training head
-    if missing or unexpected:
-        raise UserError(f"{weights}: state dict does not match model {cfg['name']!r}: "
-                        f"missing {missing[:5]}, unexpected {unexpected[:5]}", path=weights)
-    return model.eval()
+    expect_model_kind(weights_path, ("face recognizer",), "weights")
+    return load_model_file(weights_path, allow_missing=("head.",))[0]
 
 
 def summary(result: dict) -> dict:
@@ -312,7 +272,8 @@ def summary(result: dict) -> dict:
 
 
 def format_tar(result: dict, key: str) -> str:
-    """``"TAR@FAR=1e-2 97.33 (FAR 0.008)"`` or ``"TAR@FAR=1e-2 not reached (FAR reached 1.000, TAR there 100.00)"``."""
+    """``"TAR@FAR=1e-2 97.33 (FAR 0.008)"``, or when the target FAR was not reached
+    ``"TAR@FAR=1e-2 not reached (FAR reached 1.000, TAR there 100.00)"``."""
     label = f"TAR@FAR={key.rsplit('_', 1)[-1]}"
     tar, far = 100 * result[key], result.get(f"{key}_far", float("nan"))
     if result.get(f"{key}_reached", True):
@@ -320,20 +281,22 @@ def format_tar(result: dict, key: str) -> str:
     return f"{label} not reached (FAR reached {far:.3f}, TAR there {tar:.2f})"
 
 
-def verify_weights(weights_path: str | Path, bin_path: str | Path, json: bool = False, batch_size: int = 64,
+def verify_weights(weights_path: str | Path, bin_path: str | Path, batch_size: int = 64,
                    roc_png: str | Path | None = None, device: str = "cpu") -> dict:
-    """CLI body of ``detkd eval verification --weights W --bin FILE.bin [--json]``: prints and returns metrics."""
+    """``detkd eval verification --weights W --bin FILE.bin``: the ``verify_bin`` result of a model file
+    (prints nothing; ``summary`` / ``describe`` format it)."""
     model = load_face_model(weights_path).to(device)
-    result = verify_bin(model, bin_path, batch_size=batch_size, roc_png=roc_png)
-    if json:
-        print(jsonlib.dumps(summary(result), indent=1))
-    else:
-        print(f"{Path(bin_path).name}: accuracy-flip {100 * result['acc']:.2f} ± {100 * result['acc_std']:.2f} "
-              f"over {result['num_pairs']} pairs; " + ", ".join(format_tar(result, k) for k in FAR_TARGETS))
-    return result
+    return verify_bin(model, bin_path, batch_size=batch_size, roc_png=roc_png)
+
+
+def describe(result: dict, bin_name: str = "") -> str:
+    """One human-readable line of a verification result."""
+    return (f"{bin_name + ': ' if bin_name else ''}accuracy-flip {100 * result['acc']:.2f} ± "
+            f"{100 * result['acc_std']:.2f} over {result['num_pairs']} pairs; " +
+            ", ".join(format_tar(result, k) for k in FAR_TARGETS))
 
 
 __all__ = [
-    "accuracy_folds", "embed_images", "evaluate_pairs", "far_reached", "fold_bounds", "format_tar", "load_face_model", "pair_distances",
-    "save_roc_png", "slinear_interp", "summary", "tar_at_far", "verify_bin", "verify_weights",
+    "accuracy_folds", "describe", "embed_images", "evaluate_pairs", "far_reached", "fold_bounds", "format_tar",
+    "load_face_model", "pair_distances", "save_roc_png", "slinear_interp", "summary", "tar_at_far", "verify_bin", "verify_weights",
 ]

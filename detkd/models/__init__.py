@@ -1,2 +1,2 @@
 """Model families; importing this package fills the model registry."""
-from detkd.models import face, retinaface  # noqa: F401
+from detkd.models import facerec, retinaface  # noqa: F401

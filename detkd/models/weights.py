@@ -1,10 +1,22 @@
-"""Foreign checkpoints in, detkd model files out (EVAL.md §4.4-4.5, METHODS.md §1.2).
+"""detkd model files: the one card format and its one reader; foreign checkpoints in (EVAL.md §4.4-4.5).
 
 * A **detkd model file** is ``<name>.safetensors`` (the state dict, no pickles) plus ``<name>.json``, the model
-  card: ``{"format": "detkd-model/1", "architecture": <builder>, "config": {"name": <builder>, ...builder
-  kwargs}, "activation", "anchors": {"min_sizes", "steps", "variance"}, "source": {"path", "md5"} | null,
-  "tensors": <count>, "params": <learnable count>}``. ``load_model_file`` needs only ``config`` (anything else is
-  informative), so any exporter that writes ``dataclasses.asdict(model.config)`` there is compatible.
+  card (``card_path``)::
+
+      format       "detkd-model/2"
+      model        {"name": <registered model builder>, ...its keyword arguments}  (the model config dict)
+      task         "detection" | "facerec" | null
+      weights      file name of the .safetensors
+      num_tensors  entries of the state dict
+      num_params   elements of its floating-point tensors
+      source       provenance: {"experiment", "checkpoint", "epoch", "global_step"} for an export of a run,
+                   {"path", "md5"} for an imported foreign checkpoint, or {}
+
+  plus any informative keys a caller adds. The model is rebuilt from ``model`` through the registry only: no
+  Python import path is stored, so moving a config class never breaks a file. ``load_model_file`` is the one
+  reader; ``upgrade_card`` also reads the two older formats (``detkd-model/1`` with ``config``, and
+  ``detkd.student/1`` with ``model`` and a ``model_config_type`` import path, which is ignored) and bare
+  ``{"model": {...}}`` cards.
 * Foreign ``.pth`` files are read with ``torch.load(weights_only=True)``; a ``state_dict`` / ``model`` wrapper
   and DataParallel ``module.`` prefixes are stripped. Key/shape checks are strict and their errors list the
   offending keys.
@@ -17,13 +29,15 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from detkd.registry import lookup
 
-CARD_FORMAT = "detkd-model/1"
+CARD_FORMAT = "detkd-model/2"
+OLD_CARD_FORMATS = ("detkd-model/1", "detkd.student/1")
 
 
 def md5sum(path) -> str:
@@ -68,10 +82,13 @@ def load_state_file(path) -> dict[str, Tensor]:
     return _unwrap(obj, path)
 
 
-def check_state(model: nn.Module, sd: dict[str, Tensor], source) -> None:
-    """Raise ``ValueError`` naming missing / unexpected keys and shape mismatches of ``sd`` against ``model``."""
+def check_state(model: nn.Module, sd: dict[str, Tensor], source, allow_missing: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` naming missing / unexpected keys and shape mismatches of ``sd`` against ``model``.
+
+    ``allow_missing``: key prefixes that may be absent from ``sd`` (e.g. ``"head."``, a recognizer's training
+    head that an embedding-only export drops)."""
     want = model.state_dict()
-    missing = [k for k in want if k not in sd]
+    missing = [k for k in want if k not in sd and not k.startswith(tuple(allow_missing))]
     unexpected = [k for k in sd if k not in want]
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(want[k].shape)}"
               for k in want if k in sd and sd[k].shape != want[k].shape]
@@ -84,33 +101,83 @@ def check_state(model: nn.Module, sd: dict[str, Tensor], source) -> None:
         raise ValueError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(parts))
 
 
-def save_model_file(model: nn.Module, out, source: dict | None = None) -> dict:
-    """Write ``out`` (.safetensors) + its ``.json`` card for a model that has a ``config`` dataclass."""
-    from safetensors.torch import save_file
+# ------------------------------------------------------------------------------------------ model cards
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.asdict(model.config)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(out), metadata={"format": "pt"})
-    card = {
+
+def card_path(weights) -> Path:
+    """The card of a model file: ``student.safetensors`` -> ``student.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def make_card(model_config: dict, state_dict: dict[str, Tensor], *, task: str | None = None,
+              source: dict | None = None, weights: str | None = None, **extra) -> dict:
+    """A ``detkd-model/2`` card for ``state_dict`` of the model built from ``model_config`` (a dict with
+    ``name``); ``extra`` keys are informative."""
+    if not isinstance(model_config, dict) or "name" not in model_config:
+        raise ValueError(f"model card: the model config must be a dict with a 'name' key, got {model_config!r}")
+    return {
         "format": CARD_FORMAT,
-        "architecture": cfg["name"],
-        "config": cfg,
-        "activation": cfg.get("activation"),
-        "anchors": {k: cfg[k] for k in ("min_sizes", "steps", "variance") if k in cfg},
-        "source": source,
-        "tensors": len(sd),
-        "params": sum(p.numel() for p in model.parameters()),
+        "model": dict(model_config),
+        "task": task,
+        "weights": weights,
+        "num_tensors": len(state_dict),
+        "num_params": int(sum(v.numel() for v in state_dict.values() if v.is_floating_point())),
+        "source": dict(source or {}),
+        **extra,
     }
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2))
-    return card
+
+
+def upgrade_card(card: Any, where="card") -> dict:
+    """Any detkd card (current, ``detkd-model/1``, ``detkd.student/1`` or a bare ``{"model": {...}}``) as a
+    ``detkd-model/2`` dict. Counts unknown to an old card are ``None``; ``model_config_type`` is dropped."""
+    if not isinstance(card, dict):
+        raise ValueError(f"{where}: a model card must be a JSON object, got {type(card).__name__}")
+    fmt = card.get("format")
+    if fmt == CARD_FORMAT:
+        out = dict(card)
+    elif fmt == "detkd-model/1":
+        out = {k: v for k, v in card.items() if k not in ("config", "architecture", "tensors", "params", "format")}
+        out.update(model=card.get("config"), num_tensors=card.get("tensors"), num_params=card.get("params"),
+                   source=card.get("source") or {})
+    elif fmt in ("detkd.student/1", None):
+        keep = ("experiment", "source_checkpoint", "epoch", "global_step")
+        out = {k: v for k, v in card.items() if k not in (*keep, "model_config_type", "format")}
+        out["source"] = {k.removeprefix("source_"): card[k] for k in keep if card.get(k) is not None}
+    else:
+        raise ValueError(f"{where}: unknown model card format {fmt!r} (known: {CARD_FORMAT}, "
+                         f"{', '.join(OLD_CARD_FORMATS)})")
+    model = out.get("model")
+    if not isinstance(model, dict) or "name" not in model:
+        raise ValueError(f"{where}: model card has no model config with a 'name' (keys: {sorted(card)})")
+    out.pop("format", None)
+    head = {"format": CARD_FORMAT, "model": model, **{k: out.pop(k, None) for k in ("task", "weights")}}
+    tail = {k: out.pop(k, None) for k in ("num_tensors", "num_params")}
+    return {**head, **tail, "source": out.pop("source", None) or {}, **out}
+
+
+def read_card(path) -> dict:
+    """The card beside model file ``path`` (or the card file itself), upgraded to the current format."""
+    path = Path(path)
+    cp = path if path.suffix == ".json" else card_path(path)
+    if not cp.is_file():
+        raise FileNotFoundError(f"model card not found: {cp} (expected beside {path.name})")
+    try:
+        card = json.loads(cp.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cp}: invalid JSON ({e})") from e
+    return upgrade_card(card, cp)
+
+
+def write_card(weights, card: dict) -> Path:
+    """Write ``card`` beside ``weights`` (atomically); returns the card path."""
+    from detkd.engine.checkpoint import write_json_atomic
+
+    return write_json_atomic(card_path(weights), card)
 
 
 def build_from_card(card: dict, where="card") -> nn.Module:
-    cfg = dict(card.get("config") or card.get("model") or {})
-    if "name" not in cfg:
-        raise ValueError(f"{where}: model card has no config.name (keys: {list(card)})")
+    """The model a card describes, built through the model registry (weights not loaded)."""
+    cfg = dict(upgrade_card(card, where)["model"])
     name = cfg.pop("name")
     try:
         return lookup("model", name)(**cfg)
@@ -118,24 +185,48 @@ def build_from_card(card: dict, where="card") -> nn.Module:
         raise ValueError(f"{where}: config does not fit builder {name!r}: {e}") from e
 
 
-def load_model_file(path) -> tuple[nn.Module, dict]:
-    """Build the model described by ``<path>.json`` and load ``path`` into it strictly; returns ``(model, card)``."""
+def load_model_file(path, allow_missing: tuple[str, ...] = ()) -> tuple[nn.Module, dict]:
+    """Build the model described by ``<path>.json`` and load ``path`` into it strictly (except key prefixes in
+    ``allow_missing``); returns ``(model in eval mode, card upgraded to the current format)``."""
     path = Path(path)
-    card_path = path.with_suffix(".json")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    if not card_path.is_file():
-        raise FileNotFoundError(f"model card not found: {card_path} (expected beside {path.name})")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{card_path}: invalid JSON ({e})") from e
-    model = build_from_card(card, card_path)
+    card = read_card(path)
+    model = build_from_card(card, card_path(path))
     sd = load_state_file(path)
-    check_state(model, sd, path)
-    model.load_state_dict(sd, strict=True)
+    check_state(model, sd, path, allow_missing)
+    model.load_state_dict(sd, strict=not allow_missing)
     model.eval()
     return model, card
+
+
+def save_model_file(model: nn.Module, out, source: dict | None = None, task: str | None = None) -> dict:
+    """Write ``out`` (.safetensors) + its card for a model that has a ``config`` dataclass; returns the card."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(out), metadata={"format": "pt"})
+    card = make_card(dataclasses.asdict(model.config), sd, task=task, source=source, weights=out.name)
+    write_card(out, card)
+    return read_card(out)  # as stored (JSON lists for tuples)
+
+
+def load_teacher(model_cfg: Any, weights) -> nn.Module:
+    """The one teacher loader: build ``model_cfg`` (a model config dataclass with ``name``), load ``weights``
+    (an export, a detkd checkpoint or run dir, or a plain state dict) strictly; frozen and in eval mode."""
+    from detkd.engine.checkpoint import load_weights_into
+    from detkd.errors import UserError
+    from detkd.registry import build_model
+
+    if model_cfg is None or not weights:
+        raise UserError("a teacher needs its model config (distill.teacher) and its weights "
+                        "(distill.teacher_weights)", key="distill.teacher_weights")
+    teacher = build_model(model_cfg)
+    # errors name distill.teacher_weights and say what the file holds vs the teacher config
+    load_weights_into(teacher, weights, "distill.teacher_weights", expected=getattr(model_cfg, "name", None))
+    return teacher.eval().requires_grad_(False)
 
 
 def import_retinaface_biubug6(src, activation: str, out, width: float = 0.25, anchors=None,
@@ -155,7 +246,7 @@ def import_retinaface_biubug6(src, activation: str, out, width: float = 0.25, an
     model = retinaface_mnet(width=width, activation=activation, task_convs=task_convs, min_sizes=anchors)
     check_state(model, sd, src)
     model.load_state_dict(sd, strict=True)
-    return save_model_file(model, out, source={"path": str(src.resolve()), "md5": md5sum(src)})
+    return save_model_file(model, out, source={"path": str(src.resolve()), "md5": md5sum(src)}, task="detection")
 
 
 def load_backbone_imagenet(model: nn.Module, tar_path, trust: bool = False) -> None:

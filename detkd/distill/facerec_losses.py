@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkd.models.face import arcface_target_logit  # s·cos(arccos(clamp(cos)) + m), the §5.4 target logit
+from detkd.models.facerec import arcface_target_logit  # s·cos(arccos(clamp(cos)) + m), the §5.4 target logit
 
 COS_EPS = 1e-7  # clamp of cos before arccos (as in arcface_target_logit)
 DIV_EPS = 1e-12  # guard of the MarginDistillation batch maximum D

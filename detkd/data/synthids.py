@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detkd.data.face import FaceFolder, VerificationPairs, write_bin
+from detkd.data.facerec import FaceFolder, VerificationPairs, write_bin
 from detkd.registry import register
 
 NUM_FACES = 100  # lfw_subset(): items 0..99 are faces, 100..199 non-faces

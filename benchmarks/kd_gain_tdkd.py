@@ -1,6 +1,6 @@
 """Does TDKD help? The demo's comparison over N seeds, plus the cost of a distillation step.
 
-    python benchmarks/kd_gain.py [--seeds 3] [--out runs/kd_gain] [--quick] [--reuse]
+    python benchmarks/kd_gain_tdkd.py [--seeds 3] [--out runs/kd_gain] [--quick] [--reuse]
                                  [--baseline-epochs N --extra-epochs M --tag _suffix]
                                  [--baseline-weights runs/x/student.safetensors]
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 from detkd.config import load_config
 from detkd.demo import FINETUNE_CFGS, PROTOCOLS, DemoSchedule, run_demo
+from detkd.reporting import git_commit, kd_gain_table, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("teacher", "baseline", "baseline_extra", "tdkd", "feat")
@@ -68,11 +68,6 @@ def step_time_ratio(data_root: Path, teacher_weights: Path, repeats: int = 30) -
     return med
 
 
-def mean_std(values) -> str:
-    a = 100 * np.asarray(values)
-    return f"{a.mean():.1f} ± {a.std():.1f}"
-
-
 def verdict(per_model: dict, subset: str = "hard") -> dict:
     """The issue's criterion on ``subset``: gain over the control > 2 x seed std, and TDKD >= feat.
 
@@ -94,9 +89,7 @@ def verdict(per_model: dict, subset: str = "hard") -> dict:
 
 
 def table(per_model: dict, title: str) -> list[str]:
-    lines = [title, "", "| model | easy | medium | hard |", "|---|---|---|---|"]
-    for m in MODELS:
-        lines.append(f"| {m} | " + " | ".join(mean_std(per_model[m][s]) for s in ("easy", "medium", "hard")) + " |")
+    lines = [title, "", *kd_gain_table(per_model, ("easy", "medium", "hard"), MODELS)]
     v = verdict(per_model)
     ok = {True: "met", False: "NOT met"}
     lines += ["", f"Hard AP, TDKD − control: {v['gain_over_control']:+.1f}; per seed "
@@ -143,7 +136,7 @@ def main() -> None:
                 for sub in ("easy", "medium", "hard"):
                     per_proto[p][m][sub].append(res[m][p][sub])
     timing = step_time_ratio(args.out / "seed0" / "synthfaces", args.out / "seed0" / "teacher" / "student.safetensors")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     head = PROTOCOLS[0]
     out = {"models": per_proto[head], "protocol": head, "protocols": per_proto,
            "verdict": {p: verdict(per_proto[p]) for p in PROTOCOLS}, "step_time_ratio": timing["ratio"],
@@ -152,8 +145,6 @@ def main() -> None:
            "schedule": {"baseline_epochs": args.baseline_epochs if args.baseline_weights else sched.baseline_epochs,
                         "extra_epochs": sched.extra_epochs},
            "baseline_weights": args.baseline_weights}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"tdkd_synthfaces{args.tag}.json").write_text(json.dumps(out, indent=2))
     if args.baseline_weights and "{seed}" not in args.baseline_weights:
         source = f"one converged baseline for every seed ({args.baseline_weights}; seeds vary the fine-tunes only)"
     elif args.baseline_weights:
@@ -169,7 +160,7 @@ def main() -> None:
     lines += [f"Distillation step / (student step + teacher forward): {timing['ratio']:.3f} "
               f"(medians: distill {1000 * timing['distill_step']:.0f} ms, student {1000 * timing['student_step']:.0f} ms, "
               f"teacher forward {1000 * timing['teacher_forward']:.0f} ms; commit {commit[:8]})"]
-    (RESULTS / f"tdkd_synthfaces{args.tag}.md").write_text("\n".join(lines) + "\n")
+    write_results(RESULTS, f"tdkd_synthfaces{args.tag}", out, lines)
     print("\n".join(lines))
 
 

@@ -22,36 +22,13 @@ import cv2
 import numpy as np
 import torch
 
-from detkd.data.image import read_image
+from detkd.data.image import decode_image, read_image, resize_square, to_chw_float
 from detkd.registry import register
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 # ------------------------------------------------------------------------------------------ images
-
-
-def decode_image(data: bytes | np.ndarray, what: str) -> np.ndarray:
-    """Encoded bytes -> uint8 [H, W, 3] RGB; ValueError naming ``what`` when it cannot be decoded."""
-    buf = np.frombuffer(bytes(data), np.uint8) if not isinstance(data, np.ndarray) else data.astype(np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if image is None:
-        raise ValueError(f"cannot decode {what} (corrupt or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_face_image(path: str | Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB from a file; errors name the file."""
-    return read_image(path)
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize [H, W, 3] to [size, size, 3] (identity when already that size)."""
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
 
 
 def resize_short(image: np.ndarray, size: int) -> np.ndarray:
@@ -64,11 +41,6 @@ def resize_short(image: np.ndarray, size: int) -> np.ndarray:
     else:
         nh, nw = int(round(h * size / w)), size
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-
-
-def to_chw_float(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W] (0..255)."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
 
 
 # ------------------------------------------------------------------------------------------ identity folders
@@ -134,7 +106,7 @@ class FaceFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = resize_square(read_face_image(path), self.img_size)
+        image = resize_square(read_image(path), self.img_size)
         if self.flip and np.random.default_rng([self.seed, self.epoch, int(index)]).random() < 0.5:
             image = image[:, ::-1]
         x = to_chw_float(image)
@@ -241,6 +213,6 @@ def face_folder(*, root: str, img_size: int = 112, flip: bool = False, seed: int
 
 
 __all__ = [
-    "FaceFolder", "VerificationPairs", "decode_image", "face_folder", "read_bin", "read_face_image",
-    "resize_short", "resize_square", "scan_identity_folders", "write_bin",
+    "FaceFolder", "VerificationPairs", "face_folder", "read_bin", "resize_short", "scan_identity_folders",
+    "write_bin",
 ]
