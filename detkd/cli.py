@@ -264,13 +264,11 @@ def demo(
 def config_show(
     name: str = typer.Argument(..., help="config file or name under configs/ (see `detkd list configs`)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, applied before showing"),
-    as_json: bool = typer.Option(False, "--json", help="print the config as one JSON object"),
 ):
     """Print a config: every key (usable as an a.b=c override), its value and its type."""
-    from detkd.config import format_config, load_config, to_dict
+    from detkd.config import format_config, load_config
 
-    cfg = load_config(name, overrides or [])
-    typer.echo(json.dumps(to_dict(cfg), indent=2, default=str) if as_json else format_config(cfg))
+    typer.echo(format_config(load_config(name, overrides or [])))
 
 
 def main() -> None:

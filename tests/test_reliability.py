@@ -2,6 +2,7 @@
 image reading and the TAR@FAR "reached" flag. CLI-level checks live in test_cli_errors.py."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,8 +192,13 @@ def test_tensorboard_has_each_step_once_after_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "tb"
-    fit(run, epochs=2, ckpt_every_iters=3, ckpt_every=0, max_iters=5)  # last.pt at step 3, rows up to 5
-    fit(run, epochs=2, ckpt_every_iters=3, ckpt_every=0, resume=True)  # resumes at 3: steps 4, 5 again
+    fit(run, epochs=2, max_iters=3)  # last.pt at step 3
+    shutil.copy(run / "last.pt", tmp_path / "step3.pt")
+    time.sleep(1.1)  # event files sort by their creation second (then by a per-process counter)
+    fit(run, epochs=2, max_iters=5, resume=True)  # logs steps 4, 5 (and saves last.pt at 5)
+    shutil.copy(tmp_path / "step3.pt", run / "last.pt")  # as if killed after step 5 with last.pt at 3
+    time.sleep(1.1)
+    fit(run, epochs=2, resume=True)  # steps 4, 5 again, then to 16
     ea = EventAccumulator(str(run / "tb"))
     ea.Reload()
     steps = [e.step for e in ea.Scalars("train/loss")]
