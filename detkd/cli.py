@@ -16,10 +16,12 @@ app = typer.Typer(
     help="detkd: knowledge distillation for object detectors, face detectors and face recognizers.",
 )
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate predictions or models with the official protocols.")
-data_app = typer.Typer(no_args_is_help=True, help="Generate the embedded data sets (SynthFaces, SynthIDs).")
+data_app = typer.Typer(no_args_is_help=True, help="Generate the embedded data sets (SynthFaces, SynthIDs, SynthShapes).")
+convert_app = typer.Typer(no_args_is_help=True, help="Convert annotations between formats.")
 config_app = typer.Typer(no_args_is_help=True, help="Show experiment configs and their keys.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
+app.add_typer(convert_app, name="convert")
 app.add_typer(config_app, name="config")
 
 
@@ -42,7 +44,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {' '.join(str(msg).split())}", fg=typer.colors.RED, err=True)  # always one line
     raise typer.Exit(2)
 
 
@@ -95,6 +97,71 @@ def eval_widerface(
             typer.echo(f"{k:>6} AP: {v:.4f}")
 
 
+@eval_app.command("voc")
+def eval_voc(
+    root: List[Path] = typer.Option(..., help="VOCdevkit root (Annotations/, ImageSets/Main/); repeat for several"),
+    split: List[str] = typer.Option(..., help="image set name, e.g. test (one, or one per --root)"),
+    pred_dir: Path = typer.Option(..., help="results: <class>.txt or comp4_det_<split>_<class>.txt, VOC pixels"),
+    metric: str = typer.Option("voc07", help="voc07 (11-point) or area (all points, VOC2010+)"),
+    iou_compare: str = typer.Option("devkit", help="devkit (IoU >= thr; MATLAB devkit, mmdet) or strict (>; py-faster-rcnn)"),
+    iou_thrs: str = typer.Option("0.5", help="0.5, a comma list, or 0.5:0.95 (mean over ten thresholds, LD's table)"),
+    as_json: bool = typer.Option(False, "--json", help="last line: {metric, mAP, per_class, ...}"),
+):
+    """PASCAL VOC mAP of a results directory (EVAL.md §2.1; equal to py-faster-rcnn's voc_eval with strict)."""
+    from detkd.eval.voc import VOCGroundTruth, evaluate_dir, parse_iou_thrs
+
+    try:
+        thrs = parse_iou_thrs(iou_thrs)
+        gt = VOCGroundTruth.load(root, split)
+        res = evaluate_dir(pred_dir, gt, split=split[0] if len(split) == 1 else None, metric=metric,
+                           iou_compare=iou_compare, iou_thrs=thrs)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if res["missing_files"]:
+        typer.echo(f"no results file for {len(res['missing_files'])} class(es), scored AP 0: "
+                   + ", ".join(res["missing_files"]), err=True)
+    if as_json:
+        typer.echo(json.dumps(res))
+    else:
+        for name, ap in res["per_class"].items():
+            typer.echo(f"{name:>12} AP: {ap:.4f}")
+        typer.echo(f"{'mAP':>12}   : {res['mAP']:.4f} ({metric}, IoU {iou_thrs}, {iou_compare})")
+
+
+@eval_app.command("coco")
+def eval_coco(
+    ann: Path = typer.Option(..., help="COCO instances JSON (ground truth)"),
+    pred: Path = typer.Option(..., help="COCO results JSON: [{image_id, category_id, bbox [x,y,w,h], score}]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object with the 12 COCO stats"),
+):
+    """COCO bbox AP/AR (the 12 COCOeval stats) with faster-coco-eval."""
+    from detkd.eval.coco import evaluate_files
+
+    try:
+        stats = evaluate_files(ann, pred)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(stats) if as_json else "\n".join(f"{k:>6}: {v:.4f}" for k, v in stats.items()))
+
+
+@convert_app.command("voc2coco")
+def convert_voc2coco(
+    root: List[Path] = typer.Argument(..., help="VOCdevkit root(s)"),
+    split: List[str] = typer.Option(..., help="image set name (one, or one per root)"),
+    out: Path = typer.Option(..., help="output COCO instances JSON"),
+):
+    """Write VOC annotations as a COCO instances JSON (boxes [xmin-1, ymin-1, w, h]; difficult -> iscrowd)."""
+    from detkd.data.voc2coco import voc_to_coco
+
+    try:
+        data = voc_to_coco(root, split)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data))
+    typer.echo(f"wrote {len(data['images'])} images, {len(data['annotations'])} objects to {out}")
+
+
 @eval_app.command("detector")
 def eval_detector(
     weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card)"),
@@ -138,11 +205,26 @@ def eval_verification(
 def detect(
     images: List[Path] = typer.Argument(..., help="image files"),
     weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
-    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600"),
+    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600 | "
+                                 "tdkd-640 (faces); torchvision | mmdet-gfl (objects)"),
     out_dir: Path = typer.Option(..., help="output directory"),
-    format: str = typer.Option("png", "--format", help="widerface-txt (one txt per image) or png (drawn boxes)"),
+    format: str = typer.Option("png", "--format", help="widerface-txt (faces), coco (objects: D/detections.json) "
+                               "or png (drawn boxes)"),
 ):
-    """Detect faces in images; write WIDER txt files or PNGs with boxes, scores and landmarks."""
+    """Detect faces (face protocols) or objects (torchvision, mmdet-gfl); write WIDER txt, COCO JSON or PNGs."""
+    from detkd.detect_generic import PROTOCOLS as GENERIC
+
+    if protocol in GENERIC:
+        from detkd.detect_generic import detect_files as detect_generic
+
+        if format not in ("png", "coco"):
+            _fail(f"--format must be png or coco for protocol {protocol}, got {format!r}")
+        try:
+            written = detect_generic(weights, protocol, out_dir, format, images)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            _fail(str(e))
+        typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
+        return
     from detkd.infer import detect_files
 
     if format not in ("png", "widerface-txt"):
@@ -171,18 +253,29 @@ def export(
 
 @app.command("import-weights")
 def import_weights(
-    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints)"),
+    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints), "
+                               "torchvision-retinanet, mmdet-gfl (mmdet GFL / LD checkpoints)"),
     src: Path = typer.Argument(..., help="foreign checkpoint (.pth)"),
-    activation: str = typer.Option(..., help="leaky0.1 (biubug6 HEAD) or relu (first release, TDKD)"),
+    activation: Optional[str] = typer.Option(None, help="retinaface-biubug6 only: leaky0.1 (biubug6 HEAD) or relu "
+                                             "(first release, TDKD)"),
     out: Path = typer.Option(..., help="output .safetensors (model card .json beside it)"),
     width: float = typer.Option(0.25, help="MobileNetV1 width of the checkpoint (0.25 student, 0.75 teacher)"),
     task_convs: bool = typer.Option(False, help="the checkpoint has per-task conv blocks (TDKD teacher)"),
 ):
     """Convert a foreign checkpoint into detkd's safetensors + model card, with a strict key check."""
+    from detkd.models.import_onestage import IMPORTERS
+
+    if kind in IMPORTERS:
+        try:
+            card = IMPORTERS[kind](src, out)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(card, indent=2, default=str))
+        return
     from detkd.models.weights import import_retinaface_biubug6
 
     if kind != "retinaface-biubug6":
-        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6")
+        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6, {', '.join(IMPORTERS)}")
     if activation not in ("relu", "leaky0.1"):
         _fail("--activation must be relu or leaky0.1")
     try:
@@ -208,6 +301,19 @@ def data_synthids(out: Path = typer.Argument(..., help="output root (identity fo
     typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed)}")
 
 
+@data_app.command("synthshapes")
+def data_synthshapes(
+    out: Path = typer.Argument(..., help="output root: VOC layout + annotations/instances_{train,val}.json"),
+    seed: int = typer.Option(0, help="every pixel and box is a function of the seed"),
+    train: int = typer.Option(1500, "--train", help="number of train scenes"),
+    val: int = typer.Option(500, "--val", help="number of val scenes"),
+):
+    """Write SynthShapes: multi-class shape scenes in VOC layout and as COCO instances JSON."""
+    from detkd.data.synthshapes import write_synthshapes
+
+    typer.echo(f"SynthShapes written to {write_synthshapes(out, seed=seed, n_train=train, n_val=val)}")
+
+
 @app.command("list")
 def list_(what: str = typer.Argument(
         "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all")):
@@ -225,9 +331,10 @@ def list_(what: str = typer.Argument(
         "evaluators": sorted(registry.EVALUATORS),
         "configs": list_configs(),
     }
+    from detkd.detect_generic import PROTOCOLS as GENERIC
     from detkd.infer import PROTOCOLS
 
-    sections["protocols"] = sorted(PROTOCOLS)
+    sections["protocols"] = sorted([*PROTOCOLS, *GENERIC])
     if what != "all" and what not in sections:
         _fail(f"unknown section {what!r}; choose from {', '.join(sections)} or all")
     titles = {"methods": "methods (detection distillation, distill.methods=[...])",

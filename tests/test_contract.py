@@ -78,11 +78,13 @@ def check_detector(model) -> None:
             assert len(out.head[key]) == levels, key
             for t, p in zip(out.head[key], out.priors):
                 assert t.shape == (2, p.shape[0], spec.dim), (key, tuple(t.shape), tuple(p.shape))
-        for p in out.priors:  # xyxy input pixels: positive size, centres on the padded image
+        # xyxy input pixels: positive size, centres on the padded image (>= 0: torchvision's RetinaNet and
+        # mmdet's GFL centre their first anchors at x = y = 0)
+        for p in out.priors:
             assert p.ndim == 2 and p.shape[1] == 4 and p.dtype == torch.float32
             assert (p[:, 2] > p[:, 0]).all() and (p[:, 3] > p[:, 1]).all()
             cx, cy = (p[:, 0] + p[:, 2]) / 2, (p[:, 1] + p[:, 3]) / 2
-            assert (cx > 0).all() and (cx < W + 128).all() and (cy > 0).all() and (cy < H + 128).all()
+            assert (cx >= 0).all() and (cx < W + 128).all() and (cy >= 0).all() and (cy < H + 128).all()
         # assignment and losses iff targets
         a = out.assign
         n = sum(p.shape[0] for p in out.priors)

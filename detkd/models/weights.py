@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,15 @@ def load_state_file(path) -> dict[str, Tensor]:
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # holds Python objects: unpickling them could run code
+        from detkd.errors import UserError
+
+        raise UserError(f"{path}: refusing to unpickle it (it holds Python objects, not only tensors; loading it "
+                        "could run arbitrary code); re-save its state_dict with torch.save or as .safetensors",
+                        path=path) from None
     except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({e})") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({first})") from e
     return _unwrap(obj, path)
 
 

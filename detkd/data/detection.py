@@ -1,0 +1,154 @@
+"""Generic multi-class detection samples: the record every reader (VOC, COCO, SynthShapes) produces, the
+keep-ratio resize / flip / multi-scale augmentation, and the dataset that turns records into training samples.
+
+Box convention: detkd boxes are **continuous** pixel coordinates ``x1, y1, x2, y2`` (a box covering pixel
+columns ``c0..c1`` of the image, 0-based and inclusive, is ``[c0, ., c1 + 1, .]``; its width is the pixel count).
+Each reader documents how its file format maps onto this (VOC: ``docs`` of :mod:`detkd.data.voc`).
+
+Sample (what ``DetectionDataset[i]`` returns):
+``(image float32 [3, h, w] RGB 0..255, target, meta)`` with
+``target = {boxes float32 [N, 4] xyxy input pixels, labels int64 [N] (1..K), ignore_boxes float32 [M, 4]}``
+(``ignore_boxes``: COCO crowd regions and, unless trained on, VOC difficult objects; an assigner may ignore
+priors that fall in them) and ``meta = {image_id, path, orig_size (H, W), size (h, w), scale, flipped, index}``.
+A prediction in input pixels maps back to the original image by un-flipping (``x -> w - x``) and
+multiplying x by ``W / w`` and y by ``H / h`` (``scale`` is the nominal factor; the rounded size makes the
+per-axis factors differ from it slightly).
+``h, w`` differ per image (keep-ratio resize); batching pads them (``detkd.data.loader``).
+
+Augmentation randomness is a pure function of ``(seed, epoch, index)``: call ``set_epoch(e)`` each epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from detkd.data.image import read_image
+
+
+@dataclass
+class DetRecord:
+    """One annotated image. ``boxes [n,4]`` float64 continuous xyxy in original pixels, ``labels [n]`` int64
+    (1..K), ``difficult [n]`` bool, ``crowd [n]`` bool (an ignore region, never a training object),
+    ``truncated [n]`` bool. ``image_id`` is the VOC file stem or the COCO integer id."""
+
+    image_id: str | int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    crowd: np.ndarray
+    truncated: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        n = len(self.labels)
+        self.boxes = np.asarray(self.boxes, np.float64).reshape(n, 4)
+        self.labels = np.asarray(self.labels, np.int64).reshape(n)
+        self.difficult = np.asarray(self.difficult, bool).reshape(n)
+        self.crowd = np.asarray(self.crowd, bool).reshape(n)
+        self.truncated = np.zeros(n, bool) if self.truncated is None else np.asarray(self.truncated, bool).reshape(n)
+
+    def split(self, train_difficult: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(boxes [N,4], labels [N], ignore_boxes [M,4])``: crowd regions always go to ``ignore_boxes``,
+        difficult objects too unless ``train_difficult``."""
+        ignore = self.crowd | (self.difficult & (not train_difficult))
+        return self.boxes[~ignore], self.labels[~ignore], self.boxes[ignore]
+
+
+@dataclass
+class ResizeConfig:
+    """Keep-ratio resize: the short side goes to ``short`` (one of ``shorts``, drawn per sample when training
+    multi-scale) unless the long side would exceed ``max_long``; then the long side goes to ``max_long``.
+    FGFI (py-faster-rcnn): ``shorts=(600,), max_long=1000``; mmdet VOC 1000x600: ``(600,), 1000``;
+    mmdet COCO 1333x800: ``(800,), 1333``."""
+
+    shorts: tuple[int, ...] = (600,)
+    max_long: int = 1000
+
+
+def keep_ratio_scale(h: int, w: int, short: int, max_long: int) -> float:
+    """The factor that brings the short side of an ``h x w`` image to ``short`` with the long side <= ``max_long``."""
+    scale = short / min(h, w)
+    if max(h, w) * scale > max_long:
+        scale = max_long / max(h, w)
+    return scale
+
+
+def resize_keep_ratio(image: np.ndarray, boxes: np.ndarray, short: int, max_long: int):
+    """``image uint8 [H,W,3]``, ``boxes [n,4]`` xyxy -> resized image, scaled boxes, and the scale.
+    Output size is ``round(H * scale) x round(W * scale)`` (bilinear); boxes are multiplied by the per-axis
+    factors actually applied, so they stay exact at the image border."""
+    h, w = image.shape[:2]
+    scale = keep_ratio_scale(h, w, short, max_long)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
+    f = np.array([nw / w, nh / h, nw / w, nh / h], np.float64)
+    return out, boxes * f, scale
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror ``image [H,W,3]`` and continuous xyxy ``boxes``: ``x -> W - x`` (x1 and x2 swap)."""
+    w = image.shape[1]
+    out = boxes.copy()
+    out[:, 0], out[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
+    return np.ascontiguousarray(image[:, ::-1]), out
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Records -> samples (see the module docstring). ``augment`` turns on the random horizontal flip
+    (p = 1/2) and, with several ``resize.shorts``, the multi-scale draw; without it the first short side is
+    used and nothing is flipped. ``resize=None`` keeps the original size."""
+
+    def __init__(self, records: list[DetRecord], resize: ResizeConfig | None = ResizeConfig(),
+                 augment: bool = False, train_difficult: bool = False, seed: int = 0):
+        self.records = list(records)
+        self.resize = resize
+        self.augment = augment
+        self.train_difficult = train_difficult
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"{type(self).__name__} index {index} out of range [0, {len(self)})")
+        rec = self.records[index]
+        image = read_image(rec.path)
+        if image.shape[:2] != (rec.height, rec.width):
+            raise ValueError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotation says "
+                             f"{rec.width}x{rec.height}")
+        boxes, labels, ignore = rec.split(self.train_difficult)
+        rng = self.rng(index)
+        scale, flipped = 1.0, False
+        if self.resize is not None:
+            shorts = self.resize.shorts
+            short = shorts[int(rng.integers(len(shorts)))] if self.augment and len(shorts) > 1 else shorts[0]
+            both = np.concatenate([boxes, ignore])
+            image, both, scale = resize_keep_ratio(image, both, short, self.resize.max_long)
+            boxes, ignore = both[: len(boxes)], both[len(boxes):]
+        if self.augment and rng.integers(2):
+            image, both = hflip(image, np.concatenate([boxes, ignore]))
+            boxes, ignore = both[: len(boxes)], both[len(boxes):]
+            flipped = True
+        target = {
+            "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(labels, dtype=torch.int64),
+            "ignore_boxes": torch.as_tensor(ignore, dtype=torch.float32).reshape(-1, 4),
+        }
+        meta = {"image_id": rec.image_id, "path": str(rec.path), "orig_size": (rec.height, rec.width),
+                "size": tuple(image.shape[:2]), "scale": float(scale), "flipped": flipped, "index": int(index)}
+        chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        return chw, target, meta

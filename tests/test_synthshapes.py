@@ -1,0 +1,82 @@
+"""SynthShapes: determinism, VOC and COCO copies give identical targets, the scene statistics it promises."""
+import json
+
+import numpy as np
+import pytest
+
+from detkd.data.coco import read_coco
+from detkd.data.synthshapes import (DISTRACTORS, SYNTHSHAPES_CLASSES, SynthShapesConfig, ensure_synthshapes,
+                                    rasterize, render_scene, shape_parts, write_synthshapes)
+from detkd.data.voc import read_voc
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ss")
+    write_synthshapes(root, seed=3, n_train=40, n_val=12, workers=1)
+    return root
+
+
+def test_deterministic_from_seed():
+    a = render_scene(np.random.default_rng([5, 0, 7]))
+    b = render_scene(np.random.default_rng([5, 0, 7]))
+    c = render_scene(np.random.default_rng([6, 0, 7]))
+    assert (a[0] == b[0]).all() and json.dumps(a[1], default=list) == json.dumps(b[1], default=list)
+    assert a[0].shape != c[0].shape or not (a[0] == c[0]).all()
+
+
+def test_voc_and_coco_copies_give_identical_targets(small_set):
+    for split in ("train", "val"):
+        voc = read_voc(small_set, split, SYNTHSHAPES_CLASSES)
+        coco, cats = read_coco(small_set / "annotations" / f"instances_{split}.json", small_set / "JPEGImages")
+        assert cats.names == SYNTHSHAPES_CLASSES and cats.cat_ids == tuple(range(1, 13))
+        assert [int(r.image_id) for r in voc] == [r.image_id for r in coco]
+        for a, b in zip(voc, coco):
+            assert a.path == b.path and (a.width, a.height) == (b.width, b.height)
+            for k in ("boxes", "labels", "difficult", "crowd", "truncated"):
+                np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+            for flag in (False, True):
+                for x, y in zip(a.split(flag), b.split(flag)):
+                    np.testing.assert_array_equal(x, y)
+
+
+def test_scene_statistics(small_set):
+    recs = read_voc(small_set, "train", SYNTHSHAPES_CLASSES)
+    labels = np.concatenate([r.labels for r in recs])
+    boxes = np.concatenate([r.boxes for r in recs])
+    longer = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert len(set(labels.tolist())) >= 10
+    assert longer.min() <= 10 and longer.max() >= 150  # from a few px to most of the image
+    assert np.median(longer) < 40  # long tail of small objects
+    assert 0.02 < np.concatenate([r.difficult for r in recs]).mean() < 0.4
+    assert np.concatenate([r.truncated for r in recs]).any()
+    sizes = {(r.width, r.height) for r in recs}
+    assert len(sizes) > 5 and all(320 <= s <= 512 for wh in sizes for s in wh)
+    for r in recs:  # boxes inside the image, non-empty
+        assert (r.boxes[:, 2] > r.boxes[:, 0]).all() and (r.boxes[:, :2] >= 0).all()
+        assert (r.boxes[:, 2] <= r.width).all() and (r.boxes[:, 3] <= r.height).all()
+
+
+def test_paired_classes_differ_in_detail():
+    rng = np.random.default_rng(0)
+    area = {}
+    for name in SYNTHSHAPES_CLASSES + DISTRACTORS:
+        parts = [(p * 40 + 50, v) for p, v in shape_parts(name, rng)]
+        cov, _, _ = rasterize(parts)
+        area[name] = float(cov.sum())
+    assert area["ring"] < 0.8 * area["circle"] and area["frame"] < 0.8 * area["square"]
+    assert area["pacman"] < area["circle"] and abs(area["star5"] - area["star6"]) < 0.35 * area["star5"]
+
+
+def test_no_objects_means_no_annotations():
+    cfg = SynthShapesConfig(objects=(0, 0), p_crowd=0.0, distractors=(4, 4))
+    image, objects = render_scene(np.random.default_rng(1), cfg)
+    assert objects == [] and image.std() > 5
+
+
+def test_ensure_reuses_or_refuses(small_set):
+    assert ensure_synthshapes(small_set, seed=3, n_train=40, n_val=12) == small_set
+    with pytest.raises(FileExistsError, match="other parameters"):
+        ensure_synthshapes(small_set, seed=4, n_train=40, n_val=12)
+    info = json.loads((small_set / "synthshapes.json").read_text())
+    assert info["counts"]["val"]["images"] == 12
