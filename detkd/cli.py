@@ -205,22 +205,19 @@ def eval_verification(
 def detect(
     images: List[Path] = typer.Argument(..., help="image files"),
     weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
-    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: biubug6-origin | tdkd-1600 | "
-                                 "tdkd-640 (faces); torchvision | mmdet-gfl (objects)"),
+    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset (see `detkd list protocols`)"),
     out_dir: Path = typer.Option(..., help="output directory"),
-    format: str = typer.Option("png", "--format", help="widerface-txt (faces), coco (objects: D/detections.json) "
-                               "or png (drawn boxes)"),
+    format: str = typer.Option("png", "--format", help="face detectors: widerface-txt | png; "
+                               "object detectors: png | voc | coco (D/detections.json)"),
 ):
-    """Detect faces (face protocols) or objects (torchvision, mmdet-gfl); write WIDER txt, COCO JSON or PNGs."""
-    from detkd.detect_generic import PROTOCOLS as GENERIC
+    """Detect faces or objects in images; write WIDER txt, VOC or COCO results, or PNGs with boxes and scores."""
+    from detkd.infer_detector import DET_PROTOCOLS
 
-    if protocol in GENERIC:
-        from detkd.detect_generic import detect_files as detect_generic
+    if protocol in DET_PROTOCOLS:
+        from detkd.infer_detector import detect_files as detect_objects
 
-        if format not in ("png", "coco"):
-            _fail(f"--format must be png or coco for protocol {protocol}, got {format!r}")
         try:
-            written = detect_generic(weights, protocol, out_dir, format, images)
+            written = detect_objects(weights, protocol, out_dir, format, images)
         except (FileNotFoundError, ValueError, KeyError) as e:
             _fail(str(e))
         typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
@@ -228,7 +225,7 @@ def detect(
     from detkd.infer import detect_files
 
     if format not in ("png", "widerface-txt"):
-        _fail(f"--format must be png or widerface-txt, got {format!r}")
+        _fail(f"--format must be png or widerface-txt with protocol {protocol!r}, got {format!r}")
     try:
         written = detect_files(weights, protocol, out_dir, format, images)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -251,19 +248,27 @@ def export(
     typer.echo(f"exported student to {out} (+ {Path(out).with_suffix('.json').name})")
 
 
+IMPORT_KINDS = ("retinaface-biubug6", "torchvision-fasterrcnn", "jwyang-fasterrcnn")
+
+
 @app.command("import-weights")
 def import_weights(
-    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB checkpoints), "
-                               "torchvision-retinanet, mmdet-gfl (mmdet GFL / LD checkpoints)"),
-    src: Path = typer.Argument(..., help="foreign checkpoint (.pth)"),
-    activation: Optional[str] = typer.Option(None, help="retinaface-biubug6 only: leaky0.1 (biubug6 HEAD) or relu "
-                                             "(first release, TDKD)"),
+    kind: str = typer.Argument(..., help="retinaface-biubug6 (biubug6 / TDKD / Face-Detector-1MB), "
+                               "torchvision-fasterrcnn (fasterrcnn_*_fpn state dict), "
+                               "jwyang-fasterrcnn (faster-rcnn.pytorch VGG, FGFI), "
+                               "torchvision-retinanet (retinanet_resnet50_fpn state dict), "
+                               "mmdet-gfl (mmdet GFL / LD checkpoints)"),
+    src: Path = typer.Argument(..., help="foreign checkpoint (.pth or .safetensors)"),
     out: Path = typer.Option(..., help="output .safetensors (model card .json beside it)"),
-    width: float = typer.Option(0.25, help="MobileNetV1 width of the checkpoint (0.25 student, 0.75 teacher)"),
-    task_convs: bool = typer.Option(False, help="the checkpoint has per-task conv blocks (TDKD teacher)"),
+    activation: Optional[str] = typer.Option(
+        None, help="retinaface-biubug6 only: leaky0.1 (biubug6 HEAD) or relu (first release, TDKD)"),
+    width: float = typer.Option(0.25, help="retinaface-biubug6: MobileNetV1 width (0.25 student, 0.75 teacher)"),
+    task_convs: bool = typer.Option(False, help="retinaface-biubug6: per-task conv blocks (TDKD teacher)"),
 ):
     """Convert a foreign checkpoint into detkd's safetensors + model card, with a strict key check."""
+    from detkd.models import rcnn_weights
     from detkd.models.import_onestage import IMPORTERS
+    from detkd.models.weights import import_retinaface_biubug6
 
     if kind in IMPORTERS:
         try:
@@ -272,14 +277,17 @@ def import_weights(
             _fail(str(e))
         typer.echo(json.dumps(card, indent=2, default=str))
         return
-    from detkd.models.weights import import_retinaface_biubug6
-
-    if kind != "retinaface-biubug6":
-        _fail(f"unknown checkpoint kind {kind!r}; supported: retinaface-biubug6, {', '.join(IMPORTERS)}")
-    if activation not in ("relu", "leaky0.1"):
-        _fail("--activation must be relu or leaky0.1")
+    if kind not in IMPORT_KINDS:
+        _fail(f"unknown checkpoint kind {kind!r}; supported: {', '.join([*IMPORT_KINDS, *IMPORTERS])}")
+    if kind == "retinaface-biubug6" and activation not in ("relu", "leaky0.1"):
+        _fail("retinaface-biubug6 needs --activation relu or leaky0.1 (the keys cannot tell)")
     try:
-        card = import_retinaface_biubug6(src, activation, out, width=width, task_convs=task_convs)
+        if kind == "retinaface-biubug6":
+            card = import_retinaface_biubug6(src, activation, out, width=width, task_convs=task_convs)
+        elif kind == "torchvision-fasterrcnn":
+            card = rcnn_weights.import_torchvision_fasterrcnn(src, out)
+        else:
+            card = rcnn_weights.import_jwyang_fasterrcnn(src, out)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         _fail(str(e))
     typer.echo(json.dumps(card, indent=2, default=str))
@@ -331,10 +339,10 @@ def list_(what: str = typer.Argument(
         "evaluators": sorted(registry.EVALUATORS),
         "configs": list_configs(),
     }
-    from detkd.detect_generic import PROTOCOLS as GENERIC
     from detkd.infer import PROTOCOLS
+    from detkd.infer_detector import DET_PROTOCOLS
 
-    sections["protocols"] = sorted([*PROTOCOLS, *GENERIC])
+    sections["protocols"] = sorted([*PROTOCOLS, *DET_PROTOCOLS])
     if what != "all" and what not in sections:
         _fail(f"unknown section {what!r}; choose from {', '.join(sections)} or all")
     titles = {"methods": "methods (detection distillation, distill.methods=[...])",

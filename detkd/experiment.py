@@ -151,7 +151,11 @@ def make_evaluator(cfg: ExperimentConfig):
 def build_task(cfg: ExperimentConfig) -> nn.Module:
     """The trainable module for this config: a plain ``DetectionTask`` or a ``DistillTask``."""
     student = build_model(cfg.model)  # train.init_weights is loaded by the Trainer
-    if cfg.train.backbone_init:
+    if cfg.train.backbone_init and hasattr(student, "roi_forward"):  # Faster R-CNN: torchvision / caffe trunks
+        from detkd.models.rcnn_weights import load_backbone_init
+
+        load_backbone_init(student, cfg.train.backbone_init)
+    elif cfg.train.backbone_init:
         from detkd.models.weights import load_backbone_imagenet
 
         load_backbone_imagenet(student, cfg.train.backbone_init, trust=cfg.train.trust_pickle)

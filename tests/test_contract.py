@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from detkd.registry import MODELS, TINY_CONFIGS, load_all
-from detkd.structures import HEAD_KINDS, Assignment, DetOutput, EmbedOutput
+from detkd.structures import HEAD_KINDS, Assignment, DetOutput, EmbedOutput, RoIOutput
 from tests._toy_dense import ToySigmoidDet
 
 load_all()
@@ -43,6 +43,8 @@ def build(name: str):
 
 
 def num_classes(model) -> int:
+    if isinstance(getattr(model, "num_classes", None), int):  # two-stage: the classes live in the RoI head
+        return model.num_classes
     for spec in model.head_spec.values():
         if spec.kind in ("softmax", "sigmoid"):
             return spec.num_classes
@@ -97,6 +99,12 @@ def check_detector(model) -> None:
         assert out.raw_losses
         for key, v in out.losses.items():
             assert v.ndim == 0 and torch.isfinite(v), key
+        if hasattr(model, "roi_forward"):  # two-stage: the RoIOutput of the sampled RoIs, labels iff targets
+            r = out.rois
+            assert isinstance(r, RoIOutput) and len(r.proposals) == len(r.rois) == 2
+            n_rois = sum(x.shape[0] for x in r.rois)
+            assert r.labels.shape == r.matched.shape == (n_rois,) and r.cls_logits.shape == (n_rois, k + 1)
+            assert r.feats.shape[0] == r.hidden.shape[0] == r.box_reg.shape[0] == n_rois
         # dets iff decode
         assert len(out.dets) == 2
         for d in out.dets:

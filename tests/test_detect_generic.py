@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from detkd.cli import app
-from detkd.detect_generic import get_protocol, preprocess
+from detkd.infer_detector import get_protocol, preprocess
 from detkd.models.gfl import gfl
 from detkd.models.weights import save_model_file
 
@@ -53,4 +53,4 @@ def test_detect_coco_with_gfl(tmp_path):
         assert -1e-3 <= x and x + w <= 80 + 1e-3 and y + h <= 60 + 1e-3 and r["score"] > 0.05
     bad = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "g.safetensors"),
                                    "--protocol", "mmdet-gfl", "--format", "widerface-txt", "--out-dir", str(tmp_path)])
-    assert bad.exit_code == 2 and "png or coco" in bad.output
+    assert bad.exit_code == 2 and "png, coco or voc" in bad.output

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from detkd.cli import app
 from detkd.data.image import read_image
-from detkd.detect_generic import PROTOCOLS, detect_image
+from detkd.infer_detector import DET_PROTOCOLS, detect_image
 from detkd.models.import_onestage import import_torchvision_retinanet
 from detkd.models.retinanet import retinanet
 from detkd.models.weights import load_model_file
@@ -108,7 +108,7 @@ def test_torchvision_oracle_small_scale(tmp_path):
     assert card["model"]["num_classes"] == 91 and card["model"]["label_base"] == 0
     model, _ = load_model_file(tmp_path / "rn.safetensors")
     image = read_image(REAL)
-    proto = dataclasses.replace(PROTOCOLS["torchvision"], short=256, long=427)
+    proto = dataclasses.replace(DET_PROTOCOLS["torchvision"], min_size=256, max_size=427)
     tv.transform.min_size, tv.transform.max_size = (256,), 427
     with torch.no_grad():
         ref = tv([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]

@@ -3,7 +3,7 @@
 Built from torchvision's parts (ResNet + ``BackboneWithFPN`` + ``LastLevelP6P7``, ``AnchorGenerator``, ``BoxCoder``,
 ``Matcher``, ``sigmoid_focal_loss``, ``batched_nms``) without their training-mode-dependent forwards: the head runs
 per level (torchvision concatenates the levels), the assignment is kept, and the transform (resize, normalise, pad)
-is split: the data pipeline resizes and pads, the model normalises (``detkd.detect_generic`` has torchvision's
+is split: the data pipeline resizes and pads, the model normalises (``detkd.infer_detector`` has torchvision's
 geometry as the ``torchvision`` protocol).
 
 Conventions:
