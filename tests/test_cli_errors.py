@@ -232,7 +232,7 @@ def test_bad_input_gives_one_line_error(results, case_id):
     if case_id == "version":
         assert so.startswith("detkd ")
     if case_id == "config_show":
-        assert "train.batch_size = 8  (int)" in so and "distill = None" in so
+        assert "train.batch_size = 16  (int)" in so and "distill = None" in so
 
 
 def markdown_table() -> str:
