@@ -242,7 +242,7 @@ def markdown_table() -> str:
         rows = ["| input | command | exit | message (stderr) |", "|---|---|---|---|"]
         for c in cases(p):
             rc, so, se, _ = res[c.id]
-            cmd = " ".join(["detkd", *c.args[:2]])
+            cmd = " ".join(["detkd", *c.args[:2]]).replace(d, "…")
             err = next((ln for ln in se.splitlines() if ln.startswith("error:")), (so.splitlines() or [""])[0])
             err = err.replace(d, "…").replace("|", "\\|")
             rows.append(f"| {c.what} | `{cmd} …` | {rc} | `{err[:220]}` |")

@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import random
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", trusted: bool =
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if not trusted:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the first non-tensor class it met
+            what = f", e.g. {found.group(1)}" if found else ""
             raise UserError(
-                f"{path}: refusing to unpickle it (it holds Python objects, not only tensors: {reason}); loading "
-                "it could run arbitrary code. Re-save it as a plain state_dict or .safetensors, or convert a "
-                "foreign checkpoint with `detkd import-weights`", path=path
+                f"{path}: refusing to unpickle it (it holds Python objects, not only tensors{what}); loading it "
+                "could run arbitrary code. Re-save it as a plain state_dict or .safetensors, or convert a foreign "
+                "checkpoint with `detkd import-weights`", path=path
             ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})", path=path) from None
