@@ -54,14 +54,20 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def get_protocol(protocol: str | Protocol) -> Protocol:
-    if isinstance(protocol, Protocol):
+def get_protocol(protocol):
+    """A face ``Protocol`` by name, or an object-detector ``DetProtocol`` (``detkd.infer_detector``)."""
+    from detkd.infer_detector import DET_PROTOCOLS, DetProtocol
+
+    if isinstance(protocol, (Protocol, DetProtocol)):
         return protocol
+    if protocol in DET_PROTOCOLS:
+        return DET_PROTOCOLS[protocol]
     if protocol not in PROTOCOLS:
         from detkd.registry import close_matches
 
-        hint = close_matches(str(protocol), PROTOCOLS, n=3, cutoff=0.4)
-        raise ValueError(f"unknown protocol {protocol!r}{hint} (known: {', '.join(PROTOCOLS)})")
+        known = [*PROTOCOLS, *DET_PROTOCOLS]
+        hint = close_matches(str(protocol), known, n=3, cutoff=0.4)
+        raise ValueError(f"unknown protocol {protocol!r}{hint} (known: {', '.join(known)})")
     return PROTOCOLS[protocol]
 
 
@@ -132,6 +138,11 @@ class ProtocolImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         image, meta = self.dataset[self.indices[i]]
+        if not isinstance(self.protocol, Protocol):  # object detectors: keep-ratio resize + pad (infer_detector)
+            from detkd.infer_detector import preprocess as preprocess_det
+
+            x, hw, scale = preprocess_det(image, self.protocol)
+            return x[0], {**meta, "image_size": hw, "box_scale": scale, "orig_size": tuple(image.shape[:2])}
         x, r = preprocess(image, self.protocol)
         return x[0], {**meta, "scale": r, "orig_size": tuple(image.shape[:2])}
 
@@ -151,6 +162,10 @@ def detect_batch(model: nn.Module, images: list[torch.Tensor], metas: list[dict]
     numbers); the model is used in whatever mode it is in (``inference_on_dataset`` sets eval mode).
     """
     p = get_protocol(protocol)
+    if not isinstance(p, Protocol):
+        from detkd.infer_detector import detect_batch as detect_batch_det
+
+        return detect_batch_det(model, images, metas, p)
     device = next(model.parameters()).device
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, im in enumerate(images):
