@@ -10,6 +10,7 @@ multiple of ``size_divisible`` bottom/right with ``pad_colour``) and, optionally
   the ImageNet mean x 255 (Faster R-CNN also zeroes its normalised padded area). Post-processing: the model's own
   (torchvision's values: Faster R-CNN score 0.05 / NMS 0.5 / 100; RetinaNet score 0.05 / top 1000 per level /
   NMS 0.5 / 300).
+* ``torchvision-320``: ``torchvision`` at SynthShapes' scale (short side 320, long side 533).
 * ``jwyang-600``: faster-rcnn.pytorch's test (FGFI): short side 600 (no long-side cap), ``cv2.resize``
   INTER_LINEAR on the float image, no padding, score > 0.0, per-class NMS 0.3, 100 detections.
 * ``mmdet-600``: mmdetection 2.0's VOC test (DeFeat): keep-ratio resize to fit (1000, 600) (cv2 bilinear),
@@ -17,6 +18,8 @@ multiple of ``size_divisible`` bottom/right with ``pad_colour``) and, optionally
 * ``mmdet-gfl``: mmdet v2's COCO test pipeline ``Resize(img_scale=(1333, 800), keep_ratio=True)``: new size
   ``int(w * scale + 0.5) x int(h * scale + 0.5)``, ``cv2.INTER_LINEAR`` on the uint8 image, pad to 32 with the
   mmdet mean; post-processing the model's own (GFL: METHODS.md §3.2's nms_pre 1000, score 0.05, NMS 0.6, 100).
+* ``mmdet-voc``: the same with mmdet's VOC scale (1000, 600) and the model's own thresholds (LD's GFL and DeFeat's
+  RetinaNet VOC tests; ``mmdet-600`` fixes Faster R-CNN's NMS 0.5 instead).
 
 Boxes go back to the original image with torchvision's ``resize_boxes`` ratios (float32 original / resized per
 axis). Images are numpy ``uint8 [H, W, 3]`` RGB; ``detect_image`` returns original-image pixels
@@ -60,6 +63,8 @@ DET_PROTOCOLS: dict[str, DetProtocol] = {
     "mmdet-600": DetProtocol("mmdet-600", 600, 1000, "cv2", 32, MMDET_PAD,
                              thresholds={"score_thresh": 0.05, "nms_thresh": 0.5, "max_dets": 100}),
     "mmdet-gfl": DetProtocol("mmdet-gfl", 800, 1333, "mmcv", 32, MMDET_PAD),
+    "mmdet-voc": DetProtocol("mmdet-voc", 600, 1000, "mmcv", 32, MMDET_PAD),
+    "torchvision-320": DetProtocol("torchvision-320", 320, 533, "torch", 32, IMAGENET_PAD),
 }
 
 
@@ -132,6 +137,26 @@ def detect_image(model: nn.Module, image_rgb: np.ndarray, protocol="torchvision"
     return {"boxes": boxes, "scores": d["scores"].cpu(), "labels": d["labels"].cpu()}
 
 
+@torch.no_grad()
+def detect_batch(model: nn.Module, images: list[torch.Tensor], metas: list[dict], protocol) -> list[dict]:
+    """Batched evaluation (``detkd.infer.detect_batch`` delegates here): padded inputs ``[3, Hp_i, Wp_i]`` from
+    ``detkd.infer.ProtocolImages`` with ``meta["image_size"]`` (valid resized size) and ``meta["box_scale"]``;
+    same-shape inputs run together with their ``image_sizes``. Detections in original pixels."""
+    p = get_det_protocol(protocol)
+    device = next(model.parameters()).device
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    dets: list[dict | None] = [None] * len(images)
+    for idx in groups.values():
+        x = torch.stack([images[i] for i in idx]).to(device)
+        out = model(x, image_sizes=[tuple(metas[i]["image_size"]) for i in idx])
+        for i, d in zip(idx, model.postprocess(out, **(p.thresholds or {}))):
+            dets[i] = {"boxes": rescale_boxes(d["boxes"].float().cpu(), metas[i]["box_scale"]),
+                       "scores": d["scores"].cpu(), "labels": d["labels"].cpu()}
+    return dets
+
+
 def class_names(card: dict) -> list[str]:
     """Names by label id (index 0 = background) from the card, or COCO's for a 90-class torchvision import."""
     cfg = card.get("model") or {}
@@ -168,19 +193,21 @@ def draw(image_rgb: np.ndarray, dets: dict, names: list[str], out_png, min_score
     return out_png
 
 
-def detect_files(weights, protocol: str, out_dir, fmt: str, images) -> list[Path]:
+def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
     """``detkd detect`` for generic detectors.
 
     ``png``: ``out_dir/<stem>.png`` with class names and scores. ``coco``: ``out_dir/detections.json``, a COCO
     results list (``image_id`` = the file stem, ``category_id`` = the model's label id, ``bbox`` xywh).
     ``voc``: ``out_dir/<class name>.txt`` (VOC devkit results: ``stem score x1 y1 x2 y2``, 1-based pixels).
+    ``backend``: ``"eager"`` (the model file, BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` exported
+    with ``--dynamic-size``; see ``detkd.runtime``).
     """
-    from detkd.models.weights import load_model_file
+    from detkd.runtime import load_inference_model
 
     if fmt not in ("png", "coco", "voc"):
         raise ValueError(f"unknown output format {fmt!r} for an object detector; choose png, coco or voc")
     p = get_det_protocol(protocol)
-    model, card = load_model_file(weights)
+    model, card = load_inference_model(weights, backend)
     if not hasattr(model, "postprocess"):
         raise ValueError(f"{weights}: {cfg_name(card)} is not a detector")
     names = class_names(card)

@@ -36,7 +36,7 @@ def test_paper_settings():
     assert (r50.model.depth, r50.optim.lr, r50.eval.protocol) == (50, 0.01, "mmdet-600")
     for c in ("faster_rcnn/fpn_lite_synthshapes", "faster_rcnn/vgg_lite_synthshapes"):
         m = build_model(load_config(c).model)
-        assert m.config.num_classes == 6
+        assert m.config.num_classes == 12  # SYNTHSHAPES_CLASSES
 
 
 def _voc_batch(n: int, short: int):

@@ -235,3 +235,23 @@ def _drop(sd, key, tmp_path):
     del sd[key]
     torch.save(sd, tmp_path / "dropped.pth")
     return tmp_path / "dropped.pth"
+
+
+def test_batched_evaluation_path_equals_detect_image():
+    """``detkd.infer.ProtocolImages`` + ``detect_batch`` (the training-time evaluation) with an object-detector
+    protocol give the numbers of ``detect_image``."""
+    from detkd.infer import ProtocolImages, collate_images, detect_batch
+
+    torch.manual_seed(0)
+    model = faster_rcnn_fpn_lite(num_classes=3, score_thresh=0.0).eval()
+    g = torch.Generator().manual_seed(0)
+    images = [(torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy() for h, w in ((90, 120), (90, 120), (70, 64))]
+    ds = [(im, {"image_id": str(i)}) for i, im in enumerate(images)]
+    proto = DetProtocol("tv-128", 128, 200, "torch", 32, thresholds={"score_thresh": 0.0, "max_dets": 50})
+    wrapped = ProtocolImages(ds, proto)
+    ims, metas = collate_images([wrapped[i] for i in range(3)])
+    dets = detect_batch(model, ims, metas, proto)
+    for im, d in zip(images, dets):
+        ref = detect_image(model, im, proto)
+        assert len(d["boxes"]) == len(ref["boxes"]) > 0
+        assert torch.allclose(d["boxes"], ref["boxes"], atol=1e-3) and torch.allclose(d["scores"], ref["scores"], atol=1e-5)

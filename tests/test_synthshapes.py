@@ -80,3 +80,63 @@ def test_ensure_reuses_or_refuses(small_set):
         ensure_synthshapes(small_set, seed=4, n_train=40, n_val=12)
     info = json.loads((small_set / "synthshapes.json").read_text())
     assert info["counts"]["val"]["images"] == 12
+
+
+def test_registered_dataset_with_knobs(tmp_path):
+    from detkd.registry import lookup
+
+    build = lookup("dataset", "synthshapes")
+    with pytest.raises(ValueError, match="unknown knob"):
+        build(root=str(tmp_path / "x"), knobs={"objcts": (1, 2)})
+    ds = build(root=str(tmp_path / "s"), split="train", n_train=3, n_val=2, knobs={"objects": [3, 3], "p_crowd": 0.0})
+    img, tgt, meta = ds[0]
+    assert len(ds) == 3 and min(meta["size"]) == 320 and img.shape[0] == 3
+    info = json.loads((tmp_path / "s" / "synthshapes.json").read_text())
+    assert info["config"]["objects"] == [3, 3]
+
+
+def test_engine_builder_kwargs_and_val_evaluation_view(tmp_path):
+    """What the engine does: the builder with DetDataConfig's kwargs, the val split as an evaluation view
+    (original-size uint8 images), the registered 'voc' evaluator on it, flat float metrics."""
+    from detkd.eval.base import build_evaluator
+    from detkd.registry import lookup
+
+    build = lookup("dataset", "synthshapes")
+    train = build(root=str(tmp_path / "s"), split="train", img_size=160, n_train=2, n_val=3)
+    img, tgt, meta = train[0]
+    assert min(meta["size"]) == 160 and tgt["labels"].min() >= 1
+    val = build(root=str(tmp_path / "s"), split="val", n_train=2, n_val=3)
+    image, meta = val[0]
+    assert image.dtype == np.uint8 and image.shape[:2] == meta["orig_size"] == (val.records[0].height,
+                                                                                val.records[0].width)
+    ev = build_evaluator("voc", dataset=val, max_images=2)
+    assert len(ev.gt.image_ids) == 2 and ev.gt.class_names == SYNTHSHAPES_CLASSES
+    recs = {r.image_id: r for r in val.records}
+    ev.reset()
+    ev.process([{"image_id": i} for i in list(recs)[:2]],
+               [{"boxes": recs[i].boxes, "scores": np.ones(len(recs[i].labels)), "labels": recs[i].labels}
+                for i in list(recs)[:2]])
+    flat = ev.evaluate()
+    assert all(isinstance(v, float) for v in flat.values()) and flat["mAP"] > 0.5
+
+
+def test_colour_and_size_carry_no_class_information(small_set):
+    """Between-class variance of the mean box colour and of the log box size is at sampling-noise level
+    (measured 0.012 / 0.011 of the within-class variance on 200 scenes; chance level is about 1/25 here)."""
+    import cv2
+
+    cols, labs, sizes = [], [], []
+    for r in read_voc(small_set, "train", SYNTHSHAPES_CLASSES):
+        im = cv2.imread(str(r.path))[:, :, ::-1].astype(np.float32)
+        for b, lab, d in zip(r.boxes.astype(int), r.labels, r.difficult):
+            if not d:
+                cols.append(im[b[1]:b[3], b[0]:b[2]].reshape(-1, 3).mean(0))
+                labs.append(lab)
+                sizes.append([np.log(max(b[2] - b[0], b[3] - b[1]))])
+    labs = np.array(labs)
+    present = [c for c in range(1, 13) if (labs == c).sum() >= 5]
+    assert len(present) >= 10
+    for x in (np.array(cols), np.array(sizes)):
+        means = np.array([x[labs == c].mean(0) for c in present])
+        within = np.mean([x[labs == c].var(0).mean() for c in present])
+        assert means.var(0).mean() / within < 0.15

@@ -21,5 +21,5 @@ def config() -> ExperimentConfig:
         optim=OptimConfig(name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4),
         sched=ScheduleConfig(name="step", warmup_iters=200, warmup_factor=1e-3, milestones=[9], gamma=0.1),
         train=TrainConfig(epochs=12, batch_size=16, num_workers=4, log_every=50),
-        eval=DetEvalConfig(protocol="mmdet-600"),
+        eval=DetEvalConfig(evaluator="voc", protocol="mmdet-600"),
     )

@@ -20,5 +20,5 @@ def config() -> ExperimentConfig:
                           bias_weight_decay=0.0),
         sched=ScheduleConfig(name="step", milestones=[5], gamma=0.1),
         train=TrainConfig(epochs=7, batch_size=1, clip_grad=10.0, log_every=100),
-        eval=DetEvalConfig(protocol="jwyang-600"),
+        eval=DetEvalConfig(evaluator="voc", protocol="jwyang-600"),
     )

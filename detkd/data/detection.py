@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from detkd.data.image import read_image
+from detkd.data.transforms import keep_ratio_scale, resize_keep_ratio  # noqa: F401  (keep_ratio_scale re-exported)
 
 
 @dataclass
@@ -71,32 +71,37 @@ class ResizeConfig:
     max_long: int = 1000
 
 
-def keep_ratio_scale(h: int, w: int, short: int, max_long: int) -> float:
-    """The factor that brings the short side of an ``h x w`` image to ``short`` with the long side <= ``max_long``."""
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_long:
-        scale = max_long / max(h, w)
-    return scale
-
-
-def resize_keep_ratio(image: np.ndarray, boxes: np.ndarray, short: int, max_long: int):
-    """``image uint8 [H,W,3]``, ``boxes [n,4]`` xyxy -> resized image, scaled boxes, and the scale.
-    Output size is ``round(H * scale) x round(W * scale)`` (bilinear); boxes are multiplied by the per-axis
-    factors actually applied, so they stay exact at the image border."""
-    h, w = image.shape[:2]
-    scale = keep_ratio_scale(h, w, short, max_long)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    f = np.array([nw / w, nh / h, nw / w, nh / h], np.float64)
-    return out, boxes * f, scale
-
-
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror ``image [H,W,3]`` and continuous xyxy ``boxes``: ``x -> W - x`` (x1 and x2 swap)."""
     w = image.shape[1]
     out = boxes.copy()
     out[:, 0], out[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
     return np.ascontiguousarray(image[:, ::-1]), out
+
+
+class DetectionEvalSet(torch.utils.data.Dataset):
+    """The evaluation view of records, as the detector evaluation path reads it (``detkd.infer.ProtocolImages``):
+    ``(image uint8 [H, W, 3] RGB at original size, meta = {image_id, path, orig_size (H, W), index})``; the
+    test-time resize belongs to the inference protocol. ``records`` / ``class_names`` feed the evaluators."""
+
+    def __init__(self, records: list[DetRecord], class_names=None, ann_file=None):
+        self.records = list(records)
+        self.class_names = tuple(class_names) if class_names is not None else None
+        self.ann_file = ann_file  # COCO: the instances file (or dict) the records came from
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"{type(self).__name__} index {index} out of range [0, {len(self)})")
+        rec = self.records[index]
+        image = read_image(rec.path)
+        if image.shape[:2] != (rec.height, rec.width):
+            raise ValueError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotation says "
+                             f"{rec.width}x{rec.height}")
+        return image, {"image_id": rec.image_id, "path": str(rec.path), "orig_size": (rec.height, rec.width),
+                       "index": int(index)}
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -137,7 +142,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             shorts = self.resize.shorts
             short = shorts[int(rng.integers(len(shorts)))] if self.augment and len(shorts) > 1 else shorts[0]
             both = np.concatenate([boxes, ignore])
-            image, both, scale = resize_keep_ratio(image, both, short, self.resize.max_long)
+            scale = keep_ratio_scale(image.shape[0], image.shape[1], short, self.resize.max_long)
+            image, both, _, _ = resize_keep_ratio(image, both, None, short, self.resize.max_long)
             boxes, ignore = both[: len(boxes)], both[len(boxes):]
         if self.augment and rng.integers(2):
             image, both = hflip(image, np.concatenate([boxes, ignore]))

@@ -215,9 +215,9 @@ class FasterRCNN(nn.Module):
             out.raw_losses = {k.split(".", 1)[1]: v for k, v in out.losses.items()}
         else:
             out.rois = self.roi_forward(feats, proposals, sizes)
-        if decode:
-            test = out.rois if not train else self.roi_forward(feats, proposals, sizes)
-            out.dets = self.postprocess(out if not train else DetOutput(rois=test, image_sizes=sizes))
+        if decode:  # with targets, the sampled RoIs are no test set: one more RoI-head pass over the proposals
+            test = self.roi_forward(feats, proposals, sizes) if train else out.rois
+            out.dets = self.roi_heads.postprocess(test.cls_logits, test.box_reg, test.rois, sizes)
         return out
 
     def roi_forward(self, feats: dict[str, Tensor], proposals: list[Tensor],
