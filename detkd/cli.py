@@ -140,18 +140,23 @@ def convert_voc2coco(
 
 @eval_app.command("detector")
 def eval_detector(
-    weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card)"),
+    weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card), or an "
+                                 ".onnx from `detkd export --onnx` with --backend onnxruntime"),
     images_dir: Path = typer.Option(..., help="WIDER-layout image directory: <event>/<image>.jpg"),
     gt_dir: Path = typer.Option(..., help="directory with the four WIDER .mat files"),
     protocol: str = typer.Option("biubug6-origin", help="post-processing preset (see `detkd list`)"),
     pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
     as_json: bool = typer.Option(False, "--json"),
+    backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime"),
 ):
     """Run a detector over a WIDER-layout set and print easy/medium/hard AP."""
     from detkd.experiment import evaluate_widerface
-    from detkd.models.weights import load_model_file
+    from detkd.runtime import load_inference_model
 
-    model, _ = load_model_file(weights)
+    try:
+        model, _ = load_inference_model(weights, backend, kind="detector")
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+        _fail(str(e))
     ap = evaluate_widerface(model, images_dir, gt_dir, protocol, pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
 
@@ -178,11 +183,14 @@ def eval_verification(
 @app.command()
 def detect(
     images: List[Path] = typer.Argument(..., help="image files"),
-    weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
+    weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card), or an .onnx "
+                                 "from `detkd export --onnx` with --backend onnxruntime"),
     protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset (see `detkd list protocols`)"),
     out_dir: Path = typer.Option(..., help="output directory"),
     format: str = typer.Option("png", "--format", help="face detectors: widerface-txt | png; "
                                "object detectors: png | voc | coco (D/detections.json)"),
+    backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime (one-stage "
+                                "detectors exported with `detkd export --onnx`)"),
 ):
     """Detect faces or objects in images; write WIDER txt, VOC or COCO results, or PNGs with boxes and scores."""
     from detkd.infer_detector import DET_PROTOCOLS
@@ -191,8 +199,8 @@ def detect(
         from detkd.infer_detector import detect_files as detect_objects
 
         try:
-            written = detect_objects(weights, protocol, out_dir, format, images)
-        except (FileNotFoundError, ValueError, KeyError) as e:
+            written = detect_objects(weights, protocol, out_dir, format, images, backend=backend)
+        except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
             _fail(str(e))
         typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
         return
@@ -201,25 +209,56 @@ def detect(
     if format not in ("png", "widerface-txt"):
         _fail(f"--format must be png or widerface-txt with protocol {protocol!r}, got {format!r}")
     try:
-        written = detect_files(weights, protocol, out_dir, format, images)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+        written = detect_files(weights, protocol, out_dir, format, images, backend=backend)
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
     typer.echo(f"wrote {len(written) if written is not None else len(images)} file(s) to {out_dir}")
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        _fail(f"--size must be HxW (e.g. 640x640), got {text!r}")
+    return h, w
+
+
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="a run directory (uses final.pt or last.pt) or a checkpoint file"),
-    out: Path = typer.Option(..., help="output .safetensors (a .json model card is written beside it)"),
+    run: Path = typer.Argument(..., help="a run directory (uses final.pt or last.pt), a checkpoint file, or (with "
+                                "--onnx) an exported .safetensors model file with its .json card"),
+    out: Optional[Path] = typer.Option(None, help="output .safetensors (a .json model card is written beside it)"),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="write an ONNX graph here (+ .onnx.json card), checked "
+                                        "against ONNX Runtime"),
+    dynamic_size: bool = typer.Option(False, "--dynamic-size", help="ONNX: any input height/width"),
+    opset: int = typer.Option(17, help="ONNX opset"),
+    with_nms: bool = typer.Option(False, "--with-nms", help="ONNX, detectors: include decoding and NMS of --protocol"),
+    protocol: str = typer.Option("biubug6-origin", help="ONNX --with-nms: the post-processing preset baked in"),
+    input_dtype: str = typer.Option("float32", help="ONNX input dtype: float32 or uint8 (RGB 0..255 either way)"),
+    size: str = typer.Option("640x640", help="ONNX detectors: traced HxW (the fixed size without --dynamic-size)"),
 ):
-    """Export the student only (no teacher, no adapters) as safetensors + JSON model card."""
-    from detkd.engine.checkpoint import export_student
+    """Export the student only (no teacher, no adapters) as safetensors + JSON model card, and/or as ONNX."""
+    if out is None and onnx is None:
+        _fail("give --out F.safetensors and/or --onnx F.onnx")
+    if out is not None:
+        from detkd.engine.checkpoint import export_student
 
-    try:
-        export_student(run, out)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-    typer.echo(f"exported student to {out} (+ {Path(out).with_suffix('.json').name})")
+        try:
+            export_student(run, out)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        typer.echo(f"exported student to {out} (+ {Path(out).with_suffix('.json').name})")
+    if onnx is not None:
+        from detkd.export import ExportOptions, export_onnx
+
+        opts = ExportOptions(opset=opset, dynamic_size=dynamic_size, size=_parse_size(size), with_nms=with_nms,
+                             protocol=protocol, input_dtype=input_dtype)
+        try:
+            card = export_onnx(out if out is not None else run, onnx, opts)
+        except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+            _fail(str(e))
+        typer.echo(f"exported ONNX to {onnx} (+ {onnx.name}.json); ONNX Runtime vs eager: "
+                   + json.dumps(card.get("parity", {})))
 
 
 IMPORT_KINDS = ("retinaface-biubug6", "torchvision-fasterrcnn", "jwyang-fasterrcnn")

@@ -176,19 +176,21 @@ def cfg_name(card: dict) -> str:
     return str((card.get("model") or {}).get("name"))
 
 
-def detect_files(weights, protocol: str, out_dir, fmt: str, images) -> list[Path]:
+def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
     """``detkd detect`` for generic detectors.
 
     ``png``: ``out_dir/<stem>.png`` with class names and scores. ``coco``: ``out_dir/detections.json``, a COCO
     results list (``image_id`` = the file stem, ``category_id`` = the model's label id, ``bbox`` xywh).
     ``voc``: ``out_dir/<class name>.txt`` (VOC devkit results: ``stem score x1 y1 x2 y2``, 1-based pixels).
+    ``backend``: ``"eager"`` (the model file, BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` exported
+    with ``--dynamic-size``; see ``detkd.runtime``).
     """
-    from detkd.models.weights import load_model_file
+    from detkd.runtime import load_inference_model
 
     if fmt not in ("png", "coco", "voc"):
         raise ValueError(f"unknown output format {fmt!r} for an object detector; choose png, coco or voc")
     p = get_det_protocol(protocol)
-    model, card = load_model_file(weights)
+    model, card = load_inference_model(weights, backend)
     if not hasattr(model, "postprocess"):
         raise ValueError(f"{weights}: {cfg_name(card)} is not a detector")
     names = class_names(card)
