@@ -18,7 +18,8 @@
 * with ``decode``: ``dets`` per image (boxes xyxy input pixels, scores, labels 1..K); with targets as well,
   the detections come from one extra RoI-head pass over all proposals (the sampled RoIs are not a test set).
 * ``roi_forward(feats, proposals, image_sizes) -> RoIOutput`` runs the second stage on given boxes (DeFeat
-  runs the teacher's RoI head on the student's RoIs).
+  runs the teacher's RoI head on the student's RoIs); ``sample_rois(out, targets) -> RoIOutput`` re-runs the
+  training path's proposal + sampling step on a finished forward (DeFeat's faithful SampleTEA).
 
 Targets: ``boxes [N, 4]`` xyxy, ``labels [N]`` in 1..K. Boxes with ``x2 <= x1`` or ``y2 <= y1`` are dropped
 (they have no area to match); a label outside 1..K is an error naming the image and the label.
