@@ -423,13 +423,14 @@ def compare(
     """Did distillation help? Control vs distilled per seed, mean ± sample std, the paired gain with 2σ and a
     verdict (a gain counts when the mean per-seed gain is above twice its sample std and every seed gains)."""
     from detkd import compare as C
+    from detkd.errors import UserError
 
     try:
         res = C.load_results(inputs)
         result = C.compare(res, control, metric or None, model or None)
         diag = C.diagnose(res, result) if diagnose else None
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        _fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    except (UserError, FileNotFoundError) as e:
+        _fail(str(e))
     if as_json:
         payload = {**result, **({"diagnose": diag} if diag is not None else {})}
         typer.echo(json.dumps(C.json_safe(payload), default=str, allow_nan=False))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detkd.engine.logging import read_metrics
+from detkd.errors import UserError
 from detkd.reporting import paired_gain, sample_std, verdict_words
 
 CONTROL_NAMES = ("control", "baseline_extra", "baseline")
@@ -51,7 +52,7 @@ class Results:
                 continue
             seeds = slot.setdefault(key, {})
             if seed in seeds:
-                raise ValueError(f"{where}: {name!r} seed {seed} appears twice (metric {key!r})")
+                raise UserError(f"{where}: {name!r} seed {seed} appears twice (metric {key!r})")
             seeds[seed] = float(value)
 
 
@@ -59,9 +60,9 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -72,7 +73,7 @@ def _add_run(res: Results, run: Path) -> None:
     seed = (config.get("train") or {}).get("seed", 0)
     ev = summary.get("eval")
     if not isinstance(ev, dict):
-        raise ValueError(f"{run / 'summary.json'}: key 'eval' is missing or not an object")
+        raise UserError(f"{run / 'summary.json'}: key 'eval' is missing or not an object")
     res.add(name, seed, ev, str(run))
     if (config.get("distill") or {}).get("methods"):
         res.distilled.add(name)
@@ -84,14 +85,14 @@ def _add_run(res: Results, run: Path) -> None:
 def _add_benchmark(res: Results, path: Path, data: dict) -> None:
     models = data["models"]
     if not isinstance(models, dict):
-        raise ValueError(f"{path}: key 'models' must map model names to {{metric: [values per seed]}}")
+        raise UserError(f"{path}: key 'models' must map model names to {{metric: [values per seed]}}")
     seeds_all = data.get("seeds")
     for name, metrics in models.items():
         if not isinstance(metrics, dict):
-            raise ValueError(f"{path}: models.{name} must map metrics to lists of per-seed values")
+            raise UserError(f"{path}: models.{name} must map metrics to lists of per-seed values")
         for key, values in metrics.items():
             if not isinstance(values, list):
-                raise ValueError(f"{path}: models.{name}.{key} must be a list (one value per seed)")
+                raise UserError(f"{path}: models.{name}.{key} must be a list (one value per seed)")
             seeds = seeds_all if isinstance(seeds_all, list) and len(seeds_all) == len(values) else range(len(values))
             for seed, v in zip(seeds, values):
                 res.add(name, seed, {key: v}, f"{path}: models.{name}.{key}")
@@ -111,11 +112,11 @@ def load_results(paths: list[str | Path]) -> Results:
             elif "eval" in data:  # a summary.json given directly
                 _add_run(res, p.parent)
             else:
-                raise ValueError(f"{p}: neither a benchmark JSON (key 'models') nor a run's summary.json (key 'eval')")
+                raise UserError(f"{p}: neither a benchmark JSON (key 'models') nor a run's summary.json (key 'eval')")
         elif p.is_dir():
             runs = [p] if (p / "summary.json").is_file() else sorted(s.parent for s in p.rglob("summary.json"))
             if not runs:
-                raise ValueError(f"{p}: no summary.json in this folder or below it (is it a run directory?)")
+                raise UserError(f"{p}: no summary.json in this folder or below it (is it a run directory?)")
             for run in runs:
                 _add_run(res, run)
         else:
@@ -126,12 +127,12 @@ def load_results(paths: list[str | Path]) -> Results:
 def pick_control(res: Results, control: str | None) -> str:
     if control:
         if control not in res.models:
-            raise KeyError(f"--control {control!r} is not among the results (have: {', '.join(sorted(res.models))})")
+            raise UserError(f"--control {control!r} is not among the results (have: {', '.join(sorted(res.models))})")
         return control
     for name in CONTROL_NAMES:
         if name in res.models:
             return name
-    raise KeyError(f"no control run among {sorted(res.models)}: name one with --control (looked for "
+    raise UserError(f"no control run among {sorted(res.models)}: name one with --control (looked for "
                    f"{', '.join(CONTROL_NAMES)})")
 
 
@@ -146,18 +147,18 @@ def compare(res: Results, control: str | None = None, metrics: list[str] | None 
     ctl = pick_control(res, control)
     names = distilled or sorted(n for n in res.models if n in res.distilled and n != ctl)
     if not names:
-        raise ValueError(f"no distilled runs to compare with {ctl!r} (have: {', '.join(sorted(res.models))})")
+        raise UserError(f"no distilled runs to compare with {ctl!r} (have: {', '.join(sorted(res.models))})")
     for n in names:
         if n not in res.models:
-            raise KeyError(f"{n!r} is not among the results (have: {', '.join(sorted(res.models))})")
+            raise UserError(f"{n!r} is not among the results (have: {', '.join(sorted(res.models))})")
     common = [k for k in res.models[ctl] if all(k in res.models[n] for n in names)]
     keys = metrics or common
     if not keys:
-        raise ValueError(f"{ctl!r} and {', '.join(map(repr, names))} share no val metric (empty 'eval' in "
+        raise UserError(f"{ctl!r} and {', '.join(map(repr, names))} share no val metric (empty 'eval' in "
                          "summary.json? was the run evaluated?)")
     for k in keys:
         if k not in common:
-            raise KeyError(f"metric {k!r} is not reported by {ctl!r} and every compared model (have: {', '.join(common)})")
+            raise UserError(f"metric {k!r} is not reported by {ctl!r} and every compared model (have: {', '.join(common)})")
     scale = 100.0 if all(0.0 <= v <= 1.0 for k in keys for v in res.models[ctl][k].values()) else 1.0
     rows = []
     for n in names:
@@ -220,9 +221,12 @@ def term_scales(metrics_jsonl: Path) -> dict[str, dict]:
     """Per ``kd.*`` term of one run: ``{"first", "middle", "last", "median"}`` ratios to the task loss (the sum of
     the ``task.*`` terms of the same logged step) and ``"flag"`` (``None``, ``"too large"``, ``"too small"``,
     ``"always zero"``). Steps with a zero task loss are skipped; a flag needs the median ratio out of range."""
-    rows = read_metrics(metrics_jsonl, "train")
+    try:
+        rows = read_metrics(metrics_jsonl, "train")
+    except ValueError as e:  # a bad line: read_jsonl names the file and line
+        raise UserError(str(e), path=metrics_jsonl) from None
     if not rows:
-        raise ValueError(f"{metrics_jsonl}: no training rows (kind 'train')")
+        raise UserError(f"{metrics_jsonl}: no training rows (kind 'train')")
     terms = sorted({k for r in rows for k in r if k.startswith("kd.")})
     out = {}
     for term in terms:
