@@ -14,6 +14,10 @@ priors, ``DetOutput.priors[l]``, hosts the anchors of that map):
 - ``A_l``: 3×3 conv + ReLU with bias (``conv3x3_relu``), weights ``normal·fmod(2)·1e-4``, bias PyTorch default
   (§2.2), trainable, one per level.
 
+Anchor-free detectors (GFL, the method × detector matrix): GFL's points carry one square prior each
+(``octave_base_scale · stride``, ``DetOutput.priors``), and those squares are FGFI's anchors here: the mask is
+the same IoU rule over one "anchor" per location. Two-stage detectors use their RPN anchors.
+
 Start-up checks: every tap exists in both models' declared ``channels`` and has the same stride on both sides
 (the mask is built on the student's anchors and applied to the teacher's map).
 """
