@@ -45,7 +45,8 @@ def test_cell(method, detector):
     student, teacher = tiny_pair(detector)
     cfg = matrix_config(method, student)
     if (method, detector) in DECLARED:
-        with pytest.raises(UnsupportedPairError, match=f"distill.{method} does not run on .*{DECLARED[method, detector]}"):
+        want = f"distill.{method} does not run on .*{DECLARED[method, detector]}"
+        with pytest.raises(UnsupportedPairError, match=want):
             build_distill_task(cfg, student, teacher)
         return
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -137,3 +138,30 @@ def test_kd_on_two_stage_distils_the_roi_classifier_on_the_students_rois():
     _, dense_teacher = tiny_pair("retinanet")
     with pytest.raises(UnsupportedPairError, match="the student is two-stage .* and the teacher is dense"):
         build_distill_task(matrix_config("kd", student), student, dense_teacher)
+
+
+def test_tdkd_ranks_negatives_by_the_students_background_loss_without_mining():
+    from detkd.distill.tdkd import background_loss_rank
+
+    z = torch.tensor([[[-5.0, -5.0], [2.0, -1.0], [0.0, 0.0], [3.0, 3.0]]])  # [1, 4, 2] sigmoid logits
+    excluded = torch.tensor([[False, False, False, True]])  # prior 3 is positive: ranks last
+    rank = background_loss_rank(z, "sigmoid", excluded)
+    assert rank.tolist() == [[2, 0, 1, 3]]  # softplus sums: 0.013, 2.44, 1.39
+    soft = background_loss_rank(torch.tensor([[[0.0, 4.0], [0.0, -4.0], [0.0, 1.0]]]), "softmax",
+                                torch.zeros(1, 3, dtype=torch.bool))
+    assert soft.tolist() == [[0, 2, 1]]
+    # on GFL the TDKD cls mask holds the positives plus at most 3x as many negatives
+    student, teacher = tiny_pair("gfl")
+    build_distill_task(matrix_config("tdkd", student), student, teacher)  # builds (supports + start-up checks)
+    images, targets, _ = tiny_batch(num_classes(student))
+    from detkd.distill.distiller import DistillContext
+    from detkd.distill.tdkd import level_masks
+
+    with torch.no_grad():
+        s_out = student(images, targets)
+        ctx = DistillContext(teacher(images), s_out, targets, 0, teacher_model=teacher)
+        masks = level_masks(ctx, matrix_config("tdkd", student).tdkd, "sigmoid")
+    n_cls = sum(int(c.sum()) for c, _ in masks)
+    n_loc = sum(int(l.sum()) for _, l in masks)
+    n_pos = int(s_out.assign.pos.sum())
+    assert 0 < n_loc <= n_pos and n_loc < n_cls <= 4 * n_pos
