@@ -55,7 +55,8 @@ def bench_voc(n_images: int, dets: int) -> dict:
         ours = evaluate_dir(tmp / "res", gt, split="test", metric="voc07", iou_compare="strict")
         t2 = time.perf_counter()
     diff = max(abs(ours["per_class"][c] - a) for c, a in zip(VOC_CLASSES, ref))
-    return {"reference_s": t1 - t0, "detkd_s": t2 - t1, "ratio": (t1 - t0) / (t2 - t1), "identical": bool(diff <= 1e-12),
+    return {"reference_s": t1 - t0, "detkd_s": t2 - t1, "ratio": (t1 - t0) / (t2 - t1),
+            "identical": bool(diff <= 1e-12),
             "_max_abs_diff": float(diff), "_mAP": ours["mAP"], "_detections": n_dets}
 
 

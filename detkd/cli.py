@@ -38,11 +38,16 @@ def train(
     from detkd.config import ConfigError, load_config
     from detkd.experiment import train as run
 
+    from detkd.registry import UnknownNameError
+
     try:
         cfg = load_config(config, overrides or [])
     except (ConfigError, KeyError) as e:
         _fail(str(e))
-    result = run(cfg, resume=resume, evaluate=not no_eval)
+    try:
+        result = run(cfg, resume=resume, evaluate=not no_eval)
+    except UnknownNameError as e:  # e.g. distill.methods=[arcface]: a one-line error naming what it is
+        _fail(str(e))
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

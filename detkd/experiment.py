@@ -5,8 +5,8 @@ that can be used on its own.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -58,8 +58,6 @@ def build_val_set(cfg: ExperimentConfig):
     """The evaluation split of ``cfg.data``: ``(image uint8 [H, W, 3], meta)`` samples; ``eval.images_dir`` /
     ``eval.gt_dir`` go to the data set builder when set."""
     ev = cfg.eval or DetEvalConfig()
-    import dataclasses
-
     extra = {k: v for k, v in (("images_dir", ev.images_dir), ("gt_dir", ev.gt_dir)) if v}
     kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
               if f.name != "name" and f.name not in COLLATE_FIELDS}

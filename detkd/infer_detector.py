@@ -18,6 +18,8 @@ multiple of ``size_divisible`` bottom/right with ``pad_colour``) and, optionally
 * ``mmdet-gfl``: mmdet v2's COCO test pipeline ``Resize(img_scale=(1333, 800), keep_ratio=True)``: new size
   ``int(w * scale + 0.5) x int(h * scale + 0.5)``, ``cv2.INTER_LINEAR`` on the uint8 image, pad to 32 with the
   mmdet mean; post-processing the model's own (GFL: METHODS.md §3.2's nms_pre 1000, score 0.05, NMS 0.6, 100).
+* ``mmdet-voc``: the same with mmdet's VOC scale (1000, 600) and the model's own thresholds (LD's GFL and DeFeat's
+  RetinaNet VOC tests; ``mmdet-600`` fixes Faster R-CNN's NMS 0.5 instead).
 
 Boxes go back to the original image with torchvision's ``resize_boxes`` ratios (float32 original / resized per
 axis). Images are numpy ``uint8 [H, W, 3]`` RGB; ``detect_image`` returns original-image pixels
@@ -61,6 +63,7 @@ DET_PROTOCOLS: dict[str, DetProtocol] = {
     "mmdet-600": DetProtocol("mmdet-600", 600, 1000, "cv2", 32, MMDET_PAD,
                              thresholds={"score_thresh": 0.05, "nms_thresh": 0.5, "max_dets": 100}),
     "mmdet-gfl": DetProtocol("mmdet-gfl", 800, 1333, "mmcv", 32, MMDET_PAD),
+    "mmdet-voc": DetProtocol("mmdet-voc", 600, 1000, "mmcv", 32, MMDET_PAD),
     "torchvision-320": DetProtocol("torchvision-320", 320, 533, "torch", 32, IMAGENET_PAD),
 }
 

@@ -24,6 +24,13 @@ KIND_NAMES = {"model": "model", "dataset": "dataset", "method": "detection disti
 _PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill", "detkd.eval")
 
 
+class UnknownNameError(KeyError):
+    """A name that is not registered under the kind asked for (the message says what it is, if anything)."""
+
+    def __str__(self) -> str:  # the message itself, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
+
+
 def register(kind: str, name: str | None = None, tiny: dict[str, Any] | None = None):
     """Decorator: ``@register("model")`` files a builder under its function name (or ``name``).
 
@@ -71,7 +78,7 @@ def lookup(kind: str, name: str) -> Callable:
     if name not in table:
         elsewhere = [KIND_NAMES[k] for k in kind_of(name) if k != kind]
         what = f"; {name!r} is {' and '.join(map(_a, elsewhere))}, not {_a(KIND_NAMES[kind])}" if elsewhere else ""
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown {KIND_NAMES[kind]} {name!r}{what}{close_matches(name, table)} "
             f"(known: {', '.join(sorted(table))})"
         )

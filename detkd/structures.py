@@ -134,7 +134,7 @@ class RoIOutput:
 
 @dataclass
 class DetOutput:
-    """What every detector's ``forward(images, targets=None, decode=False)`` returns, in any mode.
+    """What every detector's ``forward(images, targets=None, decode=False, image_sizes=None)`` returns, in any mode.
 
     ``feats``   named feature maps ``[B, C, H, W]``: neck outputs ``"p3"``, ``"p4"``, ... and head-tower
                 outputs ``"cls_feat.p3"``, ``"reg_feat.p3"`` where the model has task towers

@@ -44,12 +44,25 @@ def test_help_and_list():
     for name in ("retinaface_mnet", "retinaface_r50", "mobilefacenet", "tdkd", "feat", "kd", "synthfaces",
                  "biubug6-origin", "tdkd-1600", "tdkd/retinaface_mnet075_to_mnet025_synthfaces"):
         assert name in listing
+    methods = cli("list", "methods").output.split()
+    objectives = cli("list", "objectives").output.split()
+    assert "tdkd" in methods and "arcface" not in methods  # detection methods and face objectives apart
+    assert {"arcface", "margin_distillation"} <= set(objectives) and "tdkd" not in objectives
+    assert "widerface" in cli("list", "evaluators").output.split()
 
 
 def test_unknown_config_key_is_a_clear_error():
     res = cli("train", "retinaface/mnet025_synthfaces", "optim.lrr=0.1", ok=False)
     assert res.exit_code == 2
     assert "optim.lr" in res.output and "did you mean" in res.output
+
+
+def test_a_face_objective_as_detection_method_is_a_clear_error(tmp_path):
+    teacher = Path(__file__).resolve().parents[1] / "detkd" / "assets" / "synthfaces_teacher_mnet075.safetensors"
+    res = cli("train", "tdkd/retinaface_mnet075_to_mnet025_synthfaces", "distill.methods=[arcface]",
+              f"distill.teacher_weights={teacher}", f"train.out_dir={tmp_path}", ok=False)
+    assert res.exit_code == 2, res.output
+    assert "'arcface' is a face-recognition objective, not a detection distillation method" in res.output
 
 
 def test_train_distill_export_detect_eval(tiny, tmp_path):

@@ -36,13 +36,20 @@ def test_voc_mini_counts():
 
 @need_voc
 def test_voc_mini_gt_as_detections_scores_one():
-    recs = read_voc(VOC_MINI, "val")
-    gt = VOCGroundTruth.from_records(recs)
-    ev = VOCEvaluator(gt, metric="voc07")
+    from detkd.eval.base import build_evaluator
+
+    from detkd.registry import lookup
+
+    ds = lookup("dataset", "voc")(root=str(VOC_MINI), split="val", val_splits=["val"])
+    recs = ds.records
+    img, meta = ds[0]
+    assert img.dtype == np.uint8 and img.shape == (500, 486, 3) and meta["image_id"] == "2007_000027"
+    ev = build_evaluator("voc", dataset=ds, metric="voc07")
+    assert isinstance(ev, VOCEvaluator)
     ev.process([{"image_id": r.image_id} for r in recs],
                [{"boxes": r.boxes, "scores": np.linspace(0.9, 0.1, len(r.labels)), "labels": r.labels} for r in recs])
     res = ev.evaluate()
-    assert all(ap == pytest.approx(1.0, abs=1e-12) for ap in res["per_class"].values())  # 11 x (1/11)
+    assert all(res[f"AP/{c}"] == pytest.approx(1.0, abs=1e-12) for c in VOC_CLASSES)  # 11 x (1/11)
 
 
 @need_voc
@@ -137,12 +144,16 @@ def test_coco_100_counts_and_category_map():
 
 @need_coco
 def test_coco_100_gt_as_detections_scores_one():
+    from detkd.eval.base import build_evaluator
+
     recs, cats = read_coco(COCO_100)
-    ev = COCOEvaluator(COCO_100)
+    ev = build_evaluator("coco", ann_file=COCO_100)
+    assert isinstance(ev, COCOEvaluator)
     outs = []
     for r in recs:
         keep = ~r.crowd
-        outs.append({"boxes": r.boxes[keep], "scores": np.linspace(0.9, 0.5, int(keep.sum())), "labels": r.labels[keep]})
+        outs.append({"boxes": r.boxes[keep], "scores": np.linspace(0.9, 0.5, int(keep.sum())),
+                     "labels": r.labels[keep]})
     ev.process([{"image_id": r.image_id} for r in recs], outs)
     stats = ev.evaluate()
     assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)

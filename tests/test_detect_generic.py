@@ -54,3 +54,9 @@ def test_detect_coco_with_gfl(tmp_path):
     bad = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "g.safetensors"),
                                    "--protocol", "mmdet-gfl", "--format", "widerface-txt", "--out-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "png, coco or voc" in bad.output
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "g.safetensors"),
+                                   "--protocol", "mmdet-gfl", "--format", "voc", "--out-dir", str(tmp_path / "voc")])
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for f in (tmp_path / "voc").iterdir() for line in f.read_text().splitlines()]
+    assert rows and all(r[0] == "a" and len(r) == 6 for r in rows)
+    assert len(rows) == len(per)  # the same detections as the COCO file

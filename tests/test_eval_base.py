@@ -150,3 +150,28 @@ def test_registry_fills_evaluators_without_importing_them_first():
             "load_all(); print(sorted(EVALUATORS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'widerface'" in out
+
+
+@pytest.mark.slow
+def test_evaluation_gathers_to_rank0_under_ddp(tmp_path):
+    """Two gloo ranks each evaluate a strided shard; rank 0's AP equals the one-process AP."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as tdist
+
+    if not tdist.is_available() or not tdist.is_gloo_available():
+        pytest.skip("no gloo backend")
+    script = Path(__file__).resolve().parent / "_eval_ddp.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env, check=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "two.json")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["world"] == 2 and one["world"] == 1
+    assert two["ap"] == one["ap"] and 0 < one["ap"]["easy"] < 1

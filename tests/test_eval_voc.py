@@ -1,7 +1,5 @@
 """detkd's VOC evaluator against the transcribed py-faster-rcnn ``voc_eval.py`` oracle, the devkit/strict
 threshold comparison, the 11-point arange quirk, result files and their errors."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -50,8 +48,10 @@ def test_in_memory_equals_written_files(random_set, tmp_path):
     ev.process([{"image_id": i} for i in ids[:100]], outputs[:100])
     ev.process([{"image_id": i} for i in ids[100:]], outputs[100:])
     write_voc_results(tmp_path / "w", ids, outputs)
-    a, b = ev.evaluate(), evaluate_dir(tmp_path / "w", gt, metric="area")
+    a, b = ev.details(), evaluate_dir(tmp_path / "w", gt, metric="area")
     assert a["per_class"] == b["per_class"] and a["mAP"] == b["mAP"]
+    flat = ev.evaluate()  # what the trainer logs: flat floats
+    assert flat["mAP"] == a["mAP"] and flat["AP/dog"] == a["per_class"]["dog"] and len(flat) == 21
     ev.reset()
     assert ev.evaluate()["mAP"] == 0.0
 
@@ -153,3 +153,26 @@ def test_writer_round_trips_voc_pixels(tmp_path):
     write_voc_results(tmp_path / "r", ["a"], [{"boxes": boxes, "scores": [0.5], "labels": [8]}])
     assert (tmp_path / "r" / "cat.txt").read_text() == "a 0.5 3.0 4.0 20.0 30.0\n"
     assert (tmp_path / "r" / "dog.txt").read_text() == ""
+
+
+def test_ties_and_degenerate_boxes_match_oracle(tmp_path):
+    # identical GT boxes (argmax takes the first: here the difficult one), integer detections that tie at
+    # exactly 0.5 IoU, a zero-area detection, and an image without GT of the class
+    root = tmp_path / "V"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    write_xml(root / "Annotations" / "a.xml", 100, 100, [("cat", (1, 1, 10, 10), True), ("cat", (1, 1, 10, 10), False),
+                                                       ("cat", (30, 30, 60, 60), False)])
+    write_xml(root / "Annotations" / "b.xml", 100, 100, [("dog", (5, 5, 50, 50), False)])
+    (root / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "cat.txt").write_text("a 0.9 1 1 10 10\na 0.8 1 1 10 5\nb 0.7 1 1 10 10\na 0.6 30 30 60 60\n"
+                                            "a 0.5 40 40 40 40\na 0.4 30 30 60 45\n")
+    (tmp_path / "r" / "dog.txt").write_text("b 0.3 5 5 50 27\n")
+    recs = {i: parse_rec(root / "Annotations" / f"{i}.xml") for i in ("a", "b")}
+    gt = VOCGroundTruth.load(root, "test")
+    for metric in ("voc07", "area"):
+        res = evaluate_dir(tmp_path / "r", gt, metric=metric, iou_compare="strict")
+        for c in ("cat", "dog"):
+            ref = voc_eval(str(tmp_path / "r" / "{}.txt"), recs, ["a", "b"], c, 0.5, metric == "voc07")[2]
+            assert res["per_class"][c] == ref, (metric, c)

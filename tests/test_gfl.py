@@ -151,6 +151,22 @@ def test_mmdet_gfl_import(tmp_path):
     assert len(out.dets[0]["boxes"]) > 0 and out.dets[0]["labels"].min() >= 1
 
 
+def test_mmdet_gfl_import_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from detkd.cli import app
+
+    torch.save({"state_dict": mmdet_layout(num_classes=5)}, tmp_path / "gfl.pth")
+    res = CliRunner().invoke(app, ["import-weights", "mmdet-gfl", str(tmp_path / "gfl.pth"), "--out",
+                                   str(tmp_path / "g.safetensors")])
+    assert res.exit_code == 0, res.output
+    assert load_model_file(tmp_path / "g.safetensors")[1]["model"]["num_classes"] == 5
+    torch.save({"state_dict": {"foo": torch.zeros(1)}}, tmp_path / "bad.pth")
+    res = CliRunner().invoke(app, ["import-weights", "mmdet-gfl", str(tmp_path / "bad.pth"), "--out",
+                                   str(tmp_path / "b.safetensors")])
+    assert res.exit_code == 2 and "not an mmdet GFL checkpoint" in res.output
+
+
 def test_mmdet_gfl_import_is_strict(tmp_path):
     sd = mmdet_layout()
     sd["bbox_head.gfl_extra.weight"] = torch.zeros(1)
@@ -164,3 +180,15 @@ def test_mmdet_gfl_import_is_strict(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "bad2.pth")
     with pytest.raises(ValueError, match="integral.project"):
         import_mmdet_gfl(tmp_path / "bad2.pth", tmp_path / "o.safetensors")
+
+
+def test_autocast_losses_and_dets_stay_float32():
+    from detkd.models.retinanet import retinanet
+
+    torch.manual_seed(0)
+    for m in (light(), retinanet(depth=18, num_classes=3, fpn_channels=16, num_convs=1)):
+        m.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(torch.rand(1, 3, 96, 128) * 255, targets()[:1], decode=True)
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.losses.values()), out.losses
+        assert out.dets[0]["boxes"].dtype == torch.float32 and out.dets[0]["scores"].dtype == torch.float32

@@ -78,8 +78,13 @@ def test_losses_equal_torchvision_compute_loss():
 def test_bad_labels_fail_clearly():
     m = light().train()
     t = [{"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0]]), "labels": torch.tensor([7])}]
-    with pytest.raises(ValueError, match="labels out of range"):
+    with pytest.raises(ValueError, match="labels \[7\] outside 1..3"):
         m(torch.rand(1, 3, 96, 96) * 255, t)
+    flat = [{"boxes": torch.tensor([[10.0, 12.0, 10.0, 90.0]]), "labels": torch.tensor([1])}]
+    with pytest.raises(ValueError, match="target 0: boxes without area"):
+        m(torch.rand(1, 3, 96, 96) * 255, flat)
+    with pytest.raises(ValueError, match="2 boxes but 1 labels"):
+        m(torch.rand(1, 3, 96, 96) * 255, [{"boxes": torch.zeros(2, 4), "labels": torch.tensor([1])}])
 
 
 def torchvision_model():

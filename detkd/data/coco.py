@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detkd.data.detection import DetectionDataset, DetRecord, ResizeConfig
+from detkd.data.detection import DetectionDataset, DetectionEvalSet, DetRecord, ResizeConfig
 from detkd.registry import register
 
 
@@ -74,9 +74,11 @@ def check_coco(data: dict, src: str) -> None:
         cats[c.get("id")] = k
     for k, a in enumerate(data["annotations"]):
         if a.get("image_id") not in seen:
-            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) refers to unknown image id {a.get('image_id')}")
+            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) refers to unknown image id "
+                             f"{a.get('image_id')}")
         if a.get("category_id") not in cats:
-            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) has unknown category id {a.get('category_id')}")
+            raise ValueError(f"{src}: annotations[{k}] (id {a.get('id')}) has unknown category id "
+                             f"{a.get('category_id')}")
         bb = a.get("bbox")
         if not (isinstance(bb, list) and len(bb) == 4 and all(isinstance(v, (int, float)) for v in bb)
                 and np.isfinite(bb).all()):
@@ -135,9 +137,20 @@ class COCODetection(DetectionDataset):
 
 
 @register("dataset")
-def coco(*, ann_file: str, images_dir: str, short: list[int] | None = None, max_long: int = 1333,
-         augment: bool = True, drop_empty: bool = True, train_difficult: bool = False, seed: int = 0):
-    """COCO instances (bbox), mmdet's 1333x800 resize by default."""
-    resize = ResizeConfig(tuple(short or (800,)), max_long)
+def coco(*, ann_file: str, images_dir: str, split: str = "train", val_ann_file: str | None = None,
+         val_images_dir: str | None = None, img_size: int | None = None, short: list[int] | None = None,
+         max_long: int = 1333, augment: bool = True, drop_empty: bool = True, train_difficult: bool = False,
+         seed: int = 0):
+    """COCO instances (bbox). ``split="train"``: training samples (mmdet's 1333x800 resize by default;
+    ``img_size`` is a one-value shorthand for ``short``). ``split="val"``: the evaluation view
+    (``DetectionEvalSet``, every image kept) of ``val_ann_file`` / ``val_images_dir``."""
+    if split == "val":
+        if not val_ann_file:
+            raise ValueError("coco: split='val' needs val_ann_file (and val_images_dir)")
+        records, cats = read_coco(val_ann_file, val_images_dir)
+        return DetectionEvalSet(records, cats.names, ann_file=val_ann_file)
+    if split != "train":
+        raise ValueError(f"coco: unknown split {split!r} (expected 'train' or 'val')")
+    resize = ResizeConfig(tuple(short or ((img_size,) if img_size else (800,))), max_long)
     return COCODetection(ann_file, images_dir, resize=resize, augment=augment, drop_empty=drop_empty,
                          train_difficult=train_difficult, seed=seed)

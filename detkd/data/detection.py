@@ -99,6 +99,31 @@ def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.ascontiguousarray(image[:, ::-1]), out
 
 
+class DetectionEvalSet(torch.utils.data.Dataset):
+    """The evaluation view of records, as the detector evaluation path reads it (``detkd.infer.ProtocolImages``):
+    ``(image uint8 [H, W, 3] RGB at original size, meta = {image_id, path, orig_size (H, W), index})``; the
+    test-time resize belongs to the inference protocol. ``records`` / ``class_names`` feed the evaluators."""
+
+    def __init__(self, records: list[DetRecord], class_names=None, ann_file=None):
+        self.records = list(records)
+        self.class_names = tuple(class_names) if class_names is not None else None
+        self.ann_file = ann_file  # COCO: the instances file (or dict) the records came from
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"{type(self).__name__} index {index} out of range [0, {len(self)})")
+        rec = self.records[index]
+        image = read_image(rec.path)
+        if image.shape[:2] != (rec.height, rec.width):
+            raise ValueError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotation says "
+                             f"{rec.width}x{rec.height}")
+        return image, {"image_id": rec.image_id, "path": str(rec.path), "orig_size": (rec.height, rec.width),
+                       "index": int(index)}
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Records -> samples (see the module docstring). ``augment`` turns on the random horizontal flip
     (p = 1/2) and, with several ``resize.shorts``, the multi-scale draw; without it the first short side is

@@ -423,15 +423,29 @@ def ensure_synthshapes(root: str | Path, seed: int = 0, n_train: int = 1500, n_v
 
 
 @register("dataset")
-def synthshapes(*, root: str, split: str = "train", short: list[int] | None = None, max_long: int = 512,
+def synthshapes(*, root: str, split: str = "train", img_size: int = 320, short: list[int] | None = None,
+                max_long: int = 512,
                 augment: bool = True, train_difficult: bool = False, seed: int = 0, data_seed: int = 0,
-                n_train: int = 1500, n_val: int = 500):
-    """SynthShapes (written to ``root`` on first use, then read through the VOC reader). Default resize keeps
-    the scene size range (short side 320..512 is brought to ``short``, 320 by default)."""
-    from detkd.data.voc import VOCDetection
+                n_train: int = 1500, n_val: int = 500, knobs: dict | None = None):
+    """SynthShapes (written to ``root`` on first use, then read through the VOC reader). ``split="train"``:
+    training samples, short side (320..512) resized to ``short`` (default ``(img_size,)``; several =
+    multi-scale), long side capped at ``max_long``. ``split="val"``: the evaluation view
+    (``DetectionEvalSet``: original-size uint8 images, the inference protocol resizes). ``knobs`` overrides :class:`SynthShapesConfig` fields, e.g.
+    ``{"objects": (4, 12), "size_tail": 2.0}`` (a root remembers its knobs and refuses others)."""
+    from dataclasses import fields
+
+    from detkd.data.detection import DetectionEvalSet
+    from detkd.data.voc import VOCDetection, read_voc
 
     if split not in SPLITS:
         raise ValueError(f"synthshapes: unknown split {split!r} (expected 'train' or 'val')")
-    ensure_synthshapes(root, data_seed, n_train, n_val)
-    return VOCDetection(root, split, SYNTHSHAPES_CLASSES, resize=ResizeConfig(tuple(short or (320,)), max_long),
-                        augment=augment and split == "train", train_difficult=train_difficult, seed=seed)
+    names = {f.name for f in fields(SynthShapesConfig)}
+    bad = sorted(set(knobs or {}) - names)
+    if bad:
+        raise ValueError(f"synthshapes: unknown knob(s) {bad}; known: {', '.join(sorted(names))}")
+    cfg = SynthShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (knobs or {}).items()})
+    ensure_synthshapes(root, data_seed, n_train, n_val, cfg)
+    if split == "val":
+        return DetectionEvalSet(read_voc(root, "val", SYNTHSHAPES_CLASSES), SYNTHSHAPES_CLASSES)
+    return VOCDetection(root, split, SYNTHSHAPES_CLASSES, resize=ResizeConfig(tuple(short or (img_size,)), max_long),
+                        augment=augment, train_difficult=train_difficult, seed=seed)

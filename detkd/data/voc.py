@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detkd.data.detection import DetectionDataset, DetRecord, ResizeConfig
+from detkd.data.detection import DetectionDataset, DetectionEvalSet, DetRecord, ResizeConfig
 from detkd.registry import register
 
 VOC_CLASSES = (
@@ -162,10 +162,26 @@ class VOCDetection(DetectionDataset):
 
 
 @register("dataset")
-def voc(*, roots: list[str], splits: list[str], short: list[int] | None = None, max_long: int = 1000,
-        augment: bool = True, train_difficult: bool = False, seed: int = 0,
-        class_names: list[str] | None = None):
-    """PASCAL VOC, e.g. VOC07+12 trainval: ``roots=[VOC2007, VOC2012], splits=[trainval, trainval]``."""
-    resize = ResizeConfig(tuple(short or (600,)), max_long)
-    return VOCDetection(roots, splits, tuple(class_names or VOC_CLASSES), resize=resize, augment=augment,
-                        train_difficult=train_difficult, seed=seed)
+def voc(*, root: str | None = None, roots: list[str] | None = None, splits: list[str] | None = None,
+        split: str = "train", val_roots: list[str] | None = None, val_splits: list[str] | None = None,
+        img_size: int | None = None, short: list[int] | None = None, max_long: int = 1000, augment: bool = True,
+        train_difficult: bool = False, seed: int = 0, class_names: list[str] | None = None):
+    """PASCAL VOC. ``split="train"``: training samples of ``roots`` x ``splits`` (VOC07+12 trainval:
+    ``roots=[VOC2007, VOC2012], splits=[trainval, trainval]``), resized to short side ``short`` (several =
+    multi-scale; ``img_size`` is a one-value shorthand) with the long side capped at ``max_long``.
+    ``split="val"``: the evaluation view (``DetectionEvalSet``) of ``val_roots`` x ``val_splits`` (default: the
+    first root's ``test`` set). ``root`` is shorthand for ``roots=[root]``; ``splits`` defaults to trainval."""
+    names = tuple(class_names or VOC_CLASSES)
+    if roots is None:
+        if root is None:
+            raise ValueError("voc: give root= or roots=")
+        roots = [root]
+    splits = splits or ["trainval"]
+    if split == "val":
+        vr = val_roots or [roots[0]]
+        return DetectionEvalSet(read_voc(vr, val_splits or ["test"], names), names)
+    if split != "train":
+        raise ValueError(f"voc: unknown split {split!r} (expected 'train' or 'val')")
+    resize = ResizeConfig(tuple(short or ((img_size,) if img_size else (600,))), max_long)
+    return VOCDetection(roots, splits, names, resize=resize, augment=augment, train_difficult=train_difficult,
+                        seed=seed)

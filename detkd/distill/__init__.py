@@ -1,2 +1,2 @@
 """Distillation: the Distiller, masks, losses and one module per method (fills the method registry)."""
-from detkd.distill import facerec_objectives, feat, kd, tdkd  # noqa: F401
+from detkd.distill import defeat, facerec_objectives, feat, fgfi, kd, ld, tdkd  # noqa: F401

@@ -139,3 +139,60 @@ def feat_mse(s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
     m = _location_mask(mask, diff2, "feat_mse")
     num = (diff2 * m).sum()
     return num / (m.sum() * s.shape[1]).clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------ LD (§3.3) and DeFeat head (§4.5)
+
+
+def kd_rows(p_logits: Tensor, q_logits: Tensor, T: float) -> Tensor:
+    """LD's KD row loss (§3.3): ``T² · (1/n) · Σ_k q_k (log q_k − log p_k)`` per row, ``[...]`` from ``[..., n]``.
+
+    ``q = softmax(q_logits/T)`` (teacher, detached here), ``p = softmax(p_logits/T)`` (student). Note the 1/n
+    ("mean over bins/classes") factor of the released code. Computed in float32.
+    """
+    _check_pair(p_logits, q_logits, "kd_rows")
+    if T <= 0:
+        raise ValueError(f"kd_rows: temperature must be > 0, got {T}")
+    log_p = F.log_softmax(p_logits.float() / T, dim=-1)
+    log_q = F.log_softmax(q_logits.detach().float() / T, dim=-1)
+    return (log_q.exp() * (log_q - log_p)).mean(-1) * (T * T)
+
+
+def weighted_kd(
+    s: Tensor, t: Tensor, weight: Tensor, T: float, bins: int | None = None, denom: float = 1.0
+) -> Tensor:
+    """``Σ_i weight_i · Σ_e kd_rows(s_{i,e}, t_{i,e}, T) / denom`` — every LD term (§3.3).
+
+    ``s``, ``t`` ``[B, P, K]`` logits; with ``bins`` the last axis is split into ``K / bins`` rows (box edges of a
+    ``4·(reg_max+1)`` distribution) that are summed per prior. ``weight`` ``[B, P]`` float (0 = not selected):
+    main LD ``pos · ω`` with ``denom 4``; VLR LD the VLR IoU weights with ``denom 16``; KD ``pos / |P_l|``.
+    An all-zero weight gives an exact 0 that keeps the graph (§3.7).
+    """
+    _check_pair(s, t, "weighted_kd")
+    if weight.shape != s.shape[:-1]:
+        raise ValueError(
+            f"weighted_kd: weight shape {tuple(weight.shape)} != logits leading shape {tuple(s.shape[:-1])}"
+        )
+    if bins is not None:
+        if s.shape[-1] % bins:
+            raise ValueError(f"weighted_kd: last axis {s.shape[-1]} is not a multiple of {bins} bins")
+        s, t = s.unflatten(-1, (-1, bins)), t.unflatten(-1, (-1, bins))
+    rows = kd_rows(s, t, T)  # [B, P] or [B, P, E]
+    if bins is not None:
+        rows = rows.sum(-1)
+    return (rows * weight.to(rows)).sum() / denom
+
+
+def decoupled_roi_kd(
+    s_logits: Tensor, t_logits: Tensor, labels: Tensor, T: float = 1.0, background: int = 0
+) -> tuple[Tensor, Tensor]:
+    """DeFeat head KD (§4.5): ``(KL_set(P), KL_set(N))`` on RoI softmax logits ``[R, K+1]``.
+
+    ``KL_set(X) = T² · Σ_{r∈X} Σ_k q (log q − log p) / |X|``, 0 for an empty set; ``P`` = RoIs whose label is
+    not ``background`` (detkd: 0), ``N`` = background RoIs. ``labels`` int64 ``[R]`` must come from the sampling
+    that produced the RoIs (the clean SampleSTU pairing; §4.11-2).
+    """
+    if labels.shape != s_logits.shape[:-1]:
+        raise ValueError(f"decoupled_roi_kd: labels {tuple(labels.shape)} vs logits {tuple(s_logits.shape)}")
+    neg = labels == background
+    return kd_kl(s_logits, t_logits, T, mask=~neg), kd_kl(s_logits, t_logits, T, mask=neg)

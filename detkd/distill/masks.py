@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_iou
 
+from detkd.ops.boxes import box_iou_plus1
 from detkd.structures import Assignment
 
 
@@ -151,3 +153,196 @@ def tdkd_location_masks(inp: MaskInputs, neg_ratio: int = 3) -> list[tuple[Tenso
 def positive_location_masks(inp: MaskInputs) -> list[Tensor]:
     """Locations holding at least one positive prior, per level ``bool [B, H, W]`` (the "gt" feature mask)."""
     return priors_to_locations(inp.assign.pos.bool(), inp.level_sizes, inp.feat_hw)
+
+
+# ----------------------------------------------------------------------------------- FGFI (§2.3)
+
+
+@torch.no_grad()
+def fgfi_level_mask(
+    anchors: Tensor, gt_boxes: Tensor, hw: tuple[int, int], psi: float = 0.5, plus1: bool = True
+) -> Tensor:
+    """FGFI imitation mask of one image on one feature map (METHODS.md §2.3): ``bool [H, W]``.
+
+    ``anchors`` ``[H·W·A, 4]`` xyxy, ordered row-major (y, x) then anchor, ALL of them (border-crossing ones
+    included); ``gt_boxes`` ``[G, 4]`` xyxy. Per GT ``k``: ``τ_k = psi · max_a IoU(a, k)``; a location is set when
+    any of its anchors has ``IoU > τ_k`` (strict); union over GTs. ``plus1`` uses the "+1" pixel convention of
+    the reference (area ``(x2−x1+1)(y2−y1+1)``). A point GT (zero width AND height) gets IoU 0 everywhere, as
+    in the reference's IoU helper, so it adds nothing; a GT-less image gives an empty mask.
+    """
+    h, w = hw
+    a = anchors_per_location(anchors.shape[0], hw)
+    if gt_boxes.numel() == 0:
+        return torch.zeros(h, w, dtype=torch.bool, device=anchors.device)
+    anchors = anchors.float()
+    gts = gt_boxes.to(anchors)
+    iou = box_iou_plus1(anchors, gts) if plus1 else box_iou(anchors, gts)  # [P, G]
+    point = (gts[:, 0] == gts[:, 2]) & (gts[:, 1] == gts[:, 3])  # [G]
+    iou = iou.masked_fill(point[None, :], 0.0)
+    tau = psi * iou.amax(0)  # [G]
+    hit = (iou > tau[None, :]).any(1)  # [P]
+    return hit.view(h * w, a).any(1).view(h, w)
+
+
+@torch.no_grad()
+def fgfi_location_masks(
+    level_anchors: Sequence[Tensor],
+    gt_boxes: Sequence[Tensor],
+    feat_hw: Sequence[tuple[int, int]],
+    psi: float = 0.5,
+    plus1: bool = True,
+) -> list[Tensor]:
+    """FGFI masks per level, ``bool [B, H_l, W_l]``: each level's anchors against every GT of the image with
+    that level's own ``max IoU`` (DeFeat's ``mask-neck-roi`` port on FPN; one level on a single C4/conv5 map).
+
+    ``level_anchors[l]`` ``[H_l·W_l·A_l, 4]`` xyxy (shared by the batch); ``gt_boxes[b]`` ``[G_b, 4]`` xyxy.
+    """
+    if len(level_anchors) != len(feat_hw):
+        raise ValueError(f"FGFI mask: {len(level_anchors)} anchor levels but {len(feat_hw)} feature maps")
+    return [
+        torch.stack([fgfi_level_mask(anc, gts, hw, psi, plus1) for gts in gt_boxes])
+        for anc, hw in zip(level_anchors, feat_hw)
+    ]
+
+
+# --------------------------------------------------------------------------------- DeFeat (§4.3)
+
+
+def defeat_gt_level(gt_boxes: Tensor, num_levels: int, base: float = 56.0) -> Tensor:
+    """DeFeat's one-level-per-GT rule (§4.3): ``clamp(floor(log2(s / base + 1e-6)), 0, L−1)``, int64 ``[G]``,
+    with ``s = sqrt((x2−x1+1)(y2−y1+1))`` (so ``s < 2·base`` → level 0, the finest map)."""
+    g = gt_boxes.double()
+    s = ((g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1)).clamp(min=0).sqrt()
+    return torch.floor(torch.log2(s / base + 1e-6)).clamp(0, num_levels - 1).long()
+
+
+@torch.no_grad()
+def defeat_fg_masks(
+    gt_boxes: Sequence[Tensor],
+    strides: Sequence[int],
+    feat_hw: Sequence[tuple[int, int]],
+    base: float = 56.0,
+    device: torch.device | str | None = None,
+) -> list[Tensor]:
+    """DeFeat foreground masks (``get_gt_mask``, §4.3 with the border clamp of §4.8): ``bool [B, H_l, W_l]``.
+
+    Each GT lands on ONE level (``defeat_gt_level``); on it, with stride ``r`` and map ``h×w``:
+    ``lx = max(int(x1/r), 0)``, ``rx = min(int(x2/r), w)``, ``ly = max(int(y1/r), 0)``, ``ry = min(int(y2/r), h)``
+    (``int`` truncates toward zero) and ``mask[ly:ry, lx:rx] = 1`` (exclusive upper bounds). If ``lx == rx`` or
+    ``ly == ry`` only the single cell ``mask[ly, lx]`` is set (a 1-cell-tall but wide box marks one cell),
+    clamped to ``h−1``/``w−1`` at the right/bottom border. A GT of another scale is background on this level;
+    padded image area is background. ``gt_boxes[b]`` ``[G_b, 4]`` xyxy input pixels.
+    """
+    if len(strides) != len(feat_hw):
+        raise ValueError(f"DeFeat mask: {len(strides)} strides but {len(feat_hw)} feature maps")
+    masks = [torch.zeros(len(gt_boxes), h, w, dtype=torch.bool, device=device) for h, w in feat_hw]
+    for b, gts in enumerate(gt_boxes):
+        if gts.numel() == 0:
+            continue
+        levels = defeat_gt_level(gts, len(strides), base).tolist()
+        for (x1, y1, x2, y2), lvl in zip(gts.double().tolist(), levels):
+            r, (h, w) = strides[lvl], feat_hw[lvl]
+            lx, rx = max(int(x1 / r), 0), min(int(x2 / r), w)
+            ly, ry = max(int(y1 / r), 0), min(int(y2 / r), h)
+            if lx == rx or ly == ry:
+                masks[lvl][b, min(ly, h - 1), min(lx, w - 1)] = True
+            else:
+                masks[lvl][b, ly:ry, lx:rx] = True
+    return masks
+
+
+# ------------------------------------------------------------------------------------- LD (§3.4)
+
+
+def _centres(boxes: Tensor) -> Tensor:  # [N, 4] xyxy -> [N, 2]
+    return (boxes[:, :2] + boxes[:, 2:]) / 2
+
+
+@torch.no_grad()
+def atss_thresholds(level_priors: Sequence[Tensor], gt_boxes: Tensor, topk: int = 9) -> Tensor:
+    """ATSS per-GT IoU thresholds (§3.2, §3.4-1): ``float [G]``.
+
+    Candidates: on every level the ``topk`` priors (``[P_l, 4]`` xyxy) whose centres are closest (L2) to the GT
+    centre (fewer when a level has fewer priors). ``thr_g = mean + std`` (unbiased) of their plain IoUs with ``g``.
+    """
+    if gt_boxes.numel() == 0:
+        return gt_boxes.new_zeros(0)
+    gts = gt_boxes.float()
+    ious = []
+    for priors in level_priors:
+        priors = priors.to(gts)
+        dist = torch.cdist(_centres(gts), _centres(priors))  # [G, P_l]
+        k = min(topk, priors.shape[0])
+        idx = dist.topk(k, dim=1, largest=False).indices  # [G, k]
+        iou = box_iou(gts, priors)  # [G, P_l]
+        ious.append(iou.gather(1, idx))
+    cand = torch.cat(ious, dim=1)  # [G, topk·L]
+    return cand.mean(1) + cand.std(1)
+
+
+def vlr_diou(priors: Tensor, gts: Tensor, faithful: bool = True, eps: float = 1e-6) -> Tensor:
+    """The "DIoU" of LD's VLR selection, ``[P, G]`` for xyxy ``priors [P, 4]`` and ``gts [G, 4]``.
+
+    ``faithful=True`` (the released code, §3.11-1): ``|a∩g| / |a| − ρ²/c²`` (IoF: the anchor's own area as the
+    denominator); ``faithful=False``: the true DIoU ``IoU − ρ²/c²``. ``ρ`` = centre distance, ``c`` = diagonal of
+    the enclosing box; denominators clamped at ``eps`` (mmdet's convention).
+    """
+    lt = torch.maximum(priors[:, None, :2], gts[None, :, :2])
+    rb = torch.minimum(priors[:, None, 2:], gts[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # [P, G]
+    area_p = (priors[:, 2:] - priors[:, :2]).prod(-1)  # [P]
+    area_g = (gts[:, 2:] - gts[:, :2]).prod(-1)  # [G]
+    if faithful:
+        overlap = inter / area_p[:, None].clamp(min=eps)
+    else:
+        overlap = inter / (area_p[:, None] + area_g[None, :] - inter).clamp(min=eps)
+    rho2 = (_centres(priors)[:, None, :] - _centres(gts)[None, :, :]).pow(2).sum(-1)
+    enc_lt = torch.minimum(priors[:, None, :2], gts[None, :, :2])
+    enc_rb = torch.maximum(priors[:, None, 2:], gts[None, :, 2:])
+    c2 = (enc_rb - enc_lt).pow(2).sum(-1).clamp(min=eps)
+    return overlap - rho2 / c2
+
+
+@torch.no_grad()
+def vlr_weights(
+    level_priors: Sequence[Tensor],
+    gt_boxes: Tensor,
+    alpha: float = 0.25,
+    topk: int = 9,
+    faithful: bool = True,
+    thresholds: Tensor | None = None,
+) -> Tensor:
+    """LD's valuable localization region of one image (§3.4): per-prior weights ``float [P]`` (all levels
+    concatenated in head order); 0 outside the VLR.
+
+    A prior ``a`` is in ``VLR(g)`` iff ``alpha·thr_g ≤ DIoU(a, g) < thr_g`` (``thr_g`` = the ATSS threshold,
+    ``thresholds`` when the assigner already computed them, else ``atss_thresholds``; ``DIoU`` = ``vlr_diou``
+    with ``faithful``). Every prior of every level is a candidate, no centre-in-box test, positives are not
+    excluded. A prior in several VLRs takes the GT of highest IoU; its weight is that plain IoU. A GT-less image
+    (the reference crashes) gives an all-zero (empty) VLR; ``thr_g ≤ 0`` gives an empty VLR for ``g``.
+    """
+    priors = torch.cat([p.float() for p in level_priors])  # [P, 4]
+    if gt_boxes.numel() == 0:
+        return priors.new_zeros(priors.shape[0])
+    gts = gt_boxes.to(priors)
+    thr = atss_thresholds(level_priors, gts, topk) if thresholds is None else thresholds.to(priors)  # [G]
+    d = vlr_diou(priors, gts, faithful)  # [P, G]
+    inside = (d >= alpha * thr[None, :]) & (d < thr[None, :])
+    iou = box_iou(priors, gts)  # [P, G]
+    best = torch.where(inside, iou, torch.full_like(iou, -1.0)).max(1)  # highest-IoU GT among the VLRs
+    return torch.where(best.values >= 0, best.values.clamp(min=0), torch.zeros_like(best.values))
+
+
+# ------------------------------------------------------------------------------------ mask inputs
+
+
+def target_boxes(targets: Sequence[dict] | None, device: torch.device | str | None = None) -> list[Tensor]:
+    """The GT boxes of each image, ``float32 [G_b, 4]`` xyxy on ``device`` (a clear error without targets)."""
+    if targets is None:
+        raise ValueError("this distillation mask needs the batch's targets (GT boxes)")
+    out = []
+    for i, t in enumerate(targets):
+        if "boxes" not in t:
+            raise KeyError(f"target {i} has no 'boxes' (keys: {sorted(t)})")
+        out.append(torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4))
+    return out

@@ -1,3 +1,3 @@
-"""Evaluators (``base.py`` protocol): WIDER FACE, face verification; importing this package fills the
-evaluator registry."""
-from detkd.eval import widerface  # noqa: F401
+"""Evaluators (``base.py`` protocol): WIDER FACE, PASCAL VOC, COCO, face verification; importing this package
+fills the evaluator registry (``build_evaluator("widerface" | "voc" | "coco", ...)``)."""
+from detkd.eval import coco, voc, widerface  # noqa: F401

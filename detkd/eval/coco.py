@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from detkd.data.coco import CocoCategories, categories_of, check_coco, load_coco_json
+from detkd.eval.base import DatasetEvaluator
+from detkd.registry import register
 
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -97,21 +99,33 @@ def write_coco_results(path: str | Path, image_ids, outputs, cats: CocoCategorie
     return path
 
 
-class COCOEvaluator:
-    """``reset() / process(metas, outputs) / evaluate() -> {STAT_KEYS}`` over model outputs
-    (``metas[i]["image_id"]``: the COCO image id; outputs as in :func:`coco_results`)."""
+class COCOEvaluator(DatasetEvaluator):
+    """``reset() / process(metas, outputs) / evaluate() -> {STAT_KEYS}`` over model outputs (``detkd.eval.base``;
+    ``metas[i]["image_id"]``: the COCO image id; outputs as in :func:`coco_results`)."""
 
     def __init__(self, ann_file: str | Path | dict):
+        super().__init__()
         self.gt, src = load_coco_json(ann_file)
         check_coco(self.gt, src)
         self.categories = categories_of(self.gt)
-        self.reset()
 
-    def reset(self) -> None:
-        self._results: list[dict] = []
+    def record(self, meta: dict, output: dict) -> list[dict]:
+        return coco_results([meta["image_id"]], [output], self.categories)
 
-    def process(self, metas: Sequence[dict], outputs: Sequence[dict]) -> None:
-        self._results += coco_results([m["image_id"] for m in metas], outputs, self.categories)
+    def compute(self, records: list) -> dict[str, float]:
+        return coco_stats(self.gt, load_results([r for rec in records for r in rec], self.gt))
 
-    def evaluate(self) -> dict[str, float]:
-        return coco_stats(self.gt, load_results(self._results, self.gt))
+
+@register("evaluator")
+def coco(*, ann_file: str | Path | dict | None = None, dataset=None, max_images: int = 0) -> COCOEvaluator:
+    """COCO bbox AP/AR (12 stats, faster-coco-eval) against ``ann_file`` or ``dataset.ann_file`` (the ``val``
+    split of the ``coco`` dataset); ``max_images > 0`` keeps only the first N images of the file."""
+    ann = ann_file if ann_file is not None else getattr(dataset, "ann_file", None)
+    if ann is None:
+        raise ValueError("coco evaluator: give ann_file= or dataset= (a COCO evaluation set)")
+    if max_images > 0:
+        data, _ = load_coco_json(ann)
+        keep = {im["id"] for im in data["images"][:max_images]}
+        ann = {**data, "images": data["images"][:max_images],
+               "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    return COCOEvaluator(ann)

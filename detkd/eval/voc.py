@@ -22,6 +22,7 @@ Results directory: one file per class, ``<class>.txt`` or ``comp4_det_<split>_<c
 """
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from typing import Sequence
 import numpy as np
 
 from detkd.data.voc import VOC_CLASSES, read_voc, to_voc_pixels
+from detkd.eval.ap import voc_ap as area_ap
+from detkd.eval.base import DatasetEvaluator
+from detkd.registry import register
 
 METRICS = ("voc07", "area")
 IOU_COMPARES = ("devkit", "strict")
@@ -56,10 +60,13 @@ class VOCGroundTruth:
         """All GT concatenated in image order: ``(boxes [G,4] float64, labels [G], difficult [G], image [G])``."""
         if getattr(self, "_flat", None) is None:
             n = [len(lab) for lab in self.labels]
-            self._flat = (np.concatenate(self.boxes).reshape(-1, 4).astype(np.float64) if self.boxes else np.zeros((0, 4)),
-                          np.concatenate(self.labels).astype(np.int64) if self.labels else np.zeros(0, np.int64),
-                          np.concatenate(self.difficult).astype(bool) if self.difficult else np.zeros(0, bool),
-                          np.repeat(np.arange(len(n)), n).astype(np.int64))
+            if not n:
+                self._flat = (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64))
+            else:
+                self._flat = (np.concatenate(self.boxes).reshape(-1, 4).astype(np.float64),
+                              np.concatenate(self.labels).astype(np.int64),
+                              np.concatenate(self.difficult).astype(bool),
+                              np.repeat(np.arange(len(n)), n).astype(np.int64))
         return self._flat
 
     @classmethod
@@ -115,11 +122,7 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, metric: str = "voc07") -> float:
         return float(ap)
     if metric != "area":
         raise ValueError(f"unknown VOC metric {metric!r}; choose from {', '.join(METRICS)}")
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+    return area_ap(rec, prec)
 
 
 def _class_gt(gt: VOCGroundTruth, c: int):
@@ -144,19 +147,23 @@ def match_class(gt: VOCGroundTruth, c: int, dets: ClassDetections, iou_thrs: Seq
     n = len(order)
     if n == 0:
         return npos, [(np.zeros(0), np.zeros(0)) for _ in iou_thrs]
-    width = max(int(count.max()) if len(count) else 0, 1)
-    slot = np.arange(width)[None, :]
-    valid = slot < count[img][:, None]  # [n, width]
-    gidx = np.where(valid, start[img][:, None] + slot, 0)
-    if len(gboxes):
-        ov = iou_plus1(boxes[:, None, :], gboxes[gidx])
-        ov = np.where(valid, ov, -np.inf)
-        jmax = np.argmax(ov, axis=1)
-        ovmax = ov[np.arange(n), jmax]
-        gbest = gidx[np.arange(n), jmax]
-        best_difficult = gdiff[gbest] & valid[np.arange(n), jmax]
-    else:
-        ovmax, gbest, best_difficult = np.full(n, -np.inf), np.zeros(n, np.int64), np.zeros(n, bool)
+    # every (detection, GT of its image) pair, detection-major and GT in file order within a detection
+    rep = count[img]
+    pair_det = np.repeat(np.arange(n), rep)
+    first_pair = np.cumsum(rep) - rep  # index of each detection's first pair
+    pair_gt = start[img][pair_det] + (np.arange(len(pair_det)) - first_pair[pair_det])
+    ov = iou_plus1(boxes[pair_det], gboxes[pair_gt])
+    ovmax, gbest = np.full(n, -np.inf), np.zeros(n, np.int64)
+    has = rep > 0
+    if has.any():
+        best = np.maximum.reduceat(ov, first_pair[has])  # per detection with GT (NaN propagates, as np.max)
+        hit = np.flatnonzero(ov == np.repeat(best, rep[has]))  # the first maximal pair = np.argmax's choice
+        d = pair_det[hit]  # ascending (pairs are detection-major): keep each detection's first maximal pair
+        first = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+        dets_hit = d[first]
+        ovmax[dets_hit] = ov[hit[first]]
+        gbest[dets_hit] = pair_gt[hit[first]]
+    best_difficult = gdiff[gbest] & (ovmax > -np.inf) if len(gdiff) else np.zeros(n, bool)
     out = []
     for thr in iou_thrs:
         passed = ovmax >= thr if iou_compare == "devkit" else ovmax > thr
@@ -242,35 +249,36 @@ def read_result_file(path: str | Path, image_index: dict[str, int]) -> ClassDete
     """Parse ``image_id score xmin ymin xmax ymax`` lines (blank lines skipped). Raises ``ValueError`` naming
     ``file:line`` for a malformed line, a non-finite number or an image id outside ``image_index``.
 
-    Fast path: one ``split()`` of the whole file when it has exactly 6 tokens per line and every id and number
-    checks out; anything else goes through the line-by-line reader, which finds and names the bad line."""
+    Fast path: numpy's C ``loadtxt`` (exactly 6 columns per line, ids looked up vectorised); anything it
+    rejects (a bad line, an unknown id, a non-finite number) goes through the line-by-line reader, which
+    finds and names the bad line."""
     path = Path(path)
-    raw = path.read_bytes()
-    tokens = raw.split()
-    n_lines = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
-    if len(tokens) == 6 * n_lines:
-        try:
-            table = np.array(tokens, dtype=bytes).reshape(-1, 6)
-            known, order = _sorted_ids(image_index)
-            pos = np.minimum(np.searchsorted(known, table[:, 0]), len(known) - 1)
-            values = table[:, 1:].astype(np.float64)
-            if len(known) and (known[pos] == table[:, 0]).all() and np.isfinite(values).all():
-                return ClassDetections(order[pos], values[:, 0].copy(), np.ascontiguousarray(values[:, 1:]))
-        except ValueError:
-            pass
-    return _read_result_lines(path, raw.decode(), image_index)
+    text = path.read_text()
+    if not text.strip():
+        return ClassDetections.empty()
+    known, order = _sorted_ids(image_index)
+    width = known.dtype.itemsize // 4 + 1  # a longer token is cut to this and then matches no id
+    try:
+        table = np.loadtxt(io.StringIO(text), dtype=[("id", f"U{width}"), ("v", "f8", (5,))], comments=None,
+                           ndmin=1)
+        pos = np.minimum(np.searchsorted(known, table["id"]), len(known) - 1)
+        values = table["v"]
+        if len(known) and (known[pos] == table["id"]).all() and np.isfinite(values).all():
+            return ClassDetections(order[pos], values[:, 0].copy(), np.ascontiguousarray(values[:, 1:]))
+    except ValueError:
+        pass
+    return _read_result_lines(path, text, image_index)
 
 
 _ID_CACHE: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}
 
 
 def _sorted_ids(image_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(sorted ids as bytes [I], their indices [I])`` for vectorised id lookup (cached per index dict)."""
+    """``(sorted ids [I] (str array), their indices [I])`` for vectorised id lookup (cached per index dict)."""
     hit = _ID_CACHE.get(id(image_index))
     if hit is None or hit[0] is not image_index:
         keys = sorted(image_index)
-        hit = (image_index, np.array([k.encode() for k in keys], dtype=bytes),
-               np.array([image_index[k] for k in keys], np.int64))
+        hit = (image_index, np.array(keys, dtype=str), np.array([image_index[k] for k in keys], np.int64))
         _ID_CACHE.clear()
         _ID_CACHE[id(image_index)] = hit
     return hit[1], hit[2]
@@ -320,7 +328,8 @@ def write_voc_results(pred_dir: str | Path, image_ids: Sequence[str], outputs: S
 
     ``outputs[i]``: ``{"boxes" [n,4] detkd xyxy in original image pixels, "scores" [n], "labels" [n] 1..K}``
     (tensors or arrays) for image ``image_ids[i]``. Boxes are written in VOC pixels (``xmin = x1 + 1``,
-    ``xmax = x2``) and every number as the shortest repr of its float64 value, so reading the file back gives the exact values.
+    ``xmax = x2``) and every number as the shortest repr of its float64 value, so reading the file back gives
+    the exact values.
     """
     pred_dir = Path(pred_dir)
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -341,46 +350,82 @@ def write_voc_results(pred_dir: str | Path, image_ids: Sequence[str], outputs: S
     return paths
 
 
-class VOCEvaluator:
-    """``reset() / process(metas, outputs) / evaluate() -> dict`` over model outputs.
+class VOCEvaluator(DatasetEvaluator):
+    """``reset() / process(metas, outputs) / evaluate() -> {"mAP": m, "AP/<class>": ap, ...}`` (flat floats, as
+    the trainer logs them; with several IoU thresholds also ``"mAP@<thr>"``) over model outputs
+    (``detkd.eval.base``). :meth:`details` gives the full :func:`evaluate_detections` dict.
 
     ``metas[i]["image_id"]`` names the image (an id of ``gt``); ``outputs[i]`` holds ``boxes`` (detkd xyxy in
     **original image** pixels), ``scores`` and ``labels`` (1..K). Boxes go through the same VOC-pixel
     conversion as :func:`write_voc_results`, so evaluating in memory equals writing files and reading them.
+    Under DDP each rank processes its shard; ``evaluate()`` returns the metrics on rank 0 (``{}`` elsewhere).
     """
 
     def __init__(self, gt: VOCGroundTruth, metric: str = "voc07", iou_compare: str = "devkit",
                  iou_thrs: Sequence[float] = (0.5,)):
+        super().__init__()
+        if metric not in METRICS or iou_compare not in IOU_COMPARES:
+            raise ValueError(f"VOCEvaluator: metric must be one of {METRICS} and iou_compare one of "
+                             f"{IOU_COMPARES}, got {metric!r}, {iou_compare!r}")
         self.gt, self.metric, self.iou_compare, self.iou_thrs = gt, metric, iou_compare, tuple(iou_thrs)
-        self.reset()
 
-    def reset(self) -> None:
-        self._parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in self.gt.class_names]
+    def record(self, meta: dict, output: dict):
+        key = str(meta["image_id"])
+        if key not in self.gt.index:
+            raise ValueError(f"VOCEvaluator: image id {key!r} is not in the ground truth")
+        boxes = to_voc_pixels(np.asarray(output["boxes"], np.float64))
+        scores = np.asarray(output["scores"], np.float64).reshape(-1)
+        labels = np.asarray(output["labels"], np.int64).reshape(-1)
+        if len(labels) and (labels.min() < 1 or labels.max() > len(self.gt.class_names)):
+            raise ValueError(f"VOCEvaluator: image {key}: label outside 1..{len(self.gt.class_names)} "
+                             f"in {labels.tolist()}")
+        return self.gt.index[key], boxes, scores, labels
 
-    def process(self, metas: Sequence[dict], outputs: Sequence[dict]) -> None:
-        for meta, out in zip(metas, outputs):
-            key = str(meta["image_id"])
-            if key not in self.gt.index:
-                raise ValueError(f"VOCEvaluator: image id {key!r} is not in the ground truth")
-            k = self.gt.index[key]
-            boxes = to_voc_pixels(np.asarray(out["boxes"], np.float64))
-            scores = np.asarray(out["scores"], np.float64).reshape(-1)
-            labels = np.asarray(out["labels"], np.int64).reshape(-1)
-            for c in np.unique(labels):
-                if not 1 <= c <= len(self.gt.class_names):
-                    raise ValueError(f"VOCEvaluator: image {key}: label {c} outside 1..{len(self.gt.class_names)}")
-                m = labels == c
-                self._parts[c - 1].append((np.full(int(m.sum()), k, np.int64), scores[m], boxes[m]))
+    def compute(self, records: list) -> dict:
+        return flat_metrics(self.details(records))
 
-    def evaluate(self) -> dict:
-        dets = []
-        for parts in self._parts:
-            if not parts:
-                dets.append(ClassDetections.empty())
-                continue
-            img, sc, bx = zip(*parts)
-            dets.append(ClassDetections(np.concatenate(img), np.concatenate(sc), np.concatenate(bx)))
+    def details(self, records: list | None = None) -> dict:
+        """The :func:`evaluate_detections` dict of ``records`` (default: what this rank processed)."""
+        records = self._records if records is None else records
+        k = len(self.gt.class_names)
+        if not records:
+            return evaluate_detections(self.gt, [ClassDetections.empty() for _ in range(k)], self.metric,
+                                       self.iou_compare, self.iou_thrs)
+        image = np.concatenate([np.full(len(r[3]), r[0], np.int64) for r in records])
+        boxes = np.concatenate([r[1] for r in records]).reshape(-1, 4)
+        scores = np.concatenate([r[2] for r in records])
+        labels = np.concatenate([r[3] for r in records])
+        dets = [ClassDetections(image[labels == c], scores[labels == c], boxes[labels == c]) for c in range(1, k + 1)]
         return evaluate_detections(self.gt, dets, self.metric, self.iou_compare, self.iou_thrs)
+
+
+def flat_metrics(res: dict) -> dict[str, float]:
+    """``{"mAP", "AP/<class>"[, "mAP@<thr>"]}`` floats from an :func:`evaluate_detections` dict."""
+    out = {"mAP": res["mAP"], **{f"AP/{c}": v for c, v in res["per_class"].items()}}
+    for t, m in zip(res["iou_thrs"], res.get("mAP_per_iou", [])):
+        out[f"mAP@{t:.2f}"] = m
+    return out
+
+
+@register("evaluator")
+def voc(*, dataset=None, roots=None, splits=None, class_names: Sequence[str] | None = None,
+        metric: str = "voc07", iou_compare: str = "devkit", iou_thrs: Sequence[float] = (0.5,),
+        max_images: int = 0) -> VOCEvaluator:
+    """PASCAL VOC mAP. The GT comes from ``dataset.records`` (a VOC-layout evaluation set: the ``val`` split of
+    the ``voc`` / ``synthshapes`` datasets) or from ``roots`` + ``splits``; ``max_images > 0`` keeps only the
+    first N images' GT (smoke runs that evaluate the first N images)."""
+    if dataset is not None and getattr(dataset, "records", None) is not None:
+        names = tuple(class_names or getattr(dataset, "class_names", None) or VOC_CLASSES)
+        records = dataset.records[:max_images] if max_images > 0 else dataset.records
+        gt = VOCGroundTruth.from_records(records, names)
+    elif roots is not None and splits is not None:
+        gt = VOCGroundTruth.load(roots, splits, tuple(class_names or VOC_CLASSES))
+        if max_images > 0:
+            gt = VOCGroundTruth(gt.image_ids[:max_images], gt.class_names, gt.boxes[:max_images],
+                                gt.labels[:max_images], gt.difficult[:max_images])
+    else:
+        raise ValueError("voc evaluator: give dataset= (a VOC-layout data set) or roots= and splits=")
+    return VOCEvaluator(gt, metric, iou_compare, iou_thrs)
 
 
 def parse_iou_thrs(text: str) -> tuple[float, ...]:

@@ -26,9 +26,11 @@ Conventions:
   ``task.dfl`` 0.25 · Σ ω DFL / 4; the last two divided by Σ ω + 1e-6, ω = max_c σ(z) of the positive (detached).
   The IoU quality target, GIoU and DFL are computed in stride units. ``raw_losses`` ``cls`` / ``box`` / ``dfl``
   are the unweighted terms.
-* Decoding (``postprocess``, thresholds ``score_thresh``, ``nms_thresh``, ``nms_pre``, ``max_dets``): per level
-  top ``nms_pre`` (1000) priors by max score, integral boxes clamped to the image's valid size, (box, class) pairs
-  with score > 0.05, class-wise NMS 0.6, 100 detections.
+* Decoding (``postprocess``, thresholds ``score_thresh``, ``nms_thresh``, ``nms_pre``, ``max_dets``, ``nms``): per
+  level top ``nms_pre`` (1000) priors by max score, integral boxes clamped to the image's valid size, (box, class)
+  pairs with score > 0.05, class-wise NMS 0.6, 100 detections. ``nms`` names the preset of
+  ``detkd.ops.nms.NMS_PRESETS``: ``"greedy"`` (default, mmdet's ``multiclass_nms``) or ``"cluster-diou-voting"``
+  (LD's score-voting Cluster-DIoU-NMS, METHODS.md §3.8: kept boxes refined by voting, scores unchanged).
 * Built on ``detkd.models.dense.DenseDetector`` (``loss_weights`` = {"box": 2.0, "dfl": 0.25}).
 """
 from __future__ import annotations
@@ -38,13 +40,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, generalized_box_iou_loss
+from torchvision.ops import generalized_box_iou_loss
 
 from detkd.models.dense import DenseDetector
+from detkd.models.det_targets import gt_tensors
 from detkd.models.resnet_fpn import LEVELS, STRIDES, freeze_stages, levels_of, resnet_fpn, set_norm_eval
 from detkd.ops.assign import atss_assign
 from detkd.ops.gfl import aligned_iou, bbox2distance, distance2bbox, distribution_focal_loss, integral, \
     quality_focal_loss
+from detkd.ops.nms import get_nms
 from detkd.registry import register
 from detkd.structures import Assignment, DetOutput, HeadKey
 
@@ -156,7 +160,7 @@ class GFL(DenseDetector):
         }
         self.loss_weights = {"box": cfg.giou_weight, "dfl": cfg.dfl_weight}
         self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh, "nms_pre": cfg.nms_pre,
-                           "max_dets": cfg.max_per_img}
+                           "max_dets": cfg.max_per_img, "nms": "greedy"}
         self._prior_cache: dict[tuple, list[Tensor]] = {}
 
     def train(self, mode: bool = True):
@@ -222,13 +226,7 @@ class GFL(DenseDetector):
         iou = torch.zeros(b, p, device=dev)
         thresholds = []
         for i, t in enumerate(targets):
-            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=dev).reshape(-1, 4)
-            gt_labels = torch.as_tensor(t["labels"], dtype=torch.long, device=dev).reshape(-1)
-            if gt_labels.numel() != boxes.shape[0]:
-                raise ValueError(f"target {i} has {boxes.shape[0]} boxes but {gt_labels.numel()} labels")
-            bad = (gt_labels < 1) | (gt_labels > self.config.num_classes)
-            if bool(bad.any()):
-                raise ValueError(f"target {i}: labels {gt_labels[bad].tolist()} outside 1..{self.config.num_classes}")
+            boxes, gt_labels = gt_tensors(t, i, self.config.num_classes, 1, dev)
             m = atss_assign(anchors, sizes, boxes, self.config.atss_topk, valid[i])
             matched[i], iou[i] = m.matched, m.iou
             labels[i] = torch.where(m.pos, gt_labels[m.matched.clamp(min=0)] if boxes.numel() else 0, 0)
@@ -276,9 +274,10 @@ class GFL(DenseDetector):
     # ------------------------------------------------------------------------------------------ decode
 
     def decode(self, out: DetOutput, score_thresh: float, nms_thresh: float, nms_pre: int,
-               max_dets: int) -> list[dict[str, Tensor]]:
+               max_dets: int, nms: str = "greedy") -> list[dict[str, Tensor]]:
         """mmdet v2 ``GFLHead.get_bboxes`` + ``multiclass_nms`` per image: ``{"boxes" xyxy, "scores", "labels"}``."""
         cfg = self.config
+        suppress = get_nms(nms)
         dets = []
         for i, size in enumerate(out.image_sizes):
             boxes_all, scores_all = [], []
@@ -294,8 +293,8 @@ class GFL(DenseDetector):
             boxes, scores = torch.cat(boxes_all), torch.cat(scores_all)  # [N, 4], [N, K]
             idx, col = (scores > score_thresh).nonzero(as_tuple=True)
             boxes, scores = boxes[idx], scores[idx, col]
-            keep = batched_nms(boxes, scores, col, nms_thresh)[:max_dets]
-            dets.append({"boxes": boxes[keep], "scores": scores[keep], "labels": col[keep] + 1})
+            boxes, scores, col, _ = suppress(boxes, scores, col, nms_thresh, max_dets)
+            dets.append({"boxes": boxes, "scores": scores, "labels": col + 1})
         return dets
 
 

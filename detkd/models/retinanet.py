@@ -39,6 +39,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image, sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
 from detkd.models.dense import DenseDetector
+from detkd.models.det_targets import gt_tensors
 from detkd.models.resnet_fpn import LEVELS, STRIDES, freeze_stages, levels_of, resnet_fpn, set_norm_eval
 from detkd.ops.assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, max_iou_match
 from detkd.registry import register
@@ -176,22 +177,14 @@ class RetinaNet(DenseDetector):
             self._anchor_cache[key] = gen.grid_anchors(grids, strides)
         return self._anchor_cache[key]
 
-    @staticmethod
-    def _gt(t: dict, dev) -> tuple[Tensor, Tensor]:
-        boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=dev).reshape(-1, 4)
-        labels = torch.as_tensor(t["labels"], dtype=torch.long, device=dev).reshape(-1)
-        if labels.numel() != boxes.shape[0]:
-            raise ValueError(f"target has {boxes.shape[0]} boxes but {labels.numel()} labels")
-        return boxes, labels
-
     @torch.no_grad()
     def assign(self, out: DetOutput, targets: list[dict]) -> Assignment:
         """torchvision's ``Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)`` per image."""
         cfg = self.config
         anchors = torch.cat(out.priors)  # [P, 4]
         codes, labels, iou = [], [], []
-        for t in targets:
-            boxes, gt_labels = self._gt(t, anchors.device)
+        for i, t in enumerate(targets):
+            boxes, gt_labels = gt_tensors(t, i, cfg.num_classes, cfg.label_base, anchors.device)
             m = max_iou_match(boxes, anchors, cfg.fg_iou, cfg.bg_iou, allow_low_quality=True)
             codes.append(m.matched)
             labels.append(torch.where(m.pos, gt_labels[m.matched.clamp(min=0)], 0) if boxes.numel()
@@ -211,13 +204,10 @@ class RetinaNet(DenseDetector):
         anchors = torch.cat(out.priors)  # [P, 4]
         cls_losses, box_losses = [], []
         for i, t in enumerate(targets):
-            boxes, _ = self._gt(t, cls.device)
+            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=cls.device).reshape(-1, 4)
             pos = a.pos[i]
             n = max(1, int(pos.sum()))
-            col = a.labels[i][pos] - cfg.label_base
-            if bool(((col < 0) | (col >= cfg.num_classes)).any()):
-                raise ValueError(f"labels out of range for {cfg.num_classes} classes with label_base "
-                                 f"{cfg.label_base}: {sorted(set(a.labels[i][pos].tolist()))}")
+            col = a.labels[i][pos] - cfg.label_base  # in range: checked by assign
             gt_cls = torch.zeros_like(cls[i])
             gt_cls[pos.nonzero().squeeze(1), col] = 1.0
             valid = ~a.ignore[i]
@@ -237,14 +227,14 @@ class RetinaNet(DenseDetector):
             boxes_all, scores_all, labels_all = [], [], []
             for logits, reg, anchors in zip(out.head["cls_logits"], out.head["box_reg"], out.priors):
                 k = logits.shape[-1]
-                scores = torch.sigmoid(logits[i]).flatten()  # [h*w*A*K]
+                scores = torch.sigmoid(logits[i].float()).flatten()  # [h*w*A*K] (float32 under autocast too)
                 keep = scores > score_thresh
                 scores = scores[keep]
                 idx = torch.where(keep)[0]
                 scores, top = scores.topk(min(topk_candidates, idx.numel()))
                 idx = idx[top]
                 anchor_idx = torch.div(idx, k, rounding_mode="floor")
-                boxes = self.box_coder.decode_single(reg[i][anchor_idx], anchors[anchor_idx])
+                boxes = self.box_coder.decode_single(reg[i][anchor_idx].float(), anchors[anchor_idx])
                 boxes_all.append(clip_boxes_to_image(boxes, size))
                 scores_all.append(scores)
                 labels_all.append(idx % k)

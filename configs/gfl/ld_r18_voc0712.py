@@ -1,0 +1,9 @@
+"""LD's VOC student baseline: GFL R18-FPN on VOC07+12, the R101 VOC recipe with ResNet-18 (METHODS.md §3.6, §3.10)."""
+from detkd.config import load_config
+
+
+def config():
+    cfg = load_config("gfl/ld_r101_voc0712")
+    cfg.name = "gfl_r18_voc0712"
+    cfg.model.depth = 18
+    return cfg
