@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -17,13 +18,33 @@ app = typer.Typer(
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate predictions or models with the official protocols.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate the embedded data sets (SynthFaces, SynthIDs, SynthShapes).")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert annotations between formats.")
+config_app = typer.Typer(no_args_is_help=True, help="Show experiment configs and their keys.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
+app.add_typer(config_app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("detkd")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        typer.echo(f"detkd {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """detkd: knowledge distillation for object detectors, face detectors and face recognizers."""
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {' '.join(str(msg).split())}", fg=typer.colors.RED, err=True)  # always one line
     raise typer.Exit(2)
 
 
@@ -31,10 +52,15 @@ def _fail(msg: str) -> None:
 def train(
     config: str = typer.Argument(..., help="config file or name under configs/, e.g. retinaface/mnet025_synthfaces"),
     overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, type-checked"),
-    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly"),
+    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly (same config as saved)"),
+    overwrite: bool = typer.Option(False, help="replace the run already in the run directory"),
+    allow_changed: Optional[List[str]] = typer.Option(
+        None, "--allow-changed", help="with --resume: accept a changed config key (or section), e.g. optim.lr"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation at the end"),
 ):
-    """Train a model (or distil one: the config's `distill` section) and evaluate it."""
+    """Train a model (or distil one: the config's `distill` section) and evaluate it.
+
+    The run directory is <train.out_dir>/<name>; `detkd config show CONFIG` lists every key."""
     from detkd.config import ConfigError, load_config
     from detkd.experiment import train as run
 
@@ -44,11 +70,14 @@ def train(
         cfg = load_config(config, overrides or [])
     except (ConfigError, KeyError) as e:
         _fail(str(e))
+    cfg.train.overwrite = overwrite or cfg.train.overwrite
+    cfg.train.allow_changed = list(cfg.train.allow_changed) + list(allow_changed or [])
     try:
         result = run(cfg, resume=resume, evaluate=not no_eval)
     except UnknownNameError as e:  # e.g. distill.methods=[arcface]: a one-line error naming what it is
         _fail(str(e))
-    typer.echo(json.dumps(result, indent=2, default=str))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: one summary, not one per rank
+        typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @eval_app.command("widerface")
@@ -140,18 +169,25 @@ def convert_voc2coco(
 
 @eval_app.command("detector")
 def eval_detector(
-    weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card)"),
+    weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card), or an "
+                                 ".onnx from `detkd export --onnx` with --backend onnxruntime"),
     images_dir: Path = typer.Option(..., help="WIDER-layout image directory: <event>/<image>.jpg"),
     gt_dir: Path = typer.Option(..., help="directory with the four WIDER .mat files"),
     protocol: str = typer.Option("biubug6-origin", help="post-processing preset (see `detkd list`)"),
     pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
     as_json: bool = typer.Option(False, "--json"),
+    backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime"),
 ):
     """Run a detector over a WIDER-layout set and print easy/medium/hard AP."""
+    from detkd.engine.checkpoint import expect_model_kind
     from detkd.experiment import evaluate_widerface
-    from detkd.models.weights import load_model_file
+    from detkd.runtime import load_inference_model
 
-    model, _ = load_model_file(weights)
+    expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
+    try:
+        model, _ = load_inference_model(weights, backend, kind="detector")
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+        _fail(str(e))
     ap = evaluate_widerface(model, images_dir, gt_dir, protocol, pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
 
@@ -178,11 +214,14 @@ def eval_verification(
 @app.command()
 def detect(
     images: List[Path] = typer.Argument(..., help="image files"),
-    weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card)"),
+    weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card), or an .onnx "
+                                 "from `detkd export --onnx` with --backend onnxruntime"),
     protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset (see `detkd list protocols`)"),
     out_dir: Path = typer.Option(..., help="output directory"),
     format: str = typer.Option("png", "--format", help="face detectors: widerface-txt | png; "
                                "object detectors: png | voc | coco (D/detections.json)"),
+    backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime (one-stage "
+                                "detectors exported with `detkd export --onnx`)"),
 ):
     """Detect faces or objects in images; write WIDER txt, VOC or COCO results, or PNGs with boxes and scores."""
     from detkd.infer_detector import DET_PROTOCOLS
@@ -191,8 +230,8 @@ def detect(
         from detkd.infer_detector import detect_files as detect_objects
 
         try:
-            written = detect_objects(weights, protocol, out_dir, format, images)
-        except (FileNotFoundError, ValueError, KeyError) as e:
+            written = detect_objects(weights, protocol, out_dir, format, images, backend=backend)
+        except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
             _fail(str(e))
         typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
         return
@@ -201,25 +240,56 @@ def detect(
     if format not in ("png", "widerface-txt"):
         _fail(f"--format must be png or widerface-txt with protocol {protocol!r}, got {format!r}")
     try:
-        written = detect_files(weights, protocol, out_dir, format, images)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+        written = detect_files(weights, protocol, out_dir, format, images, backend=backend)
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
     typer.echo(f"wrote {len(written) if written is not None else len(images)} file(s) to {out_dir}")
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        _fail(f"--size must be HxW (e.g. 640x640), got {text!r}")
+    return h, w
+
+
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="a run directory (uses final.pt or last.pt) or a checkpoint file"),
-    out: Path = typer.Option(..., help="output .safetensors (a .json model card is written beside it)"),
+    run: Path = typer.Argument(..., help="a run directory (uses final.pt or last.pt), a checkpoint file, or (with "
+                                "--onnx) an exported .safetensors model file with its .json card"),
+    out: Optional[Path] = typer.Option(None, help="output .safetensors (a .json model card is written beside it)"),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="write an ONNX graph here (+ .onnx.json card), checked "
+                                        "against ONNX Runtime"),
+    dynamic_size: bool = typer.Option(False, "--dynamic-size", help="ONNX: any input height/width"),
+    opset: int = typer.Option(17, help="ONNX opset"),
+    with_nms: bool = typer.Option(False, "--with-nms", help="ONNX, detectors: include decoding and NMS of --protocol"),
+    protocol: str = typer.Option("biubug6-origin", help="ONNX --with-nms: the post-processing preset baked in"),
+    input_dtype: str = typer.Option("float32", help="ONNX input dtype: float32 or uint8 (RGB 0..255 either way)"),
+    size: str = typer.Option("640x640", help="ONNX detectors: traced HxW (the fixed size without --dynamic-size)"),
 ):
-    """Export the student only (no teacher, no adapters) as safetensors + JSON model card."""
-    from detkd.engine.checkpoint import export_student
+    """Export the student only (no teacher, no adapters) as safetensors + JSON model card, and/or as ONNX."""
+    if out is None and onnx is None:
+        _fail("give --out F.safetensors and/or --onnx F.onnx")
+    if out is not None:
+        from detkd.engine.checkpoint import export_student
 
-    try:
-        export_student(run, out)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-    typer.echo(f"exported student to {out} (+ {Path(out).with_suffix('.json').name})")
+        try:
+            export_student(run, out)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        typer.echo(f"exported student to {out} (+ {Path(out).with_suffix('.json').name})")
+    if onnx is not None:
+        from detkd.export import ExportOptions, export_onnx
+
+        opts = ExportOptions(opset=opset, dynamic_size=dynamic_size, size=_parse_size(size), with_nms=with_nms,
+                             protocol=protocol, input_dtype=input_dtype)
+        try:
+            card = export_onnx(out if out is not None else run, onnx, opts)
+        except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+            _fail(str(e))
+        typer.echo(f"exported ONNX to {onnx} (+ {onnx.name}.json); ONNX Runtime vs eager: "
+                   + json.dumps(card.get("parity", {})))
 
 
 IMPORT_KINDS = ("retinaface-biubug6", "torchvision-fasterrcnn", "jwyang-fasterrcnn")
@@ -349,9 +419,31 @@ def demo(
              shipped_baseline=not retrain_baseline)
 
 
+@config_app.command("show")
+def config_show(
+    name: str = typer.Argument(..., help="config file or name under configs/ (see `detkd list configs`)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, applied before showing"),
+):
+    """Print a config: every key (usable as an a.b=c override), its value and its type."""
+    from detkd.config import format_config, load_config
+
+    typer.echo(format_config(load_config(name, overrides or [])))
+
+
 def main() -> None:
+    """Entry point: user mistakes (``detkd.errors.UserError`` and missing / unreadable files) print one line
+    ``error: ...`` to stderr and exit 2; Ctrl-C exits 130 (training saves ``last.pt`` first)."""
+    from detkd.errors import EXIT_USER_ERROR, UserError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    try:
+        app()
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message
+            msg = msg.rsplit(f"{type(e).__name__}: ", 1)[-1]
+        typer.secho(f"error: {' '.join(msg.split())}", fg=typer.colors.RED, err=True)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

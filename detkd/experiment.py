@@ -13,7 +13,7 @@ from torch import nn
 
 from detkd.config import DetEvalConfig, ExperimentConfig
 from detkd.data.loader import batch_image_sizes
-from detkd.registry import build_model, lookup
+from detkd.registry import build, build_model, lookup
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,14 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
 
 def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> dict:
     """Train (or distil) as the config says, evaluate, and write ``summary.json`` in the run directory."""
-    from detkd.engine.loop import Trainer
+    import dataclasses
 
+    from detkd.engine.loop import Trainer
+    from detkd.engine.rundir import check_run_dir
+
+    # fail before building anything (teacher, cache) when the run dir holds a run or the resumed config changed
+    check_run_dir(cfg.run_dir, dataclasses.asdict(cfg), resume=resume or cfg.train.resume,
+                  overwrite=cfg.train.overwrite, allow_changed=cfg.train.allow_changed)
     if cfg.task != "detection":
         from detkd.experiment_facerec import train_facerec
 

@@ -222,6 +222,8 @@ class MobileFaceNet(nn.Module):
     ``x`` is already normalised. The GDC kernel equals the final map size (7 at 112 input, 4 at 56 or 64).
     """
 
+    fuse_pairs = (("fc", "features"),)  # embedding linear -> BatchNorm1d, for detkd.models.fuse
+
     def __init__(self, embedding_dim: int = 512, input_size: int = 112, width: float = 1.0,
                  activation: str = "relu", dropout: float = 0.0):
         super().__init__()
@@ -267,6 +269,8 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 class IBasicBlock(nn.Module):
     """BN → conv3×3 → BN → PReLU → conv3×3 (stride) → BN, plus identity / 1×1-conv-BN shortcut."""
 
+    fuse_pairs = (("conv1", "bn2"), ("conv2", "bn3"))  # conv -> BN pairs for detkd.models.fuse
+
     def __init__(self, cin: int, cout: int, stride: int, activation: str):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin, eps=1e-5)
@@ -289,6 +293,8 @@ class IBasicBlock(nn.Module):
 
 class IResNet(nn.Module):
     """insightface IResNet (arcface_torch layout). ``forward(x) -> (embedding [B, D], feats)``."""
+
+    fuse_pairs = (("conv1", "bn1"), ("fc", "features"))  # for detkd.models.fuse (bn2 precedes fc: kept)
 
     def __init__(self, layers: tuple[int, int, int, int], embedding_dim: int = 512, input_size: int = 112,
                  width: float = 1.0, activation: str = "prelu", dropout: float = 0.0):
