@@ -38,7 +38,7 @@ ROW_KEYS = ("family", "role", "model", "epochs", "voc07_map", "coco_ap", "params
 def overrides(args, name: str) -> list[str]:
     out = [f"name={name}", f"train.out_dir={args.runs}", f"data.root={args.data}", f"data.n_train={args.n_train}",
            f"data.n_val={args.n_val}", f"data.img_size={args.img_size}", f"data.max_long={args.max_long}",
-           "train.progress=true"]
+           f"eval.protocol={args.protocol or f'torchvision-{args.img_size}'}", "train.progress=true"]
     if args.epochs:
         out.append(f"train.epochs={args.epochs}")
     if args.batch_size:
@@ -50,7 +50,7 @@ def overrides(args, name: str) -> list[str]:
 
 def run_one(args, family: str, role: str, config: str) -> dict:
     name = f"{family}_{role}"
-    cfg = load_config(config, overrides(args, name))
+    cfg = load_config(config, overrides(args, name) + (list(args.teacher_set) if role == "teacher" else []))
     summary = cfg.run_dir / "summary.json"
     done = summary.is_file() and json.loads((cfg.run_dir / "config.json").read_text()).get("train", {}).get(
         "epochs") == cfg.train.epochs
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=-1, help="sched.warmup_iters (-1: the configs' own)")
     ap.add_argument("--img-size", type=int, default=320)
     ap.add_argument("--max-long", type=int, default=512)
+    ap.add_argument("--protocol", default="", help="test protocol (default: torchvision-<img size>)")
     ap.add_argument("--n-train", type=int, default=1500)
     ap.add_argument("--n-val", type=int, default=500)
     ap.add_argument("--data", type=Path, default=Path("data/synthshapes"))
@@ -104,13 +105,16 @@ def main() -> None:
     ap.add_argument("--stem", default="synthshapes_capacity")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--set", nargs="*", default=[], help="more a.b=c overrides for every run")
+    ap.add_argument("--teacher-set", nargs="*", default=[], help="a.b=c overrides for the teachers only (e.g. a "
+                    "narrower teacher for a calibration run: model.width=0.25)")
     ap.add_argument("--retrain", action="store_true", help="train even when a summary.json exists")
     args = ap.parse_args()
     rows = [run_one(args, fam, role, FAMILIES[fam][0 if role == "student" else 1])
             for fam in args.families for role in args.roles]
     settings = {"commit": git_commit(), "img_size": args.img_size, "max_long": args.max_long,
-                "n_train": args.n_train, "n_val": args.n_val, "epochs": args.epochs or "config",
-                "batch_size": args.batch_size or "config", "extra": args.set}
+                "n_train": args.n_train, "protocol": args.protocol or f"torchvision-{args.img_size}", "n_val": args.n_val, "epochs": args.epochs or "config",
+                "batch_size": args.batch_size or "config", "extra": args.set,
+                "teacher_extra": args.teacher_set}
     lines = table(rows, settings)
     write_results(args.out_dir, args.stem, {"rows": [{k: r[k] for k in ROW_KEYS} for r in rows]}, lines)
     print("\n".join(lines))

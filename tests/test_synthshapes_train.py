@@ -150,3 +150,39 @@ def test_train_export_detect_eval_end_to_end(family, shapes, tmp_path):
                          "--split", "val", "--protocol", "torchvision-320", "--json").output.strip().splitlines()[-1])
     assert res["voc07_map"] == pytest.approx(summary["eval"]["mAP"], abs=1e-6)
     assert res["coco_ap"] == pytest.approx(summary["eval"]["coco/AP"], abs=1e-6)
+
+
+def load_capacity_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthshapes_capacity.py"
+    spec = importlib.util.spec_from_file_location("synthshapes_capacity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_capacity_benchmark_pairs_and_table():
+    """Each family's teacher and student share data, optimiser, schedule, epochs and test; the table states the
+    gap and the bar; a committed result file has exactly the promised row keys (fractions)."""
+    from detkd.config import load_config
+
+    bench = load_capacity_benchmark()
+    assert set(bench.FAMILIES) == set(FAMILIES)
+    for student, teacher in bench.FAMILIES.values():
+        s, t = load_config(student), load_config(teacher)
+        assert (s.data, s.optim, s.sched, s.train, s.eval) == (t.data, t.optim, t.sched, t.train, t.eval)
+        assert s.eval.also == ["coco"] and s.eval.protocol == "torchvision-320" and s.model != t.model
+    rows = [{"family": "gfl", "role": r, "model": m, "epochs": 2, "voc07_map": v, "coco_ap": v / 2,
+             "params": p, "train_s": 10.0, "_gflops": 1.0, "_latency_ms": 5.0}
+            for r, m, v, p in (("student", "gfl", 0.40, 10**6), ("teacher", "gfl", 0.47, 3 * 10**6))]
+    lines = bench.table(rows, {"commit": "abcdef0", "img_size": 160})
+    assert "| gfl | student | gfl | 2 | 40.0 | 20.0 | 1.00 | 1.00 | 5 | 10 |" in lines
+    assert "| gfl | +7.0 | yes | yes |" in lines
+    committed = bench.RESULTS / "synthshapes_capacity.json"
+    if committed.is_file():
+        data = json.loads(committed.read_text())
+        assert list(data) == ["rows"] and data["rows"]
+        for row in data["rows"]:
+            assert tuple(row) == bench.ROW_KEYS and 0 <= row["voc07_map"] <= 1 and 0 <= row["coco_ap"] <= 1
