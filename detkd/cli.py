@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -17,13 +18,33 @@ app = typer.Typer(
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate predictions or models with the official protocols.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate the embedded data sets (SynthFaces, SynthIDs, SynthShapes).")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert annotations between formats.")
+config_app = typer.Typer(no_args_is_help=True, help="Show experiment configs and their keys.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
+app.add_typer(config_app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("detkd")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        typer.echo(f"detkd {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """detkd: knowledge distillation for object detectors, face detectors and face recognizers."""
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {' '.join(str(msg).split())}", fg=typer.colors.RED, err=True)  # always one line
     raise typer.Exit(2)
 
 
@@ -31,10 +52,15 @@ def _fail(msg: str) -> None:
 def train(
     config: str = typer.Argument(..., help="config file or name under configs/, e.g. retinaface/mnet025_synthfaces"),
     overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, type-checked"),
-    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly"),
+    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly (same config as saved)"),
+    overwrite: bool = typer.Option(False, help="replace the run already in the run directory"),
+    allow_changed: Optional[List[str]] = typer.Option(
+        None, "--allow-changed", help="with --resume: accept a changed config key (or section), e.g. optim.lr"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation at the end"),
 ):
-    """Train a model (or distil one: the config's `distill` section) and evaluate it."""
+    """Train a model (or distil one: the config's `distill` section) and evaluate it.
+
+    The run directory is <train.out_dir>/<name>; `detkd config show CONFIG` lists every key."""
     from detkd.config import ConfigError, load_config
     from detkd.experiment import SetupError
     from detkd.experiment import train as run
@@ -45,11 +71,14 @@ def train(
         cfg = load_config(config, overrides or [])
     except (ConfigError, KeyError) as e:
         _fail(str(e))
+    cfg.train.overwrite = overwrite or cfg.train.overwrite
+    cfg.train.allow_changed = list(cfg.train.allow_changed) + list(allow_changed or [])
     try:
         result = run(cfg, resume=resume, evaluate=not no_eval)
     except (UnknownNameError, SetupError) as e:  # e.g. distill.methods=[arcface]; 12 classes vs num_classes=20
         _fail(str(e))
-    typer.echo(json.dumps(result, indent=2, default=str))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: one summary, not one per rank
+        typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @eval_app.command("widerface")
@@ -161,6 +190,7 @@ def eval_detector(
 ):
     """Score a detector: WIDER easy/medium/hard AP (--images-dir/--gt-dir), or VOC07 mAP and COCO AP of an
     object detector on a VOC root (--voc-root/--split) or a COCO JSON (--coco-ann/--coco-images)."""
+    from detkd.engine.checkpoint import expect_model_kind
     from detkd.runtime import load_inference_model
 
     generic = voc_root is not None or coco_ann is not None
@@ -168,6 +198,7 @@ def eval_detector(
         _fail("give either --images-dir/--gt-dir (WIDER) or --voc-root / --coco-ann (object detectors)")
     if not generic and (images_dir is None or gt_dir is None):
         _fail("give --images-dir and --gt-dir (WIDER), --voc-root DIR [--split S], or --coco-ann F --coco-images D")
+    expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
     try:
         model, card = load_inference_model(weights, backend, kind="detector")
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
@@ -423,9 +454,31 @@ def demo(
              shipped_baseline=not retrain_baseline)
 
 
+@config_app.command("show")
+def config_show(
+    name: str = typer.Argument(..., help="config file or name under configs/ (see `detkd list configs`)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, applied before showing"),
+):
+    """Print a config: every key (usable as an a.b=c override), its value and its type."""
+    from detkd.config import format_config, load_config
+
+    typer.echo(format_config(load_config(name, overrides or [])))
+
+
 def main() -> None:
+    """Entry point: user mistakes (``detkd.errors.UserError`` and missing / unreadable files) print one line
+    ``error: ...`` to stderr and exit 2; Ctrl-C exits 130 (training saves ``last.pt`` first)."""
+    from detkd.errors import EXIT_USER_ERROR, UserError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    try:
+        app()
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message
+            msg = msg.rsplit(f"{type(e).__name__}: ", 1)[-1]
+        typer.secho(f"error: {' '.join(msg.split())}", fg=typer.colors.RED, err=True)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

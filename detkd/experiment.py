@@ -11,9 +11,10 @@ import logging
 import torch
 from torch import nn
 
+from detkd.errors import UserError
 from detkd.config import DetEvalConfig, ExperimentConfig
 from detkd.data.loader import batch_image_sizes
-from detkd.registry import build_model, lookup
+from detkd.registry import build, build_model, lookup
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
     return build_distill_task(d, student, load_teacher(d.teacher, d.teacher_weights))
 
 
-class SetupError(ValueError):
+class SetupError(UserError):
     """A run that cannot start: the config, the data and the weights disagree (a one-line message)."""
 
 
@@ -214,8 +215,14 @@ def check_setup(cfg: ExperimentConfig, student: nn.Module, train_set) -> None:
 
 def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> dict:
     """Train (or distil) as the config says, evaluate, and write ``summary.json`` in the run directory."""
-    from detkd.engine.loop import Trainer
+    import dataclasses
 
+    from detkd.engine.loop import Trainer
+    from detkd.engine.rundir import check_run_dir
+
+    # fail before building anything (teacher, cache) when the run dir holds a run or the resumed config changed
+    check_run_dir(cfg.run_dir, dataclasses.asdict(cfg), resume=resume or cfg.train.resume,
+                  overwrite=cfg.train.overwrite, allow_changed=cfg.train.allow_changed)
     if cfg.task != "detection":
         from detkd.experiment_facerec import train_facerec
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.data.image import read_image
+from detkd.infer import draw_detections
 from detkd.registry import close_matches
 
 IMAGENET_PAD = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -200,24 +201,6 @@ def cfg_name(card: dict) -> str:
     return str((card.get("model") or {}).get("name"))
 
 
-def draw(image_rgb: np.ndarray, dets: dict, names: list[str], out_png, min_score: float = 0.3) -> Path:
-    """PNG with boxes labelled ``name score`` (scores below ``min_score`` are not drawn)."""
-    canvas = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
-    for box, score, label in zip(dets["boxes"].tolist(), dets["scores"].tolist(), dets["labels"].tolist()):
-        if score < min_score:
-            continue
-        x1, y1, x2, y2 = (int(v) for v in box)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        name = names[label] if 0 <= label < len(names) else str(label)
-        cv2.putText(canvas, f"{name} {score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 1)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_png), canvas):
-        raise ValueError(f"{out_png}: could not write the PNG")
-    return out_png
-
-
 def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
     """``detkd detect`` for generic detectors.
 
@@ -243,7 +226,7 @@ def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str
         image = read_image(path)
         d = detect_image(model, image, p)
         if fmt == "png":
-            written.append(draw(image, d, names, out_dir / f"{path.stem}.png"))
+            written.append(draw_detections(image, d, out_dir / f"{path.stem}.png", min_score=0.3, names=names))
             continue
         for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
             x1, y1, x2, y2 = box
