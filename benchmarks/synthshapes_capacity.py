@@ -55,6 +55,7 @@ def run_one(args, family: str, role: str, config: str) -> dict:
     done = summary.is_file() and json.loads((cfg.run_dir / "config.json").read_text()).get("train", {}).get(
         "epochs") == cfg.train.epochs
     if not done or args.retrain:
+        cfg.train.overwrite = True  # this benchmark's own run directory: a stale or partial run is replaced
         train(cfg)
     s = json.loads(summary.read_text())
     ev = s.get("eval") or {}
