@@ -299,7 +299,8 @@ def export(
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="ONNX: any input height/width"),
     opset: int = typer.Option(17, help="ONNX opset"),
     with_nms: bool = typer.Option(False, "--with-nms", help="ONNX, detectors: include decoding and NMS of --protocol"),
-    protocol: str = typer.Option("biubug6-origin", help="ONNX --with-nms: the post-processing preset baked in"),
+    protocol: Optional[str] = typer.Option(None, help="ONNX --with-nms: the post-processing preset baked in "
+                                           "(default: biubug6-origin for RetinaFace, torchvision for RetinaNet/GFL)"),
     input_dtype: str = typer.Option("float32", help="ONNX input dtype: float32 or uint8 (RGB 0..255 either way)"),
     size: str = typer.Option("640x640", help="ONNX detectors: traced HxW (the fixed size without --dynamic-size)"),
 ):
