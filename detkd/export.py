@@ -300,7 +300,11 @@ def _register_builtin() -> None:
     from detkd.models.dense import DenseDetector
     from detkd.models.facerec import FaceRecognizer
 
+    from detkd.export_rcnn import faster_rcnn_hook
+    from detkd.models.faster_rcnn import FasterRCNN
+
     EXPORTERS.setdefault(DenseDetector, _dense_hook)
+    EXPORTERS.setdefault(FasterRCNN, faster_rcnn_hook)
     EXPORTERS.setdefault(FaceRecognizer, _facerec_hook)
 
 

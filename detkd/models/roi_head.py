@@ -138,8 +138,11 @@ class RoIHeads(nn.Module):
         boxes_all = self.box_coder.decode_single(box_reg.float(), torch.cat(rois)).reshape(-1, k1, 4)
         scores_all = F.softmax(cls_logits.float(), -1)
         dets = []
-        for boxes, scores, hw in zip(boxes_all.split([len(r) for r in rois]), scores_all.split([len(r) for r in rois]),
-                                     image_sizes):
+        if len(rois) == 1:  # no split: its sizes would be constants in a traced (ONNX) graph
+            per_image = [(boxes_all, scores_all)]
+        else:
+            per_image = zip(boxes_all.split([len(r) for r in rois]), scores_all.split([len(r) for r in rois]))
+        for (boxes, scores), hw in zip(per_image, image_sizes):
             boxes = clip_boxes_to_image(boxes, hw)
             labels = torch.arange(k1, device=boxes.device).view(1, -1).expand_as(scores)
             boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
