@@ -299,7 +299,8 @@ def export(
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="ONNX: any input height/width"),
     opset: int = typer.Option(17, help="ONNX opset"),
     with_nms: bool = typer.Option(False, "--with-nms", help="ONNX, detectors: include decoding and NMS of --protocol"),
-    protocol: str = typer.Option("biubug6-origin", help="ONNX --with-nms: the post-processing preset baked in"),
+    protocol: Optional[str] = typer.Option(None, help="ONNX --with-nms: the post-processing preset baked in "
+                                           "(default: biubug6-origin for RetinaFace, torchvision for RetinaNet/GFL)"),
     input_dtype: str = typer.Option("float32", help="ONNX input dtype: float32 or uint8 (RGB 0..255 either way)"),
     size: str = typer.Option("640x640", help="ONNX detectors: traced HxW (the fixed size without --dynamic-size)"),
 ):
@@ -403,13 +404,23 @@ def data_synthshapes(
 
 @app.command("list")
 def list_(what: str = typer.Argument(
-        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all")):
+        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all"),
+        matrix: bool = typer.Option(False, "--matrix", help="with `methods`: the method x detector table (runs, or "
+                                    "the reason each method declares), from tiny instances of every family"),
+        markdown: bool = typer.Option(False, "--markdown", help="with --matrix: a markdown table (the README's)")):
     """List registered models, datasets, detection distillation methods, face-recognition objectives,
     evaluators, configs and inference protocols."""
     from detkd import registry
     from detkd.config import list_configs
 
     registry.load_all()
+    if matrix:
+        if what != "methods":
+            _fail(f"--matrix goes with `detkd list methods`, not {what!r}")
+        from detkd.distill.matrix import format_table, support_table
+
+        typer.echo(format_table(support_table(), markdown=markdown), nl=False)
+        return
     sections = {
         "models": sorted(registry.MODELS),
         "datasets": sorted(registry.DATASETS),
@@ -431,6 +442,38 @@ def list_(what: str = typer.Argument(
             typer.echo(f"{titles.get(name, name)}:")
             for it in items:
                 typer.echo(f"  {it}")
+
+
+@app.command()
+def compare(
+    inputs: List[Path] = typer.Argument(..., help="run directories, folders of runs, or benchmark JSON files "
+                                        "(several seeds)"),
+    control: Optional[str] = typer.Option(None, help="the control's name (default: control, baseline_extra or "
+                                          "baseline, the first present)"),
+    metric: Optional[List[str]] = typer.Option(None, help="metrics to compare (default: every common one)"),
+    model: Optional[List[str]] = typer.Option(None, help="distilled models to compare (default: every distilled one)"),
+    diagnose: bool = typer.Option(False, "--diagnose", help="also: each distillation term's scale against the task "
+                                  "loss over training (from metrics.jsonl) and whether the teacher beats the students"),
+    as_json: bool = typer.Option(False, "--json", help="last line: one JSON object with the rows (and diagnosis)"),
+):
+    """Did distillation help? Control vs distilled per seed, mean ± sample std, the paired gain with 2σ and a
+    verdict (a gain counts when the mean per-seed gain is above twice its sample std and every seed gains)."""
+    from detkd import compare as C
+    from detkd.errors import UserError
+
+    try:
+        res = C.load_results(inputs)
+        result = C.compare(res, control, metric or None, model or None)
+        diag = C.diagnose(res, result) if diagnose else None
+    except (UserError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        payload = {**result, **({"diagnose": diag} if diag is not None else {})}
+        typer.echo(json.dumps(C.json_safe(payload), default=str, allow_nan=False))
+        return
+    typer.echo(C.format_compare(result))
+    if diag is not None:
+        typer.echo(C.format_diagnose(diag))
 
 
 @app.command()
