@@ -374,11 +374,18 @@ def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER lay
 
 
 @data_app.command("synthids")
-def data_synthids(out: Path = typer.Argument(..., help="output root (identity folders + val.bin)"), seed: int = 0):
+def data_synthids(
+    out: Path = typer.Argument(..., help="output root (identity folders + val.bin); the facerec/*_synthids configs "
+                               "read data/synthids48 written with --img-size 48"),
+    seed: int = 0,
+    img_size: int = typer.Option(64, "--img-size", help="face crop side in pixels"),
+):
     """Write SynthIDs: identity folders for face recognition and an LFW-style verification .bin."""
     from detkd.data.synthids import write_synthids
 
-    typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed)}")
+    if img_size < 8:
+        _fail(f"--img-size must be at least 8, got {img_size}")
+    typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed, img_size=img_size)}")
 
 
 @data_app.command("synthshapes")
