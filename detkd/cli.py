@@ -62,6 +62,7 @@ def train(
 
     The run directory is <train.out_dir>/<name>; `detkd config show CONFIG` lists every key."""
     from detkd.config import ConfigError, load_config
+    from detkd.experiment import SetupError
     from detkd.experiment import train as run
 
     from detkd.registry import UnknownNameError
@@ -74,7 +75,7 @@ def train(
     cfg.train.allow_changed = list(cfg.train.allow_changed) + list(allow_changed or [])
     try:
         result = run(cfg, resume=resume, evaluate=not no_eval)
-    except UnknownNameError as e:  # e.g. distill.methods=[arcface]: a one-line error naming what it is
+    except (UnknownNameError, SetupError) as e:  # e.g. distill.methods=[arcface]; 12 classes vs num_classes=20
         _fail(str(e))
     if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: one summary, not one per rank
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -171,24 +172,58 @@ def convert_voc2coco(
 def eval_detector(
     weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card), or an "
                                  ".onnx from `detkd export --onnx` with --backend onnxruntime"),
-    images_dir: Path = typer.Option(..., help="WIDER-layout image directory: <event>/<image>.jpg"),
-    gt_dir: Path = typer.Option(..., help="directory with the four WIDER .mat files"),
-    protocol: str = typer.Option("biubug6-origin", help="post-processing preset (see `detkd list`)"),
+    images_dir: Optional[Path] = typer.Option(None, help="face detectors: WIDER-layout image directory "
+                                              "<event>/<image>.jpg"),
+    gt_dir: Optional[Path] = typer.Option(None, help="face detectors: directory with the four WIDER .mat files"),
+    voc_root: Optional[Path] = typer.Option(None, help="object detectors: a VOC-layout root (SynthShapes too)"),
+    split: str = typer.Option("test", help="with --voc-root: the image set (ImageSets/Main/<split>.txt)"),
+    coco_ann: Optional[Path] = typer.Option(None, help="object detectors: a COCO instances JSON"),
+    coco_images: Optional[Path] = typer.Option(None, help="with --coco-ann: the directory of its images"),
+    classes: Optional[str] = typer.Option(None, help="object detectors: voc | synthshapes | a,b,c "
+                                          "(default: the model card's class_names)"),
+    protocol: Optional[str] = typer.Option(None, help="pre/post-processing preset (see `detkd list protocols`); "
+                                           "default biubug6-origin for WIDER, torchvision otherwise"),
+    max_images: int = typer.Option(0, help="object detectors: >0 scores only the first N images"),
     pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
     as_json: bool = typer.Option(False, "--json"),
     backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime"),
 ):
-    """Run a detector over a WIDER-layout set and print easy/medium/hard AP."""
+    """Score a detector: WIDER easy/medium/hard AP (--images-dir/--gt-dir), or VOC07 mAP and COCO AP of an
+    object detector on a VOC root (--voc-root/--split) or a COCO JSON (--coco-ann/--coco-images)."""
     from detkd.engine.checkpoint import expect_model_kind
-    from detkd.experiment import evaluate_widerface
     from detkd.runtime import load_inference_model
 
+    generic = voc_root is not None or coco_ann is not None
+    if generic and (images_dir is not None or gt_dir is not None):
+        _fail("give either --images-dir/--gt-dir (WIDER) or --voc-root / --coco-ann (object detectors)")
+    if not generic and (images_dir is None or gt_dir is None):
+        _fail("give --images-dir and --gt-dir (WIDER), --voc-root DIR [--split S], or --coco-ann F --coco-images D")
     expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
     try:
-        model, _ = load_inference_model(weights, backend, kind="detector")
+        model, card = load_inference_model(weights, backend, kind="detector")
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
-    ap = evaluate_widerface(model, images_dir, gt_dir, protocol, pred_dir=pred_dir)
+    if generic:
+        from detkd.eval_detector import evaluate_model, model_class_names
+
+        try:
+            names = model_class_names(card, classes) if voc_root is not None else ()
+            res = evaluate_model(model, names, protocol or "torchvision", voc_root=voc_root, split=split,
+                                 coco_ann=coco_ann, coco_images=coco_images, max_images=max_images)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            _fail(str(e))
+        if as_json:
+            typer.echo(json.dumps(res))
+        else:
+            for name, ap in res["per_class"].items():
+                typer.echo(f"{name:>14} AP: {ap:.4f}")
+            typer.echo(f"{'VOC07 mAP':>14}   : {res['voc07_map']:.4f}")
+            if "coco_ap" in res:
+                typer.echo(f"{'COCO AP':>14}   : {res['coco_ap']:.4f}")
+        return
+    from detkd.experiment import evaluate_widerface
+
+    ap = evaluate_widerface(model, images_dir, gt_dir, protocol or "biubug6-origin", pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
 
 
@@ -292,7 +327,8 @@ def export(
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="ONNX: any input height/width"),
     opset: int = typer.Option(17, help="ONNX opset"),
     with_nms: bool = typer.Option(False, "--with-nms", help="ONNX, detectors: include decoding and NMS of --protocol"),
-    protocol: str = typer.Option("biubug6-origin", help="ONNX --with-nms: the post-processing preset baked in"),
+    protocol: Optional[str] = typer.Option(None, help="ONNX --with-nms: the post-processing preset baked in "
+                                           "(default: biubug6-origin for RetinaFace, torchvision for RetinaNet/GFL)"),
     input_dtype: str = typer.Option("float32", help="ONNX input dtype: float32 or uint8 (RGB 0..255 either way)"),
     size: str = typer.Option("640x640", help="ONNX detectors: traced HxW (the fixed size without --dynamic-size)"),
 ):
@@ -403,12 +439,22 @@ def data_synthshapes(
 
 @app.command("list")
 def list_(what: str = typer.Argument(
-        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all")):
+        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all"),
+        matrix: bool = typer.Option(False, "--matrix", help="with `methods`: the method x detector table (runs, or "
+                                    "the reason each method declares), from tiny instances of every family"),
+        markdown: bool = typer.Option(False, "--markdown", help="with --matrix: a markdown table (the README's)")):
     """List registered models, datasets, detection distillation methods, face-recognition objectives,
     evaluators, configs and inference protocols."""
     from detkd.config import list_configs
     from detkd.names import DET_PROTOCOLS, FACE_PROTOCOLS, NAMES  # torch-free; equal to the registry (tested)
 
+    if matrix:
+        if what != "methods":
+            _fail(f"--matrix goes with `detkd list methods`, not {what!r}")
+        from detkd.distill.matrix import format_table, support_table
+
+        typer.echo(format_table(support_table(), markdown=markdown), nl=False)
+        return
     sections = {**{k: list(v) for k, v in NAMES.items()}, "configs": list_configs(),
                 "protocols": sorted([*FACE_PROTOCOLS, *DET_PROTOCOLS])}
     if what != "all" and what not in sections:
@@ -420,6 +466,38 @@ def list_(what: str = typer.Argument(
             typer.echo(f"{titles.get(name, name)}:")
             for it in items:
                 typer.echo(f"  {it}")
+
+
+@app.command()
+def compare(
+    inputs: List[Path] = typer.Argument(..., help="run directories, folders of runs, or benchmark JSON files "
+                                        "(several seeds)"),
+    control: Optional[str] = typer.Option(None, help="the control's name (default: control, baseline_extra or "
+                                          "baseline, the first present)"),
+    metric: Optional[List[str]] = typer.Option(None, help="metrics to compare (default: every common one)"),
+    model: Optional[List[str]] = typer.Option(None, help="distilled models to compare (default: every distilled one)"),
+    diagnose: bool = typer.Option(False, "--diagnose", help="also: each distillation term's scale against the task "
+                                  "loss over training (from metrics.jsonl) and whether the teacher beats the students"),
+    as_json: bool = typer.Option(False, "--json", help="last line: one JSON object with the rows (and diagnosis)"),
+):
+    """Did distillation help? Control vs distilled per seed, mean ± sample std, the paired gain with 2σ and a
+    verdict (a gain counts when the mean per-seed gain is above twice its sample std and every seed gains)."""
+    from detkd import compare as C
+    from detkd.errors import UserError
+
+    try:
+        res = C.load_results(inputs)
+        result = C.compare(res, control, metric or None, model or None)
+        diag = C.diagnose(res, result) if diagnose else None
+    except (UserError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        payload = {**result, **({"diagnose": diag} if diag is not None else {})}
+        typer.echo(json.dumps(C.json_safe(payload), default=str, allow_nan=False))
+        return
+    typer.echo(C.format_compare(result))
+    if diag is not None:
+        typer.echo(C.format_diagnose(diag))
 
 
 @app.command()

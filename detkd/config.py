@@ -100,6 +100,19 @@ class DetDataConfig:
 
 
 @dataclass
+class SynthShapesDataConfig(DetDataConfig):
+    """SynthShapes (``detkd.data.synthshapes``): generated under ``root`` on first use with ``data_seed``,
+    ``n_train`` / ``n_val`` scenes (a root remembers them and refuses other values)."""
+
+    name: str = "synthshapes"
+    root: str = "data/synthshapes"
+    data_seed: int = 0  # the scenes' generator seed
+    n_train: int = 1500
+    n_val: int = 500
+    max_long: int = 512  # training: long side cap after resizing the short side to img_size
+
+
+@dataclass
 class DetEvalConfig:
     """Evaluation of a detector on the val split of ``cfg.data`` with a registered evaluator."""
 
@@ -110,6 +123,7 @@ class DetEvalConfig:
     max_images: int = 0  # >0 evaluates only the first N val images (smoke runs)
     batch_size: int = 1  # images per forward (same-size ones batched; >1 moves scores by float rounding, ~1e-7)
     num_workers: int = 0  # DataLoader workers decoding images
+    also: list[str] = field(default_factory=list)  # more evaluators on the same detections, e.g. [coco]
 
 
 @dataclass

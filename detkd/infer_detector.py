@@ -10,7 +10,8 @@ multiple of ``size_divisible`` bottom/right with ``pad_colour``) and, optionally
   the ImageNet mean x 255 (Faster R-CNN also zeroes its normalised padded area). Post-processing: the model's own
   (torchvision's values: Faster R-CNN score 0.05 / NMS 0.5 / 100; RetinaNet score 0.05 / top 1000 per level /
   NMS 0.5 / 300).
-* ``torchvision-320``: ``torchvision`` at SynthShapes' scale (short side 320, long side 533).
+* ``torchvision-320``: ``torchvision`` at SynthShapes' scale (short side 320, long side 533); any
+  ``torchvision-<N>`` works the same way (long side ``round(N * 5 / 3)``), e.g. for small calibration runs.
 * ``jwyang-600``: faster-rcnn.pytorch's test (FGFI): short side 600 (no long-side cap), ``cv2.resize``
   INTER_LINEAR on the float image, no padding, score > 0.0, per-class NMS 0.3, 100 detections.
 * ``mmdet-600``: mmdetection 2.0's VOC test (DeFeat): keep-ratio resize to fit (1000, 600) (cv2 bilinear),
@@ -57,7 +58,31 @@ class DetProtocol:
     thresholds: dict | None = None  # post-processing overrides; None = the model's defaults
 
 
-DET_PROTOCOLS: dict[str, DetProtocol] = {
+class _DetProtocols(dict):
+    """The protocol table; besides its entries it answers ``torchvision-<N>`` for any short side N (16..4096):
+    ``torchvision``'s test at that scale (long side cap ``round(N * 5 / 3)``, the 800 / 1333 ratio), for
+    models trained at small sizes (``torchvision-320`` is SynthShapes' default)."""
+
+    PREFIX = "torchvision-"
+
+    def _scaled(self, key) -> DetProtocol | None:
+        if isinstance(key, str) and key.startswith(self.PREFIX) and key[len(self.PREFIX):].isdigit():
+            n = int(key[len(self.PREFIX):])
+            if 16 <= n <= 4096:
+                return DetProtocol(key, n, round(n * 5 / 3), "torch", 32, IMAGENET_PAD)
+        return None
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, key) or self._scaled(key) is not None
+
+    def __missing__(self, key) -> DetProtocol:
+        p = self._scaled(key)
+        if p is None:
+            raise KeyError(key)
+        return p
+
+
+DET_PROTOCOLS: dict[str, DetProtocol] = _DetProtocols({
     "torchvision": DetProtocol("torchvision", 800, 1333, "torch", 32, IMAGENET_PAD),
     "jwyang-600": DetProtocol("jwyang-600", 600, None, "cv2", 1,
                               thresholds={"score_thresh": 0.0, "nms_thresh": 0.3, "max_dets": 100}),
@@ -66,7 +91,7 @@ DET_PROTOCOLS: dict[str, DetProtocol] = {
     "mmdet-gfl": DetProtocol("mmdet-gfl", 800, 1333, "mmcv", 32, MMDET_PAD),
     "mmdet-voc": DetProtocol("mmdet-voc", 600, 1000, "mmcv", 32, MMDET_PAD),
     "torchvision-320": DetProtocol("torchvision-320", 320, 533, "torch", 32, IMAGENET_PAD),
-}
+})
 
 
 def get_det_protocol(name: str | DetProtocol) -> DetProtocol:

@@ -245,7 +245,8 @@ def markdown_table() -> str:
             cmd = " ".join(["detkd", *c.args[:2]]).replace(d, "…")
             err = next((ln for ln in se.splitlines() if ln.startswith("error:")), (so.splitlines() or [""])[0])
             err = err.replace(d, "…").replace("|", "\\|")
-            rows.append(f"| {c.what} | `{cmd} …` | {rc} | `{err[:220]}` |")
+            cell = f"`` {err[:220]} ``" if "`" in err[:220] else f"`{err[:220]}`"
+            rows.append(f"| {c.what} | `{cmd} …` | {rc} | {cell} |")
         return "\n".join(rows)
 
 

@@ -9,7 +9,8 @@ Sample (what ``DetectionDataset[i]`` returns):
 ``(image float32 [3, h, w] RGB 0..255, target, meta)`` with
 ``target = {boxes float32 [N, 4] xyxy input pixels, labels int64 [N] (1..K), ignore_boxes float32 [M, 4]}``
 (``ignore_boxes``: COCO crowd regions and, unless trained on, VOC difficult objects; an assigner may ignore
-priors that fall in them) and ``meta = {image_id, path, orig_size (H, W), size (h, w), scale, flipped, index}``.
+priors that fall in them; objects whose box is under ``MIN_BOX_SIDE`` pixels wide or high after resizing are
+dropped) and ``meta = {image_id, path, orig_size (H, W), size (h, w), scale, flipped, index}``.
 A prediction in input pixels maps back to the original image by un-flipping (``x -> w - x``) and
 multiplying x by ``W / w`` and y by ``H / h`` (``scale`` is the nominal factor; the rounded size makes the
 per-axis factors differ from it slightly).
@@ -27,6 +28,15 @@ import torch
 
 from detkd.data.image import read_image
 from detkd.data.transforms import keep_ratio_scale, resize_keep_ratio  # noqa: F401  (keep_ratio_scale re-exported)
+
+
+MIN_BOX_SIDE = 1.0  # training boxes narrower or shorter than this (input pixels, after resizing) are dropped
+
+
+def collapsed_free(boxes: np.ndarray, min_side: float = MIN_BOX_SIDE) -> np.ndarray:
+    """Bool mask ``[N]`` of boxes ``[N, 4]`` xyxy whose width and height are both at least ``min_side``."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    return ((boxes[:, 2] - boxes[:, 0]) >= min_side) & ((boxes[:, 3] - boxes[:, 1]) >= min_side)
 
 
 @dataclass
@@ -145,6 +155,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             scale = keep_ratio_scale(image.shape[0], image.shape[1], short, self.resize.max_long)
             image, both, _, _ = resize_keep_ratio(image, both, None, short, self.resize.max_long)
             boxes, ignore = both[: len(boxes)], both[len(boxes):]
+            keep = collapsed_free(boxes)  # a box thinner than a pixel after resizing cannot be learned
+            boxes, labels = boxes[keep], labels[keep]
         if self.augment and rng.integers(2):
             image, both = hflip(image, np.concatenate([boxes, ignore]))
             boxes, ignore = both[: len(boxes)], both[len(boxes):]

@@ -446,6 +446,7 @@ def synthshapes(*, root: str, split: str = "train", img_size: int = 320, short: 
     cfg = SynthShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (knobs or {}).items()})
     ensure_synthshapes(root, data_seed, n_train, n_val, cfg)
     if split == "val":
-        return DetectionEvalSet(read_voc(root, "val", SYNTHSHAPES_CLASSES), SYNTHSHAPES_CLASSES)
+        return DetectionEvalSet(read_voc(root, "val", SYNTHSHAPES_CLASSES), SYNTHSHAPES_CLASSES,
+                                ann_file=Path(root) / "annotations" / "instances_val.json")
     return VOCDetection(root, split, SYNTHSHAPES_CLASSES, resize=ResizeConfig(tuple(short or (img_size,)), max_long),
                         augment=augment, train_difficult=train_difficult, seed=seed)

@@ -259,8 +259,14 @@ def export_student(src: str | Path, out_path: str | Path, model_card: dict | Non
     cfg = state.get("config") or {}
     source = {"experiment": cfg.get("name"), "checkpoint": str(ckpt), "epoch": state.get("epoch"),
               "global_step": state.get("global_step")}
-    card = make_card(cfg.get("model"), student, task=cfg.get("task"), source=source, weights=out.name,
-                     **(model_card or {}))
+    extra = dict(model_card or {})
+    if "class_names" not in extra:  # detectors trained on a known data set carry its class names
+        from detkd.data.names import dataset_class_names
+
+        names = dataset_class_names(cfg.get("data") if isinstance(cfg.get("data"), dict) else None)
+        if names is not None:
+            extra["class_names"] = list(names)
+    card = make_card(cfg.get("model"), student, task=cfg.get("task"), source=source, weights=out.name, **extra)
     write_card(out, card)
     return out
 
