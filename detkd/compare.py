@@ -158,7 +158,8 @@ def compare(res: Results, control: str | None = None, metrics: list[str] | None 
                          "summary.json? was the run evaluated?)")
     for k in keys:
         if k not in common:
-            raise UserError(f"metric {k!r} is not reported by {ctl!r} and every compared model (have: {', '.join(common)})")
+            raise UserError(f"metric {k!r} is not reported by {ctl!r} and every compared model "
+                            f"(have: {', '.join(common)})")
     scale = 100.0 if all(0.0 <= v <= 1.0 for k in keys for v in res.models[ctl][k].values()) else 1.0
     rows = []
     for n in names:

@@ -23,8 +23,6 @@ METHODS = ("tdkd", "fgfi", "defeat", "ld", "kd", "feat")
 DECLARED = {
     ("tdkd", "faster_rcnn_vgg"): "two-stage detector",
     ("tdkd", "faster_rcnn_fpn"): "two-stage detector",
-    ("kd", "faster_rcnn_vgg"): "two-stage detector",
-    ("kd", "faster_rcnn_fpn"): "two-stage detector",
     ("ld", "retinaface_mnet"): "no distribution head key",
     ("ld", "faster_rcnn_vgg"): "no distribution head key",
     ("ld", "faster_rcnn_fpn"): "no distribution head key",
@@ -47,7 +45,8 @@ def test_cell(method, detector):
     student, teacher = tiny_pair(detector)
     cfg = matrix_config(method, student)
     if (method, detector) in DECLARED:
-        with pytest.raises(UnsupportedPairError, match=f"distill.{method} does not run on .*{DECLARED[method, detector]}"):
+        want = f"distill.{method} does not run on .*{DECLARED[method, detector]}"
+        with pytest.raises(UnsupportedPairError, match=want):
             build_distill_task(cfg, student, teacher)
         return
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -62,11 +61,16 @@ def test_cell(method, detector):
     assert kd and all(torch.isfinite(v) for v in kd.values()), kd
     # every tap of a term with a non-zero value (an untrained RetinaNet/GFL teacher's probabilities lie outside
     # TDKD's (0.1, 0.9) band, so its prob term is an exact 0 there; feature taps always distil)
-    taps = sorted({t.student for t in task.distiller.terms if float(kd[t.key].detach()) != 0.0})
+    # (KD on two-stage models distils the RoI classifier: its term's taps are placeholders, the tensor is
+    # rois.cls_logits)
+    taps = sorted({"rois.cls_logits" if t.name == "roi_cls" else t.student for t in task.distiller.terms
+                   if float(kd[t.key].detach()) != 0.0})
     assert any(not tap.startswith("head.") for tap in taps) or method in ("kd", "ld"), taps
     tensors = []
     for tap in taps:
-        if tap.startswith("head."):
+        if tap == "rois.cls_logits":
+            tensors.append([s_out.rois.cls_logits])
+        elif tap.startswith("head."):
             tensors.append(s_out.head[tap[len("head."):]])
         else:
             tensors.append([s_out.feats[tap]])
@@ -107,3 +111,57 @@ def test_support_table_and_format():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- matrix:start -->\n")[1].split("<!-- matrix:end -->")[0]
     assert block == md, "README's matrix is stale: paste `detkd list methods --matrix --markdown` between the markers"
+
+
+def test_kd_on_two_stage_distils_the_roi_classifier_on_the_students_rois():
+    from detkd.distill.kd import KDConfig
+    from detkd.distill.losses import kd_kl
+
+    student, teacher = tiny_pair("faster_rcnn_vgg")
+    for select in ("assign", "pos"):
+        cfg = matrix_config("kd", student)
+        cfg.kd = KDConfig(temperature=2.0, select=select)
+        cfg.sections["kd"] = cfg.kd
+        task = build_distill_task(cfg, student, teacher)
+        images, targets, _ = tiny_batch(num_classes(student))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            t_out = teacher(images)
+            s_out = student(images, targets)
+            got = task.distiller(t_out, s_out, targets, 0, teacher_model=teacher)["kd.kd.roi_cls"]
+            t_roi = teacher.roi_forward(t_out.feats, s_out.rois.rois, s_out.image_sizes)
+        keep = s_out.rois.labels > 0 if select == "pos" else None
+        if keep is not None:
+            assert 0 < int(keep.sum()) < keep.numel()
+        want = kd_kl(s_out.rois.cls_logits, t_roi.cls_logits, T=2.0, mask=keep, kind="softmax")
+        assert got.item() == pytest.approx(want.item(), rel=1e-5) and got.item() > 0
+    _, dense_teacher = tiny_pair("retinanet")
+    with pytest.raises(UnsupportedPairError, match="the student is two-stage .* and the teacher is dense"):
+        build_distill_task(matrix_config("kd", student), student, dense_teacher)
+
+
+def test_tdkd_ranks_negatives_by_the_students_background_loss_without_mining():
+    from detkd.distill.tdkd import background_loss_rank
+
+    z = torch.tensor([[[-5.0, -5.0], [2.0, -1.0], [0.0, 0.0], [3.0, 3.0]]])  # [1, 4, 2] sigmoid logits
+    excluded = torch.tensor([[False, False, False, True]])  # prior 3 is positive: ranks last
+    rank = background_loss_rank(z, "sigmoid", excluded)
+    assert rank.tolist() == [[2, 0, 1, 3]]  # softplus sums: 0.013, 2.44, 1.39
+    soft = background_loss_rank(torch.tensor([[[0.0, 4.0], [0.0, -4.0], [0.0, 1.0]]]), "softmax",
+                                torch.zeros(1, 3, dtype=torch.bool))
+    assert soft.tolist() == [[0, 2, 1]]
+    # on GFL the TDKD cls mask holds the positives plus at most 3x as many negatives
+    student, teacher = tiny_pair("gfl")
+    build_distill_task(matrix_config("tdkd", student), student, teacher)  # builds (supports + start-up checks)
+    images, targets, _ = tiny_batch(num_classes(student))
+    from detkd.distill.distiller import DistillContext
+    from detkd.distill.tdkd import level_masks
+
+    with torch.no_grad():
+        s_out = student(images, targets)
+        ctx = DistillContext(teacher(images), s_out, targets, 0, teacher_model=teacher)
+        masks = level_masks(ctx, matrix_config("tdkd", student).tdkd, "sigmoid")
+    n_cls = sum(int(c.sum()) for c, _ in masks)
+    n_loc = sum(int(l.sum()) for _, l in masks)
+    n_pos = int(s_out.assign.pos.sum())
+    assert 0 < n_loc <= n_pos and n_loc < n_cls <= 4 * n_pos

@@ -14,6 +14,10 @@ priors, ``DetOutput.priors[l]``, hosts the anchors of that map):
 - ``A_l``: 3×3 conv + ReLU with bias (``conv3x3_relu``), weights ``normal·fmod(2)·1e-4``, bias PyTorch default
   (§2.2), trainable, one per level.
 
+Anchor-free detectors (GFL, the method × detector matrix): GFL's points carry one square prior each
+(``octave_base_scale · stride``, ``DetOutput.priors``), and those squares are FGFI's anchors here: the mask is
+the same IoU rule over one "anchor" per location. Two-stage detectors use their RPN anchors.
+
 ``variant="defeat_port"`` is DeFeat's port of FGFI (its released ``mask-neck-roi`` config, §4.6, §2.9-3): the
 same per-level mask, DeFeat's normalisation ``max(1, 2·C·Σ I_l)``, a 3×3 adapter WITHOUT activation, and
 ``weight / L`` per level (``weight`` = ``hint_neck_w`` = 3 there, no warm-up). The mask's IoU follows the

@@ -127,5 +127,6 @@ def format_table(table: dict[tuple[str, str], str | None], markdown: bool = Fals
     else:
         widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines += [""] + [f"({i}) {r}" for i, r in enumerate(reasons, 1)]
+    bullet = "- " if markdown else ""
+    lines += [""] + [f"{bullet}({i}) {r}" for i, r in enumerate(reasons, 1)]
     return "\n".join(lines).rstrip() + "\n"
