@@ -211,29 +211,42 @@ def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, m
     return out_png
 
 
-def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
+def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager",
+                 event: str | None = None, min_score: float = 0.5, progress: bool | None = None) -> list[Path]:
     """``detkd detect``: run an exported detector over image files; write WIDER txt files or PNGs.
 
-    ``fmt="widerface-txt"`` writes ``out_dir/<event>/<name>.txt`` with event = the image's parent directory name;
-    ``fmt="png"`` writes ``out_dir/<name>.png``. ``backend``: ``"eager"`` (a ``.safetensors`` model file, run
-    with BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` from ``detkd export --onnx``), see
-    ``detkd.runtime``. Returns the written paths.
+    ``fmt="widerface-txt"`` writes ``out_dir/<event>/<stem>.txt`` with event = ``event`` or else the image's
+    parent directory name; ``fmt="png"`` writes ``out_dir/<stem>.png`` (inputs from several folders mirror the
+    input tree; see ``detkd.detect_outputs``), drawing boxes scoring at least ``min_score``. Outputs that would
+    clash are refused before the model runs. ``backend``: ``"eager"`` (a ``.safetensors`` model file, run with
+    BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` from ``detkd export --onnx``), see ``detkd.runtime``.
+    ``progress``: a progress bar over the images (``None``: only on a terminal). Returns the written paths, one
+    per image, all distinct.
     """
+    from tqdm.auto import tqdm
+
+    from detkd.detect_outputs import png_targets, wider_events
     from detkd.runtime import load_inference_model
 
     if fmt not in ("widerface-txt", "png"):
         raise ValueError(f"unknown output format {fmt!r}; choose widerface-txt or png")
+    images = [Path(x) for x in images]
+    out_dir = Path(out_dir)
+    if fmt == "widerface-txt":
+        from detkd.eval.widerface import write_txt
+
+        events = wider_events(images, event)
+    else:
+        targets = png_targets(images, out_dir)
     p = get_protocol(protocol)
     model, _ = load_inference_model(weights, backend, kind="detector")
-    out_dir = Path(out_dir)
     written = []
-    for path in map(Path, images):
+    bar = tqdm(images, desc=f"detect ({p.name})", unit="img", disable=None if progress is None else not progress)
+    for i, path in enumerate(bar):
         image = read_image(path)
         dets = detect_image(model, image, p)
         if fmt == "widerface-txt":
-            from detkd.eval.widerface import write_txt
-
-            written.append(write_txt(out_dir, path.parent.name, path.stem, dets["boxes"].numpy(), dets["scores"].numpy()))
+            written.append(write_txt(out_dir, events[i], path.stem, dets["boxes"].numpy(), dets["scores"].numpy()))
         else:
-            written.append(draw_detections(image, dets, out_dir / f"{path.stem}.png"))
+            written.append(draw_detections(image, dets, targets[i], min_score=min_score))
     return written
