@@ -148,16 +148,20 @@ def eval_detector(
     pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
     as_json: bool = typer.Option(False, "--json"),
     backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime"),
+    nms: Optional[str] = typer.Option(None, "--nms", help="NMS preset replacing the model's: greedy or "
+                                      "cluster-diou-voting (LD's score-voting Cluster-DIoU-NMS); any detector"),
 ):
     """Run a detector over a WIDER-layout set and print easy/medium/hard AP."""
     from detkd.experiment import evaluate_widerface
+    from detkd.infer import with_nms
     from detkd.runtime import load_inference_model
 
     try:
+        proto = with_nms(protocol, nms)
         model, _ = load_inference_model(weights, backend, kind="detector")
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
-    ap = evaluate_widerface(model, images_dir, gt_dir, protocol, pred_dir=pred_dir)
+    ap = evaluate_widerface(model, images_dir, gt_dir, proto, pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
 
 
@@ -191,15 +195,22 @@ def detect(
                                "object detectors: png | voc | coco (D/detections.json)"),
     backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime (one-stage "
                                 "detectors exported with `detkd export --onnx`)"),
+    nms: Optional[str] = typer.Option(None, "--nms", help="NMS preset replacing the model's: greedy or "
+                                      "cluster-diou-voting (LD's score-voting Cluster-DIoU-NMS); any detector"),
 ):
     """Detect faces or objects in images; write WIDER txt, VOC or COCO results, or PNGs with boxes and scores."""
+    from detkd.infer import with_nms
     from detkd.infer_detector import DET_PROTOCOLS
 
+    try:
+        proto = with_nms(protocol, nms)
+    except ValueError as e:
+        _fail(str(e))
     if protocol in DET_PROTOCOLS:
         from detkd.infer_detector import detect_files as detect_objects
 
         try:
-            written = detect_objects(weights, protocol, out_dir, format, images, backend=backend)
+            written = detect_objects(weights, proto, out_dir, format, images, backend=backend)
         except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
             _fail(str(e))
         typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
@@ -209,7 +220,7 @@ def detect(
     if format not in ("png", "widerface-txt"):
         _fail(f"--format must be png or widerface-txt with protocol {protocol!r}, got {format!r}")
     try:
-        written = detect_files(weights, protocol, out_dir, format, images, backend=backend)
+        written = detect_files(weights, proto, out_dir, format, images, backend=backend)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
     typer.echo(f"wrote {len(written) if written is not None else len(images)} file(s) to {out_dir}")
