@@ -51,6 +51,29 @@ def train(
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command("distill-chain")
+def distill_chain(
+    configs: List[str] = typer.Argument(..., help="configs in order, e.g. ld/ta_r101_r50_voc ld/ta_r50_r18_voc, "
+                                        "then a.b=c overrides for every stage (the first teacher: "
+                                        "distill.teacher_weights=FILE)"),
+    out_dir: Optional[Path] = typer.Option(None, help="where chain.json / chain.md go (default <out_dir>/chain)"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip each stage's evaluation"),
+):
+    """Teacher -> assistant -> student in one command: each stage's exported student teaches the next stage."""
+    from detkd.chain import run_chain
+    from detkd.config import ConfigError
+    from detkd.registry import UnknownNameError
+
+    names = [c for c in configs if "=" not in c]
+    overrides = [c for c in configs if "=" in c]
+    try:
+        result = run_chain(names, overrides, out_dir=out_dir, evaluate=not no_eval)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError, UnknownNameError) as e:
+        _fail(str(e))
+    typer.echo(Path(result["files"][1]).read_text())
+    typer.echo(f"wrote {', '.join(result['files'])}")
+
+
 @eval_app.command("widerface")
 def eval_widerface(
     pred_dir: Path = typer.Option(..., help="prediction directory: <event>/<image>.txt (WIDER txt layout)"),
