@@ -65,6 +65,7 @@ def train_run(name: str, config: str, overrides: list[str], data: Path, out: Pat
     from detkd.config import load_config
     from detkd.data.loader import collate_detection
     from detkd.data.widerface import WiderFaceTrain
+    from detkd.engine.logging import read_metrics
     from detkd.engine.loop import Trainer
     from detkd.experiment import build_task
 
@@ -75,7 +76,7 @@ def train_run(name: str, config: str, overrides: list[str], data: Path, out: Pat
     task = build_task(cfg)
     train_set = WiderFaceTrain(data, img_size=cfg.data.img_size, augment=True, seed=cfg.train.seed)
     Trainer(cfg, task, train_set, evaluate=None, collate_fn=collate_detection).fit()
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out / name, kind=None)
     losses = [{k: v for k, v in r.items() if k.startswith(("task.", "kd.", "loss"))} for r in rows
               if any(k.startswith("task.") for k in r)]
     return {"losses": losses, "weights": state_hash(task.student.state_dict())}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -17,13 +18,33 @@ app = typer.Typer(
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate predictions or models with the official protocols.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate the embedded data sets (SynthFaces, SynthIDs, SynthShapes).")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert annotations between formats.")
+config_app = typer.Typer(no_args_is_help=True, help="Show experiment configs and their keys.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
+app.add_typer(config_app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("detkd")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        typer.echo(f"detkd {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """detkd: knowledge distillation for object detectors, face detectors and face recognizers."""
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {' '.join(str(msg).split())}", fg=typer.colors.RED, err=True)  # always one line
     raise typer.Exit(2)
 
 
@@ -31,11 +52,17 @@ def _fail(msg: str) -> None:
 def train(
     config: str = typer.Argument(..., help="config file or name under configs/, e.g. retinaface/mnet025_synthfaces"),
     overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, type-checked"),
-    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly"),
+    resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly (same config as saved)"),
+    overwrite: bool = typer.Option(False, help="replace the run already in the run directory"),
+    allow_changed: Optional[List[str]] = typer.Option(
+        None, "--allow-changed", help="with --resume: accept a changed config key (or section), e.g. optim.lr"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation at the end"),
 ):
-    """Train a model (or distil one: the config's `distill` section) and evaluate it."""
+    """Train a model (or distil one: the config's `distill` section) and evaluate it.
+
+    The run directory is <train.out_dir>/<name>; `detkd config show CONFIG` lists every key."""
     from detkd.config import ConfigError, load_config
+    from detkd.experiment import SetupError
     from detkd.experiment import train as run
 
     from detkd.registry import UnknownNameError
@@ -44,11 +71,14 @@ def train(
         cfg = load_config(config, overrides or [])
     except (ConfigError, KeyError) as e:
         _fail(str(e))
+    cfg.train.overwrite = overwrite or cfg.train.overwrite
+    cfg.train.allow_changed = list(cfg.train.allow_changed) + list(allow_changed or [])
     try:
         result = run(cfg, resume=resume, evaluate=not no_eval)
-    except UnknownNameError as e:  # e.g. distill.methods=[arcface]: a one-line error naming what it is
+    except (UnknownNameError, SetupError) as e:  # e.g. distill.methods=[arcface]; 12 classes vs num_classes=20
         _fail(str(e))
-    typer.echo(json.dumps(result, indent=2, default=str))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: one summary, not one per rank
+        typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @app.command("distill-chain")
@@ -165,25 +195,61 @@ def convert_voc2coco(
 def eval_detector(
     weights: Path = typer.Option(..., help="an exported detkd model (.safetensors with its .json card), or an "
                                  ".onnx from `detkd export --onnx` with --backend onnxruntime"),
-    images_dir: Path = typer.Option(..., help="WIDER-layout image directory: <event>/<image>.jpg"),
-    gt_dir: Path = typer.Option(..., help="directory with the four WIDER .mat files"),
-    protocol: str = typer.Option("biubug6-origin", help="post-processing preset (see `detkd list`)"),
+    images_dir: Optional[Path] = typer.Option(None, help="face detectors: WIDER-layout image directory "
+                                              "<event>/<image>.jpg"),
+    gt_dir: Optional[Path] = typer.Option(None, help="face detectors: directory with the four WIDER .mat files"),
+    voc_root: Optional[Path] = typer.Option(None, help="object detectors: a VOC-layout root (SynthShapes too)"),
+    split: str = typer.Option("test", help="with --voc-root: the image set (ImageSets/Main/<split>.txt)"),
+    coco_ann: Optional[Path] = typer.Option(None, help="object detectors: a COCO instances JSON"),
+    coco_images: Optional[Path] = typer.Option(None, help="with --coco-ann: the directory of its images"),
+    classes: Optional[str] = typer.Option(None, help="object detectors: voc | synthshapes | a,b,c "
+                                          "(default: the model card's class_names)"),
+    protocol: Optional[str] = typer.Option(None, help="pre/post-processing preset (see `detkd list protocols`); "
+                                           "default biubug6-origin for WIDER, torchvision otherwise"),
+    max_images: int = typer.Option(0, help="object detectors: >0 scores only the first N images"),
     pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
     as_json: bool = typer.Option(False, "--json"),
     backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime"),
     nms: Optional[str] = typer.Option(None, "--nms", help="NMS preset replacing the model's: greedy or "
                                       "cluster-diou-voting (LD's score-voting Cluster-DIoU-NMS); any detector"),
 ):
-    """Run a detector over a WIDER-layout set and print easy/medium/hard AP."""
-    from detkd.experiment import evaluate_widerface
+    """Score a detector: WIDER easy/medium/hard AP (--images-dir/--gt-dir), or VOC07 mAP and COCO AP of an
+    object detector on a VOC root (--voc-root/--split) or a COCO JSON (--coco-ann/--coco-images)."""
+    from detkd.engine.checkpoint import expect_model_kind
     from detkd.infer import with_nms
     from detkd.runtime import load_inference_model
 
+    generic = voc_root is not None or coco_ann is not None
+    if generic and (images_dir is not None or gt_dir is not None):
+        _fail("give either --images-dir/--gt-dir (WIDER) or --voc-root / --coco-ann (object detectors)")
+    if not generic and (images_dir is None or gt_dir is None):
+        _fail("give --images-dir and --gt-dir (WIDER), --voc-root DIR [--split S], or --coco-ann F --coco-images D")
+    expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
     try:
-        proto = with_nms(protocol, nms)
-        model, _ = load_inference_model(weights, backend, kind="detector")
+        proto = with_nms(protocol or ("torchvision" if generic else "biubug6-origin"), nms)
+        model, card = load_inference_model(weights, backend, kind="detector")
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
+    if generic:
+        from detkd.eval_detector import evaluate_model, model_class_names
+
+        try:
+            names = model_class_names(card, classes) if voc_root is not None else ()
+            res = evaluate_model(model, names, proto, voc_root=voc_root, split=split,
+                                 coco_ann=coco_ann, coco_images=coco_images, max_images=max_images)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            _fail(str(e))
+        if as_json:
+            typer.echo(json.dumps(res))
+        else:
+            for name, ap in res["per_class"].items():
+                typer.echo(f"{name:>14} AP: {ap:.4f}")
+            typer.echo(f"{'VOC07 mAP':>14}   : {res['voc07_map']:.4f}")
+            if "coco_ap" in res:
+                typer.echo(f"{'COCO AP':>14}   : {res['coco_ap']:.4f}")
+        return
+    from detkd.experiment import evaluate_widerface
+
     ap = evaluate_widerface(model, images_dir, gt_dir, proto, pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
 
@@ -267,7 +333,8 @@ def export(
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="ONNX: any input height/width"),
     opset: int = typer.Option(17, help="ONNX opset"),
     with_nms: bool = typer.Option(False, "--with-nms", help="ONNX, detectors: include decoding and NMS of --protocol"),
-    protocol: str = typer.Option("biubug6-origin", help="ONNX --with-nms: the post-processing preset baked in"),
+    protocol: Optional[str] = typer.Option(None, help="ONNX --with-nms: the post-processing preset baked in "
+                                           "(default: biubug6-origin for RetinaFace, torchvision for RetinaNet/GFL)"),
     input_dtype: str = typer.Option("float32", help="ONNX input dtype: float32 or uint8 (RGB 0..255 either way)"),
     size: str = typer.Option("640x640", help="ONNX detectors: traced HxW (the fixed size without --dynamic-size)"),
 ):
@@ -371,13 +438,23 @@ def data_synthshapes(
 
 @app.command("list")
 def list_(what: str = typer.Argument(
-        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all")):
+        "all", help="models | datasets | methods | objectives | evaluators | configs | protocols | all"),
+        matrix: bool = typer.Option(False, "--matrix", help="with `methods`: the method x detector table (runs, or "
+                                    "the reason each method declares), from tiny instances of every family"),
+        markdown: bool = typer.Option(False, "--markdown", help="with --matrix: a markdown table (the README's)")):
     """List registered models, datasets, detection distillation methods, face-recognition objectives,
     evaluators, configs and inference protocols."""
     from detkd import registry
     from detkd.config import list_configs
 
     registry.load_all()
+    if matrix:
+        if what != "methods":
+            _fail(f"--matrix goes with `detkd list methods`, not {what!r}")
+        from detkd.distill.matrix import format_table, support_table
+
+        typer.echo(format_table(support_table(), markdown=markdown), nl=False)
+        return
     sections = {
         "models": sorted(registry.MODELS),
         "datasets": sorted(registry.DATASETS),
@@ -402,6 +479,38 @@ def list_(what: str = typer.Argument(
 
 
 @app.command()
+def compare(
+    inputs: List[Path] = typer.Argument(..., help="run directories, folders of runs, or benchmark JSON files "
+                                        "(several seeds)"),
+    control: Optional[str] = typer.Option(None, help="the control's name (default: control, baseline_extra or "
+                                          "baseline, the first present)"),
+    metric: Optional[List[str]] = typer.Option(None, help="metrics to compare (default: every common one)"),
+    model: Optional[List[str]] = typer.Option(None, help="distilled models to compare (default: every distilled one)"),
+    diagnose: bool = typer.Option(False, "--diagnose", help="also: each distillation term's scale against the task "
+                                  "loss over training (from metrics.jsonl) and whether the teacher beats the students"),
+    as_json: bool = typer.Option(False, "--json", help="last line: one JSON object with the rows (and diagnosis)"),
+):
+    """Did distillation help? Control vs distilled per seed, mean ± sample std, the paired gain with 2σ and a
+    verdict (a gain counts when the mean per-seed gain is above twice its sample std and every seed gains)."""
+    from detkd import compare as C
+    from detkd.errors import UserError
+
+    try:
+        res = C.load_results(inputs)
+        result = C.compare(res, control, metric or None, model or None)
+        diag = C.diagnose(res, result) if diagnose else None
+    except (UserError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        payload = {**result, **({"diagnose": diag} if diag is not None else {})}
+        typer.echo(json.dumps(C.json_safe(payload), default=str, allow_nan=False))
+        return
+    typer.echo(C.format_compare(result))
+    if diag is not None:
+        typer.echo(C.format_diagnose(diag))
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), help="everything is written under this directory"),
     quick: bool = typer.Option(False, help="a much shorter schedule (smoke test, numbers meaningless)"),
@@ -422,9 +531,31 @@ def demo(
              shipped_baseline=not retrain_baseline)
 
 
+@config_app.command("show")
+def config_show(
+    name: str = typer.Argument(..., help="config file or name under configs/ (see `detkd list configs`)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, applied before showing"),
+):
+    """Print a config: every key (usable as an a.b=c override), its value and its type."""
+    from detkd.config import format_config, load_config
+
+    typer.echo(format_config(load_config(name, overrides or [])))
+
+
 def main() -> None:
+    """Entry point: user mistakes (``detkd.errors.UserError`` and missing / unreadable files) print one line
+    ``error: ...`` to stderr and exit 2; Ctrl-C exits 130 (training saves ``last.pt`` first)."""
+    from detkd.errors import EXIT_USER_ERROR, UserError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    try:
+        app()
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message
+            msg = msg.rsplit(f"{type(e).__name__}: ", 1)[-1]
+        typer.secho(f"error: {' '.join(msg.split())}", fg=typer.colors.RED, err=True)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,33 @@
 """Typed experiment configs: dataclasses in ``configs/**/*.py``, ``a.b=c`` overrides, clear errors.
 
 A config file defines ``def config() -> ExperimentConfig``. ``load_config("configs/x/y.py", ["optim.lr=0.1"])``
-imports it, applies the overrides with type checks and returns the dataclass. Unknown keys raise a
-``ConfigError`` that names the close matches.
+imports it, applies the overrides with type checks, range-checks the values (``validate_config``) and returns
+the dataclass. Unknown keys raise a ``ConfigError`` that names the close matches; every ``ConfigError`` is a
+``detkd.errors.UserError`` naming the key.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import importlib.util
+import math
+import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from detkd.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A bad config file, key or value; the message names the key (``train.batch_size=0: must be >= 1``)."""
 
 
 @dataclass
@@ -70,7 +76,9 @@ class TrainConfig:
     backbone_init: str = ""
     trust_pickle: bool = False  # explicit consent to torch.load(weights_only=False) on backbone_init
     deterministic: bool = True
-    resume: bool = False  # continue from <run dir>/last.pt
+    resume: bool = False  # continue from <run dir>/last.pt (the config must equal the saved config.json)
+    overwrite: bool = False  # replace the run already in <run dir> (otherwise training refuses to start there)
+    allow_changed: list[str] = field(default_factory=list)  # keys (or sections) a resume may change
     drop_last: bool = False
     amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16) | bf16 | fp16
     find_unused_parameters: bool = False  # DDP
@@ -92,6 +100,19 @@ class DetDataConfig:
 
 
 @dataclass
+class SynthShapesDataConfig(DetDataConfig):
+    """SynthShapes (``detkd.data.synthshapes``): generated under ``root`` on first use with ``data_seed``,
+    ``n_train`` / ``n_val`` scenes (a root remembers them and refuses other values)."""
+
+    name: str = "synthshapes"
+    root: str = "data/synthshapes"
+    data_seed: int = 0  # the scenes' generator seed
+    n_train: int = 1500
+    n_val: int = 500
+    max_long: int = 512  # training: long side cap after resizing the short side to img_size
+
+
+@dataclass
 class DetEvalConfig:
     """Evaluation of a detector on the val split of ``cfg.data`` with a registered evaluator."""
 
@@ -102,6 +123,7 @@ class DetEvalConfig:
     max_images: int = 0  # >0 evaluates only the first N val images (smoke runs)
     batch_size: int = 1  # images per forward (same-size ones batched; >1 moves scores by float rounding, ~1e-7)
     num_workers: int = 0  # DataLoader workers decoding images
+    also: list[str] = field(default_factory=list)  # more evaluators on the same detections, e.g. [coco]
 
 
 @dataclass
@@ -154,13 +176,14 @@ def load_config(name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # surface the config file, not our loader
-        raise ConfigError(f"{path}: failed to import: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{path}: failed to import: {type(e).__name__}: {e}", path=path) from e
     finally:
         sys.path.remove(folder)
     if not hasattr(module, "config"):
         raise ConfigError(f"{path}: defines no `config()` function")
     cfg = module.config()
     apply_overrides(cfg, overrides)
+    validate_config(cfg)
     return cfg
 
 
@@ -219,14 +242,14 @@ def set_key(cfg: Any, key: str, raw: str) -> None:
             where = ".".join(parts[:i]) or "<root>"
             raise ConfigError(
                 f"unknown config key {key!r} ({part!r} is not a field of {where})"
-                f"{_suggest(key, all_keys(cfg)) or _suggest(part, names)}"
+                f"{_suggest(key, all_keys(cfg)) or _suggest(part, names)}", key=key
             )
         if i == len(parts) - 1:
             hint = typing.get_type_hints(type(obj))[part]
             try:
                 value = parse_value(raw, hint, getattr(obj, part))
             except (ValueError, SyntaxError, TypeError) as e:
-                raise ConfigError(f"{key}={raw!r}: {e}") from None
+                raise ConfigError(f"{key}={raw!r}: {e}", key=key) from None
             setattr(obj, part, value)
         else:
             obj = getattr(obj, part)
@@ -303,6 +326,86 @@ def parse_value(raw: str, hint: Any, current: Any = None) -> Any:
             raise ValueError(f"expected a dict, got {raw!r}")
         return v
     raise TypeError(f"cannot override a field of type {hint}")
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+# key -> (check, what it must be). Keys absent from a config (e.g. a data section without ``img_size``) are
+# skipped; values of the wrong type were already refused by the override parser.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.num_workers": (lambda v: v >= 0, ">= 0"),
+    "train.seed": (lambda v: v >= 0, ">= 0"),
+    "train.max_nonfinite": (lambda v: v >= 1, ">= 1"),
+    "train.log_every": (lambda v: v >= 1, ">= 1"),
+    "train.ckpt_every": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    "train.eval_every": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    "train.max_iters": (lambda v: v >= 0, ">= 0 (0 = no limit)"),
+    "train.ckpt_every_iters": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.clip_grad": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = off)"),
+    "train.amp_dtype": (lambda v: v in ("auto", "bf16", "bfloat16", "fp16", "float16"), "auto, bf16 or fp16"),
+    "train.device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+                     "auto, cpu, cuda or cuda:N"),
+    "optim.lr": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "optim.momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "optim.weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "optim.bias_lr_mult": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "sched.warmup_iters": (lambda v: v >= 0, ">= 0"),
+    "sched.warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "sched.gamma": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "sched.min_lr_factor": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "sched.milestones": (lambda v: all(m >= 0 for m in v), "epochs >= 0"),
+    "data.img_size": (lambda v: not isinstance(v, int) or v >= 1, ">= 1"),
+}
+
+
+def _get(cfg: Any, key: str) -> tuple[bool, Any]:
+    obj = cfg
+    for part in key.split("."):
+        if obj is None or not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
+            return False, None
+        obj = getattr(obj, part)
+    return True, obj
+
+
+def validate_config(cfg: Any) -> Any:
+    """Range-check the values of ``cfg`` (see ``_RULES``); raise ``ConfigError`` naming the first bad key."""
+    for key, (ok, what) in _RULES.items():
+        present, value = _get(cfg, key)
+        if not present or value is None:
+            continue
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r}: must be {what}", key=key)
+    return cfg
+
+
+def _type_name(hint: Any) -> str:
+    name = getattr(hint, "__name__", None)
+    return name if name and not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
+def format_config(cfg: Any) -> str:
+    """One line per leaf key: ``train.epochs = 1  (int)``; sections that are ``None`` show as ``None``."""
+    lines = [f"# {type(cfg).__name__} {getattr(cfg, 'name', '')}".rstrip()]
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                lines.append(f"[{prefix}{f.name}]  ({type(v).__name__})")
+                walk(v, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"{prefix}{f.name} = {v!r}  ({_type_name(hints.get(f.name, Any))})")
+
+    walk(cfg, "")
+    return "\n".join(lines)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -11,9 +11,10 @@ import logging
 import torch
 from torch import nn
 
+from detkd.errors import UserError
 from detkd.config import DetEvalConfig, ExperimentConfig
 from detkd.data.loader import batch_image_sizes
-from detkd.registry import build_model, lookup
+from detkd.registry import build, build_model, lookup
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +125,34 @@ def evaluate_widerface(
     return {k: float(ap[k]) for k in ("easy", "medium", "hard")}
 
 
-def make_evaluator(cfg: ExperimentConfig):
-    """``evaluate(student, epoch) -> metrics`` for the Trainer: ``cfg.eval.evaluator`` on the val split."""
+def build_evaluators(ev: DetEvalConfig, dataset):
+    """``ev.evaluator`` on ``dataset``, or, with ``ev.also`` (e.g. ``["coco"]``), an ``EvaluatorGroup`` whose
+    extra members' metrics are prefixed ``"<name>/"`` (``"coco/AP"`` beside VOC's ``"mAP"``)."""
     from detkd.eval.base import build_evaluator
+    from detkd.eval.group import EvaluatorGroup
 
+    first = build_evaluator(ev.evaluator, dataset=dataset, max_images=ev.max_images)
+    also = [name for name in getattr(ev, "also", ()) if name != ev.evaluator]
+    if not also:
+        return first
+    return EvaluatorGroup({"": first, **{f"{name}/": build_evaluator(name, dataset=dataset, max_images=ev.max_images)
+                                         for name in also}})
+
+
+def make_evaluator(cfg: ExperimentConfig):
+    """``evaluate(student, epoch) -> metrics`` for the Trainer: ``cfg.eval.evaluator`` (and ``cfg.eval.also``)
+    on the val split."""
     ev = cfg.eval or DetEvalConfig()
 
     def evaluate(student, epoch):
         val = build_val_set(cfg)
-        evaluator = build_evaluator(ev.evaluator, dataset=val, max_images=ev.max_images)
+        evaluator = build_evaluators(ev, val)
         metrics = evaluate_detector(student, val, evaluator, ev.protocol, max_images=ev.max_images,
                                     batch_size=ev.batch_size, num_workers=ev.num_workers)
         last = epoch is None or epoch + 1 >= cfg.train.epochs
-        if metrics and last and hasattr(evaluator, "save_plots"):
-            evaluator.save_plots(cfg.run_dir / "eval", f"{ev.evaluator} ({ev.protocol})")
+        main = evaluator.members[""] if hasattr(evaluator, "members") else evaluator
+        if metrics and last and hasattr(main, "save_plots"):
+            main.save_plots(cfg.run_dir / "eval", f"{ev.evaluator} ({ev.protocol})")
         return {k: float(v) for k, v in metrics.items()}
 
     return evaluate
@@ -168,10 +183,46 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
     return build_distill_task(d, student, load_teacher(d.teacher, d.teacher_weights))
 
 
+class SetupError(UserError):
+    """A run that cannot start: the config, the data and the weights disagree (a one-line message)."""
+
+
+def model_num_classes(model: nn.Module) -> int | None:
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        k = getattr(getattr(model, "config", None), "num_classes", None)
+    return None if k is None else int(k)
+
+
+def check_setup(cfg: ExperimentConfig, student: nn.Module, train_set) -> None:
+    """Fail before the first step when the model's class count differs from the training data's, or when
+    ``train.init_weights`` holds another architecture (missing / unexpected keys, other shapes)."""
+    names = getattr(train_set, "class_names", None)
+    k = model_num_classes(student)
+    if names is not None and k is not None and len(names) != k:
+        raise SetupError(f"data {cfg.data.name!r} ({getattr(cfg.data, 'root', '')}) has {len(names)} classes but "
+                         f"model.num_classes={k} ({cfg.model.name}); set model.num_classes={len(names)}")
+    if cfg.train.init_weights:
+        from detkd.engine.checkpoint import load_student_weights
+        from detkd.models.weights import check_state
+
+        try:
+            check_state(student, load_student_weights(cfg.train.init_weights),
+                        f"train.init_weights={cfg.train.init_weights}")
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise SetupError(str(e).strip("'\"")) from None
+
+
 def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> dict:
     """Train (or distil) as the config says, evaluate, and write ``summary.json`` in the run directory."""
-    from detkd.engine.loop import Trainer
+    import dataclasses
 
+    from detkd.engine.loop import Trainer
+    from detkd.engine.rundir import check_run_dir
+
+    # fail before building anything (teacher, cache) when the run dir holds a run or the resumed config changed
+    check_run_dir(cfg.run_dir, dataclasses.asdict(cfg), resume=resume or cfg.train.resume,
+                  overwrite=cfg.train.overwrite, allow_changed=cfg.train.allow_changed)
     if cfg.task != "detection":
         from detkd.experiment_facerec import train_facerec
 
@@ -179,6 +230,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) ->
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
     train_set = build_train_set(cfg)
+    check_setup(cfg, task.student, train_set)
     collate = build_collate(cfg)
     if cfg.distill is not None:  # fail fast: taps, shapes, identical inputs, teacher better than chance
         sample = collate([train_set[i] for i in range(min(2, len(train_set)))])

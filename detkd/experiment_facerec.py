@@ -49,7 +49,9 @@ def verification_eval(bin_path: str, batch_size: int = 64):
 
     def evaluate(student: nn.Module, epoch: int) -> dict:
         out = verify_bin(student, bin_path, batch_size=batch_size)
-        return {k: float(out[k]) for k in ("acc", "acc_std", "tar_far_1e-2", "tar_far_1e-3") if k in out}
+        keys = ("acc", "acc_std") + tuple(f"{t}{x}" for t in ("tar_far_1e-2", "tar_far_1e-3")
+                                          for x in ("", "_far", "_reached"))  # _reached: see verification.py
+        return {k: bool(out[k]) if k.endswith("_reached") else float(out[k]) for k in keys if k in out}
 
     return evaluate
 

@@ -59,7 +59,8 @@ class ExportOptions:
     dynamic_size: bool = False
     size: tuple[int, int] = (640, 640)  # (H, W) traced, and fixed unless dynamic_size (detectors only)
     with_nms: bool = False
-    protocol: str = "biubug6-origin"  # post-processing baked in with with_nms
+    protocol: str | None = None  # post-processing baked in with with_nms (None: RetinaFace "biubug6-origin",
+    # generic detectors "torchvision", a detkd.infer_detector protocol)
     input_dtype: str = "float32"
     check: bool = True  # run the export in ONNX Runtime and compare with eager
 
@@ -69,7 +70,7 @@ class GraphSpec:
     """What a family hook returns: the module to trace and how its graph is described."""
 
     module: nn.Module  # forward(images) -> tuple of tensors
-    example: Tensor  # traced input (dtype = the graph input dtype)
+    example: Tensor | tuple[Tensor, ...]  # traced input(s): images (dtype = the graph input dtype), extra inputs
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
     card: dict = field(default_factory=dict)  # family entries for the card's "graph" section
@@ -176,6 +177,77 @@ class _RetinaFaceNMS(nn.Module):
         return boxes[keep], scores[keep], landmarks
 
 
+class _DenseNMS(nn.Module):
+    """Batch-1 detection graph of a generic dense detector (RetinaNet, GFL): the model's own ``decode`` traced.
+
+    Inputs ``images [1, 3, H, W]`` (padded) and ``image_size int64 [2]`` (the valid ``(h, w)`` boxes are clipped
+    to, ``DetOutput.image_sizes``); priors are built in the graph from the feature map sizes, so ``H, W`` may be
+    dynamic. Outputs ``boxes [N, 4]`` xyxy, ``scores [N]``, ``labels int64 [N]`` (1-based), descending score.
+    """
+
+    def __init__(self, model: nn.Module, thresholds: dict):
+        super().__init__()
+        self.model, self.thresholds = model, thresholds
+
+    def _priors(self, feats: list[Tensor], images: Tensor) -> list[Tensor]:
+        from detkd.models.gfl import GFL, square_priors
+        from detkd.models.resnet_fpn import STRIDES
+
+        m = self.model
+        if isinstance(m, GFL):
+            return [square_priors(f.shape[2], f.shape[3], s, m.config.octave_base_scale * s)
+                    for f, s in zip(feats, STRIDES)]
+        # RetinaNet: torchvision's anchors, stride = padded size // grid size (as make_priors)
+        gen = m.anchor_generator
+        gen.set_cell_anchors(torch.float32, torch.device("cpu"))
+        grids = [[f.shape[2], f.shape[3]] for f in feats]
+        strides = [[torch.div(torch.tensor(images.shape[2]), g[0], rounding_mode="floor"),
+                    torch.div(torch.tensor(images.shape[3]), g[1], rounding_mode="floor")] for g in grids]
+        return gen.grid_anchors(grids, strides)
+
+    def forward(self, images: Tensor, image_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        from detkd.structures import DetOutput
+
+        m = self.model
+        feats = m.features(m.preprocess(images.float()))
+        head, _ = m.head_forward(feats)
+        priors = self._priors([feats[k] for k in m.levels], images)
+        out = DetOutput(head=head, priors=priors, image_sizes=[(image_size[0], image_size[1])])
+        d = m.decode(out, **self.thresholds)[0]
+        return d["boxes"], d["scores"], d["labels"]
+
+
+def _generic_nms_spec(model: nn.Module, opts: ExportOptions) -> GraphSpec:
+    """``--with-nms`` for RetinaNet / GFL: the thresholds of a detector protocol (``infer_detector``) baked in."""
+    from detkd.infer_detector import DET_PROTOCOLS, get_det_protocol
+    from detkd.models.gfl import GFL
+    from detkd.models.retinanet import RetinaNet
+
+    if not isinstance(model, (RetinaNet, GFL)):
+        raise ExportError(f"--with-nms is not available for {type(model).__name__} yet; export its raw heads "
+                          "(without --with-nms) and decode with `detkd detect --backend onnxruntime`")
+    name = opts.protocol or "torchvision"
+    if name not in DET_PROTOCOLS:
+        raise ExportError(f"--protocol {name!r} is not a detector protocol (known: {', '.join(DET_PROTOCOLS)})")
+    proto = get_det_protocol(name)
+    thresholds = dict(model.thresholds) | {k: v for k, v in (proto.thresholds or {}).items() if v is not None}
+    unknown = set(thresholds) - set(model.thresholds)
+    if unknown:
+        raise ExportError(f"protocol {name!r} sets thresholds {sorted(unknown)} that {type(model).__name__} "
+                          f"does not have (known: {', '.join(model.thresholds)})")
+    if thresholds.get("nms", "greedy") != "greedy":
+        raise ExportError(f"NMS preset {thresholds['nms']!r} has no ONNX graph (only 'greedy'); export raw heads")
+    h, w = opts.size
+    names = ["boxes", "scores", "labels"]
+    axes = {n: {0: "num_dets"} for n in names}
+    if opts.dynamic_size:
+        axes["images"] = {2: "height", 3: "width"}
+    example = (_example((1, 3, h, w), opts.input_dtype), torch.tensor([h, w], dtype=torch.int64))
+    graph = {"kind": "detector", "head": None, "with_nms": True, "batch": 1, "extra_inputs": ["image_size"],
+             "protocol": {"name": name, "thresholds": thresholds}}
+    return GraphSpec(_DenseNMS(model, thresholds), example, names, axes, graph)
+
+
 def _dense_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
     """Raw heads of any ``DenseDetector``; ``with_nms`` for the families that have an NMS graph (RetinaFace)."""
     h, w = opts.size
@@ -184,9 +256,8 @@ def _dense_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
         from detkd.models.retinaface import RetinaFace
 
         if not isinstance(model, RetinaFace):
-            raise ExportError(f"--with-nms is not available for {type(model).__name__} yet; export its raw heads "
-                              "(without --with-nms) and decode with `detkd detect --backend onnxruntime`")
-        proto = get_protocol(opts.protocol)
+            return _generic_nms_spec(model, opts)
+        proto = get_protocol(opts.protocol or "biubug6-origin")
         names = ["boxes", "scores", "landmarks"]
         axes = {n: {0: "num_dets"} for n in names}
         if opts.dynamic_size:
@@ -304,8 +375,8 @@ def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes (handled by design)
-        torch.onnx.export(spec.module, (spec.example,), str(out), dynamo=False, opset_version=opts.opset,
-                          input_names=["images"], output_names=spec.output_names,
+        torch.onnx.export(spec.module, _inputs(spec), str(out), dynamo=False, opset_version=opts.opset,
+                          input_names=["images", *spec.card.get("extra_inputs", [])], output_names=spec.output_names,
                           dynamic_axes=spec.dynamic_axes, do_constant_folding=True)
     h, w = opts.size
     if spec.card["kind"] == "face_recognizer":
@@ -335,6 +406,10 @@ def export_model(model: nn.Module, out, opts: ExportOptions, source: dict | None
     return card
 
 
+def _inputs(spec: GraphSpec) -> tuple[Tensor, ...]:
+    return spec.example if isinstance(spec.example, tuple) else (spec.example,)
+
+
 def parity_check(spec: GraphSpec, onnx_path) -> dict:
     """Run the traced example through ONNX Runtime and eager.
 
@@ -345,16 +420,21 @@ def parity_check(spec: GraphSpec, onnx_path) -> dict:
     from detkd.runtime import make_session
 
     sess = make_session(onnx_path)
-    got = [torch.from_numpy(g) for g in sess.run(None, {"images": spec.example.numpy()})]
+    inputs = _inputs(spec)
+    names = ["images", *spec.card.get("extra_inputs", [])]
+    got = [torch.from_numpy(g) for g in sess.run(None, {n: t.numpy() for n, t in zip(names, inputs)})]
     with torch.no_grad():
-        ref = spec.module(spec.example)
+        ref = spec.module(*inputs)
     ref = ref if isinstance(ref, tuple) else (ref,)
-    res: dict = {"input": list(spec.example.shape)}
+    res: dict = {"input": list(inputs[0].shape)}
     if spec.card.get("with_nms"):
         (rb, rs), (gb, gs) = ref[:2], got[:2]
         res["detections"] = [int(rs.numel()), int(gs.numel())]
         if rs.numel() and rs.numel() == gs.numel():
             dist = (rb[:, None, :] - gb[None, :, :]).abs().amax(-1)  # [N, N]
+            if "labels" in spec.output_names:  # multi-class: one box may be kept for several labels
+                lab = spec.output_names.index("labels")
+                dist = dist + 1e6 * (ref[lab][:, None] != got[lab][None, :])
             match = dist.argmin(1)
             res["one_to_one"] = bool(match.unique().numel() == rs.numel())
             res["max_box_px"] = float(dist.gather(1, match[:, None]).max())

@@ -197,8 +197,11 @@ def detect_batch(model: nn.Module, images: list[torch.Tensor], metas: list[dict]
     return dets
 
 
-def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, min_score: float = 0.5) -> Path:
-    """Write a PNG with detections (red boxes + score, 5 landmark dots) and optional GT boxes (green, xyxy)."""
+def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, min_score: float = 0.5,
+                    names: list[str] | None = None) -> Path:
+    """Write a PNG with detections (red boxes labelled with the score, 5 landmark dots when ``dets`` has
+    ``landmarks``) and optional GT boxes (green, xyxy). ``names``: class names indexed by ``dets["labels"]``;
+    the label then reads ``name score``. Boxes scoring below ``min_score`` are not drawn."""
     canvas = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
     if gt_boxes is not None:
         for x1, y1, x2, y2 in np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4):
@@ -207,11 +210,16 @@ def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, m
     scores = np.asarray(dets["scores"], dtype=np.float64).reshape(-1)
     lms = dets.get("landmarks")
     lms = None if lms is None else np.asarray(lms, dtype=np.float64).reshape(-1, 5, 2)
+    labels = None if names is None else np.asarray(dets["labels"]).reshape(-1).astype(np.int64)
     colours = [(0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0)]  # BGR
     for i in np.nonzero(scores >= min_score)[0]:
         x1, y1, x2, y2 = (int(v) for v in boxes[i])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        cv2.putText(canvas, f"{scores[i]:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        text = f"{scores[i]:.2f}"
+        if labels is not None:
+            name = names[labels[i]] if 0 <= labels[i] < len(names) else str(labels[i])
+            text = f"{name} {text}"
+        cv2.putText(canvas, text, (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
         if lms is not None:
             for (px, py), c in zip(lms[i], colours):
                 cv2.circle(canvas, (int(px), int(py)), 1, c, 2)

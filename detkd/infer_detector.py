@@ -10,7 +10,8 @@ multiple of ``size_divisible`` bottom/right with ``pad_colour``) and, optionally
   the ImageNet mean x 255 (Faster R-CNN also zeroes its normalised padded area). Post-processing: the model's own
   (torchvision's values: Faster R-CNN score 0.05 / NMS 0.5 / 100; RetinaNet score 0.05 / top 1000 per level /
   NMS 0.5 / 300).
-* ``torchvision-320``: ``torchvision`` at SynthShapes' scale (short side 320, long side 533).
+* ``torchvision-320``: ``torchvision`` at SynthShapes' scale (short side 320, long side 533); any
+  ``torchvision-<N>`` works the same way (long side ``round(N * 5 / 3)``), e.g. for small calibration runs.
 * ``jwyang-600``: faster-rcnn.pytorch's test (FGFI): short side 600 (no long-side cap), ``cv2.resize``
   INTER_LINEAR on the float image, no padding, score > 0.0, per-class NMS 0.3, 100 detections.
 * ``mmdet-600``: mmdetection 2.0's VOC test (DeFeat): keep-ratio resize to fit (1000, 600) (cv2 bilinear),
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkd.data.image import read_image
+from detkd.infer import draw_detections
 from detkd.registry import close_matches
 
 IMAGENET_PAD = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -56,7 +58,31 @@ class DetProtocol:
     thresholds: dict | None = None  # post-processing overrides; None = the model's defaults
 
 
-DET_PROTOCOLS: dict[str, DetProtocol] = {
+class _DetProtocols(dict):
+    """The protocol table; besides its entries it answers ``torchvision-<N>`` for any short side N (16..4096):
+    ``torchvision``'s test at that scale (long side cap ``round(N * 5 / 3)``, the 800 / 1333 ratio), for
+    models trained at small sizes (``torchvision-320`` is SynthShapes' default)."""
+
+    PREFIX = "torchvision-"
+
+    def _scaled(self, key) -> DetProtocol | None:
+        if isinstance(key, str) and key.startswith(self.PREFIX) and key[len(self.PREFIX):].isdigit():
+            n = int(key[len(self.PREFIX):])
+            if 16 <= n <= 4096:
+                return DetProtocol(key, n, round(n * 5 / 3), "torch", 32, IMAGENET_PAD)
+        return None
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, key) or self._scaled(key) is not None
+
+    def __missing__(self, key) -> DetProtocol:
+        p = self._scaled(key)
+        if p is None:
+            raise KeyError(key)
+        return p
+
+
+DET_PROTOCOLS: dict[str, DetProtocol] = _DetProtocols({
     "torchvision": DetProtocol("torchvision", 800, 1333, "torch", 32, IMAGENET_PAD),
     "jwyang-600": DetProtocol("jwyang-600", 600, None, "cv2", 1,
                               thresholds={"score_thresh": 0.0, "nms_thresh": 0.3, "max_dets": 100}),
@@ -65,7 +91,7 @@ DET_PROTOCOLS: dict[str, DetProtocol] = {
     "mmdet-gfl": DetProtocol("mmdet-gfl", 800, 1333, "mmcv", 32, MMDET_PAD),
     "mmdet-voc": DetProtocol("mmdet-voc", 600, 1000, "mmcv", 32, MMDET_PAD),
     "torchvision-320": DetProtocol("torchvision-320", 320, 533, "torch", 32, IMAGENET_PAD),
-}
+})
 
 
 def get_det_protocol(name: str | DetProtocol) -> DetProtocol:
@@ -175,24 +201,6 @@ def cfg_name(card: dict) -> str:
     return str((card.get("model") or {}).get("name"))
 
 
-def draw(image_rgb: np.ndarray, dets: dict, names: list[str], out_png, min_score: float = 0.3) -> Path:
-    """PNG with boxes labelled ``name score`` (scores below ``min_score`` are not drawn)."""
-    canvas = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
-    for box, score, label in zip(dets["boxes"].tolist(), dets["scores"].tolist(), dets["labels"].tolist()):
-        if score < min_score:
-            continue
-        x1, y1, x2, y2 = (int(v) for v in box)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        name = names[label] if 0 <= label < len(names) else str(label)
-        cv2.putText(canvas, f"{name} {score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 1)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_png), canvas):
-        raise ValueError(f"{out_png}: could not write the PNG")
-    return out_png
-
-
 def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
     """``detkd detect`` for generic detectors.
 
@@ -218,7 +226,7 @@ def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str
         image = read_image(path)
         d = detect_image(model, image, p)
         if fmt == "png":
-            written.append(draw(image, d, names, out_dir / f"{path.stem}.png"))
+            written.append(draw_detections(image, d, out_dir / f"{path.stem}.png", min_score=0.3, names=names))
             continue
         for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
             x1, y1, x2, y2 = box

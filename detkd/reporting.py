@@ -72,3 +72,59 @@ def write_results(out_dir: str | Path, stem: str, result: dict, lines: Sequence[
     js.write_text(json.dumps(result, indent=indent) + "\n")
     md.write_text("\n".join(lines).rstrip("\n") + "\n")
     return js, md
+
+
+# ------------------------------------------------------------------------------- paired seed comparisons
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation (``n − 1`` in the denominator); ``nan`` for fewer than 2 values."""
+    vals = [float(v) for v in values]
+    if len(vals) < 2:
+        return float("nan")
+    mean = sum(vals) / len(vals)
+    return math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def paired_gain(control: Sequence[float], distilled: Sequence[float]) -> dict:
+    """The project's rule for "did distillation help?" on paired seeds (``control[i]`` and ``distilled[i]`` share
+    seed ``i``): the per-seed differences ``d = distilled − control``, their mean and SAMPLE std, and
+
+    - ``"gain"``  when ``mean(d) > 2·std(d)`` and every seed gains (``d_i > 0``);
+    - ``"loss"``  when ``mean(d) < −2·std(d)`` and every seed loses;
+    - ``"no clear difference"`` otherwise; ``"too few seeds"`` with fewer than 2 pairs.
+
+    Returns ``{"diffs", "mean", "std", "two_sigma", "verdict", "every_seed_gains"}``.
+    """
+    if len(control) != len(distilled):
+        raise ValueError(f"paired_gain: {len(control)} control values but {len(distilled)} distilled ones")
+    diffs = [float(d) - float(c) for c, d in zip(control, distilled)]
+    mean = sum(diffs) / len(diffs) if diffs else float("nan")
+    std = sample_std(diffs)
+    if len(diffs) < 2:
+        verdict = "too few seeds"
+    elif mean > 2 * std and all(d > 0 for d in diffs):
+        verdict = "gain"
+    elif mean < -2 * std and all(d < 0 for d in diffs):
+        verdict = "loss"
+    else:
+        verdict = "no clear difference"
+    return {"diffs": diffs, "mean": mean, "std": std, "two_sigma": 2 * std, "verdict": verdict,
+            "every_seed_gains": bool(diffs) and all(d > 0 for d in diffs)}
+
+
+def verdict_words(p: dict, unit: str = "") -> str:
+    """One sentence for a ``paired_gain`` result."""
+    n = len(p["diffs"])
+    if p["verdict"] == "too few seeds":
+        return f"{n} paired seed: no verdict (the rule needs at least 2 seeds)"
+    head = f"paired gain {p['mean']:+.2f}{unit}, 2σ = {p['two_sigma']:.2f}{unit} over {n} seeds"
+    if p["verdict"] == "gain":
+        return f"{head}: distillation helped (the mean gain is above 2σ and every seed gains)"
+    if p["verdict"] == "loss":
+        return f"{head}: distillation hurt (the mean loss is beyond 2σ and every seed loses)"
+    why = [] if abs(p["mean"]) > p["two_sigma"] else ["the mean is within 2σ"]
+    gains = sum(d > 0 for d in p["diffs"])
+    if p["mean"] > 0 and gains < n:
+        why.append(f"only {gains} of {n} seeds gain")
+    return f"{head}: no clear difference ({'; '.join(why) or 'mixed signs'})"

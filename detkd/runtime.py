@@ -81,9 +81,10 @@ def _check_io(session, card: dict, path) -> None:
     g = card["graph"]
     ins = [i.name for i in session.get_inputs()]
     outs = [o.name for o in session.get_outputs()]
-    if ins != [g["input"]] or outs != list(g["outputs"]):
+    want = [g["input"], *g.get("extra_inputs", [])]
+    if ins != want or outs != list(g["outputs"]):
         raise ValueError(f"{path}: graph inputs/outputs {ins} -> {outs} do not match the card's "
-                         f"{[g['input']]} -> {g['outputs']}")
+                         f"{want} -> {g['outputs']}")
 
 
 class _OrtModel(nn.Module):
@@ -139,10 +140,13 @@ class OrtDetector(_OrtModel):
         if self.graph["with_nms"]:  # a batch-1 graph: one run per image
             dets = []
             for i in range(images.shape[0]):
-                boxes, scores, landmarks = (torch.from_numpy(o) for o in
-                                            self.session.run(None, {"images": self._feed(images[i:i + 1])}))
-                dets.append({"boxes": boxes, "scores": scores, "labels": torch.ones(len(scores), dtype=torch.long),
-                             "landmarks": landmarks})
+                feed = {"images": self._feed(images[i:i + 1])}
+                if "image_size" in self.graph.get("extra_inputs", []):  # generic detectors: boxes clipped to it
+                    feed["image_size"] = np.asarray(sizes[i], dtype=np.int64)
+                outs = dict(zip(self.graph["outputs"], (torch.from_numpy(o) for o in self.session.run(None, feed))))
+                if "labels" not in outs:  # RetinaFace: one class
+                    outs["labels"] = torch.ones(len(outs["scores"]), dtype=torch.long)
+                dets.append(outs)
             return DetOutput(dets=dets, image_sizes=sizes)
         outs = self.session.run(None, {"images": self._feed(images)})
         keys, levels = self.graph["head"]["keys"], self.graph["head"]["levels"]
@@ -160,8 +164,11 @@ class OrtDetector(_OrtModel):
         if not self.graph["with_nms"]:
             return self.skeleton.postprocess(out, **thresholds)
         p = self.graph["protocol"]
-        baked = {"score_thresh": p["conf_thresh"], "nms_thresh": p["nms_thresh"], "top_k": p["top_k"],
-                 "keep_top_k": p["keep_top_k"]}
+        if "thresholds" in p:  # generic detectors: the merged model + protocol thresholds
+            baked = dict(p["thresholds"])
+        else:
+            baked = {"score_thresh": p["conf_thresh"], "nms_thresh": p["nms_thresh"], "top_k": p["top_k"],
+                     "keep_top_k": p["keep_top_k"]}
         differ = {k: (v, baked.get(k)) for k, v in thresholds.items() if v is not None and v != baked.get(k)}
         if differ:
             raise ValueError(f"{self.path}: exported --with-nms for protocol {p['name']!r}; asked for other "

@@ -1,7 +1,7 @@
 """A toy task for the training-engine tests, importable and runnable as a script.
 
 ``python tests/_engine_toy.py --run-dir D [--resume] [--max-iters N] [--epochs E] [--step-sleep S]
-[--ckpt-every-iters K] [--ckpt-every E] [--dump-rank-weights]`` trains ``ToyTask`` on ``ToyDataset`` with
+[--ckpt-every-iters K] [--ckpt-every E] [--dump-rank-weights]`` (exit status 130 after SIGINT / SIGTERM) trains ``ToyTask`` on ``ToyDataset`` with
 ``Trainer`` (also under ``python -m torch.distributed.run --nproc_per_node=2``).
 
 * ``ToyDataset``: ``n`` fixed samples ``x [8]``, label ``y`` in {0, 1}; per-sample augmentation noise is a
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detkd.config import ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig  # noqa: E402
 from detkd.engine import dist  # noqa: E402
 from detkd.engine.loop import Trainer  # noqa: E402
+from detkd.errors import TrainingInterrupted  # noqa: E402
 
 IN_DIM, HIDDEN = 8, 16
 
@@ -175,6 +176,13 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt-every", type=int, default=1, help="epochs; 0 = only iteration checkpoints")
     ap.add_argument("--dump-rank-weights", action="store_true")
     a = ap.parse_args(argv)
+    try:
+        _run_args(a)
+    except TrainingInterrupted:  # Trainer printed where last.pt is and how to resume
+        sys.exit(130)
+
+
+def _run_args(a) -> None:
     run(a.run_dir, resume=a.resume, epochs=a.epochs, max_iters=a.max_iters, step_sleep=a.step_sleep,
         ckpt_every_iters=a.ckpt_every_iters, ckpt_every=a.ckpt_every, dump_rank_weights=a.dump_rank_weights)
 

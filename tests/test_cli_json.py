@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from synthetic_coco import make_random_coco
 from synthetic_voc import make_random_voc
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def json_commands() -> set[str]:
@@ -73,6 +75,7 @@ def invocations(root) -> dict[str, list[str]]:
         "eval voc": ["eval", "voc", "--root", str(root / "V"), "--split", "test", "--pred-dir", str(root / "vocres"),
                      "--json"],
         "eval coco": ["eval", "coco", "--ann", str(root / "gt.json"), "--pred", str(root / "res.json"), "--json"],
+        "compare": ["compare", str(REPO / "benchmarks" / "results" / "tdkd_synthfaces.json"), "--diagnose", "--json"],
     }
 
 
@@ -81,7 +84,7 @@ def test_every_json_command_is_covered(files):
 
 
 @pytest.mark.parametrize("command", ["eval widerface", "eval detector", "eval verification", "eval voc",
-                                     "eval coco"])
+                                     "eval coco", "compare"])
 def test_json_output_is_one_object(files, command):
     res = runner.invoke(app, invocations(files)[command])
     assert res.exit_code == 0, f"{command}: {res.output}\n{res.exception!r}"

@@ -75,6 +75,11 @@ def test_voc_dataset_resize_flip_and_determinism():
     k = next(i for i, r in enumerate(ds.records) if r.difficult.any())
     n_diff = int(ds.records[k].difficult.sum())
     assert len(ds[k][1]["ignore_boxes"]) == n_diff
+    from detkd.data.loader import collate_detection
+
+    images, targets, metas = collate_detection([ds[0], ds[1], ds[2]])  # unequal sizes, padded to 32
+    assert images.shape[2] % 32 == 0 and images.shape[3] % 32 == 0
+    assert [m["image_size"] for m in metas] == [m["size"] for m in metas] and len(targets) == 3
     ds_all = VOCDetection(VOC_MINI, "val", train_difficult=True)
     assert len(ds_all[k][1]["boxes"]) == len(ds.records[k].labels) and len(ds_all[k][1]["ignore_boxes"]) == 0
 

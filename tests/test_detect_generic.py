@@ -60,3 +60,7 @@ def test_detect_coco_with_gfl(tmp_path):
     rows = [line.split() for f in (tmp_path / "voc").iterdir() for line in f.read_text().splitlines()]
     assert rows and all(r[0] == "a" and len(r) == 6 for r in rows)
     assert len(rows) == len(per)  # the same detections as the COCO file
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "g.safetensors"),
+                                   "--protocol", "mmdet-gfl", "--format", "png", "--out-dir", str(tmp_path / "png")])
+    assert res.exit_code == 0, res.output
+    assert cv2.imread(str(tmp_path / "png" / "a.png")).shape == (60, 80, 3)  # drawn by infer.draw_detections

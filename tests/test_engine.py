@@ -31,6 +31,7 @@ from detkd.engine.checkpoint import (  # noqa: E402
     set_rng_state,
 )
 from detkd.engine.logging import read_metrics  # noqa: E402
+from detkd.errors import UserError  # noqa: E402
 from detkd.engine.loop import NonFiniteLossError, ResumableBatchSampler, Trainer, to_device  # noqa: E402
 from detkd.engine.optim import build_optimizer, build_scheduler, lr_factor, milestone_iters  # noqa: E402
 
@@ -176,7 +177,7 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="cut.pt"):
         load_checkpoint(tmp_path / "cut.pt")
     torch.save({"obj": SimpleNamespace(a=1)}, tmp_path / "pickled.pt")
-    with pytest.raises(ValueError, match="pickled.pt.*trusted=True"):
+    with pytest.raises(ValueError, match="pickled.pt: refusing to unpickle.*import-weights"):
         load_checkpoint(tmp_path / "pickled.pt")
     assert load_checkpoint(tmp_path / "pickled.pt", trusted=True)["obj"].a == 1
 
@@ -341,7 +342,8 @@ def test_init_weights_from_export_and_mismatch_error(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"fc.weight": torch.zeros(3, 3)}, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(RuntimeError, match="wrong.safetensors.*does not match the student"):
+    with pytest.raises(UserError, match=r"train.init_weights=.*wrong.safetensors.*expected .*engine_toy_mlp.*"
+                                        r"1 shape mismatches"):
         tr._load_init_weights(str(tmp_path / "wrong.safetensors"))
 
 

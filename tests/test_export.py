@@ -366,3 +366,51 @@ def test_generic_detector_detect_files_on_both_backends(tmp_path):
     assert len(res["eager"]) == len(res["onnxruntime"])
     for a, b in zip(sorted(res["eager"], key=lambda d: -d["score"]), sorted(res["onnxruntime"], key=lambda d: -d["score"])):
         assert abs(a["score"] - b["score"]) <= 1e-4
+
+
+def _confident(model: nn.Module) -> nn.Module:
+    """Random classifier biases: a random-init model then scores well above the thresholds (many detections)."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") and "cls" in n:
+                p.normal_(0, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("name", ["retinanet", pytest.param("gfl", marks=pytest.mark.slow)])
+def test_generic_dense_detectors_nms_graph(tmp_path, name):
+    """--with-nms for RetinaNet / GFL: decoding, clipping to the valid size and class-wise NMS in the graph
+    (dynamic size); same detections as the eager postprocess of the protocol (labels equal, boxes within 0.5 px,
+    scores within 1e-4), at sizes other than the traced one; other thresholds are refused."""
+    torch.manual_seed(0)
+    model = _confident(registry.lookup("model", name)(**registry.TINY_CONFIGS[name]).eval())
+    card = export_model(model, tmp_path / f"{name}.onnx",
+                        ExportOptions(size=(64, 96), dynamic_size=True, with_nms=True, protocol="jwyang-600"),
+                        config={"name": name, **registry.TINY_CONFIGS[name]})
+    baked = card["graph"]["protocol"]["thresholds"]
+    assert card["graph"]["extra_inputs"] == ["image_size"] and baked["nms_thresh"] == 0.3
+    ort_model, _ = load_inference_model(tmp_path / f"{name}.onnx", "onnxruntime")
+    thr = {"score_thresh": 0.0, "nms_thresh": 0.3, "max_dets": 100}
+    for hp, wp, h, w in [(96, 128, 90, 120), (160, 96, 150, 96)]:
+        x = torch.rand(1, 3, hp, wp) * 255
+        with torch.no_grad():
+            ref = model.postprocess(model(x, image_sizes=[(h, w)]), **thr)[0]
+            got = ort_model.postprocess(ort_model(x, image_sizes=[(h, w)]), **thr)[0]
+        n = len(ref["scores"])
+        assert n == len(got["scores"]) and n > 0, (n, len(got["scores"]))
+        dist = (ref["boxes"][:, None] - got["boxes"][None]).abs().amax(-1)
+        dist = dist + 1e6 * (ref["labels"][:, None] != got["labels"][None])  # a box may be kept for two labels
+        match = dist.argmin(1)
+        assert match.unique().numel() == n and dist.gather(1, match[:, None]).max() <= 0.5
+        assert (ref["scores"] - got["scores"][match]).abs().max() <= 1e-4
+        assert got["boxes"][:, 2].max() <= w and got["boxes"][:, 3].max() <= h  # clipped to the valid size
+    with pytest.raises(ValueError, match="exported --with-nms"):
+        ort_model.postprocess(ort_model(x), nms_thresh=0.5)
+
+
+def test_generic_nms_graph_refuses_a_retinaface_protocol(tmp_path):
+    model = registry.lookup("model", "retinanet")(**registry.TINY_CONFIGS["retinanet"]).eval()
+    with pytest.raises(ExportError, match="not a detector protocol"):
+        export_model(model, tmp_path / "r.onnx", ExportOptions(size=(64, 64), with_nms=True,
+                                                                  protocol="biubug6-origin"),
+                     config={"name": "retinanet", **registry.TINY_CONFIGS["retinanet"]})

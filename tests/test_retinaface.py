@@ -254,3 +254,15 @@ def test_draw_detections(tmp_path):
     drawn = read_image(out)
     assert drawn[5, 10, 0] == 255  # red box edge (RGB)
     assert drawn[1, 10, 1] == 200  # green GT edge
+
+
+def test_draw_detections_with_class_names_and_no_landmarks(tmp_path):
+    """The one PNG drawer also serves object detectors: ``name score`` labels, no landmarks needed."""
+    img = np.zeros((60, 80, 3), np.uint8)
+    dets = {"boxes": np.array([[5.0, 20, 30, 50], [40, 20, 70, 50]]), "scores": np.array([0.9, 0.1]),
+            "labels": np.array([1, 7])}
+    plain = read_image(draw_detections(img, dets, tmp_path / "a.png", min_score=0.3))
+    named = read_image(draw_detections(img, dets, tmp_path / "b.png", min_score=0.3, names=["bg", "cat"]))
+    assert plain[20, 10, 0] == 255 and named[20, 10, 0] == 255  # the box above min_score
+    assert plain[20, 50, 0] == 0  # the one below is not drawn
+    assert (named != plain).any()  # the label text differs ("cat 0.90" vs "0.90")

@@ -9,7 +9,8 @@ Sample (what ``DetectionDataset[i]`` returns):
 ``(image float32 [3, h, w] RGB 0..255, target, meta)`` with
 ``target = {boxes float32 [N, 4] xyxy input pixels, labels int64 [N] (1..K), ignore_boxes float32 [M, 4]}``
 (``ignore_boxes``: COCO crowd regions and, unless trained on, VOC difficult objects; an assigner may ignore
-priors that fall in them) and ``meta = {image_id, path, orig_size (H, W), size (h, w), scale, flipped, index}``.
+priors that fall in them; objects whose box is under ``MIN_BOX_SIDE`` pixels wide or high after resizing are
+dropped) and ``meta = {image_id, path, orig_size (H, W), size (h, w), scale, flipped, index}``.
 A prediction in input pixels maps back to the original image by un-flipping (``x -> w - x``) and
 multiplying x by ``W / w`` and y by ``H / h`` (``scale`` is the nominal factor; the rounded size makes the
 per-axis factors differ from it slightly).
@@ -22,11 +23,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from detkd.data.image import read_image
+from detkd.data.transforms import keep_ratio_scale, resize_keep_ratio  # noqa: F401  (keep_ratio_scale re-exported)
+
+
+MIN_BOX_SIDE = 1.0  # training boxes narrower or shorter than this (input pixels, after resizing) are dropped
+
+
+def collapsed_free(boxes: np.ndarray, min_side: float = MIN_BOX_SIDE) -> np.ndarray:
+    """Bool mask ``[N]`` of boxes ``[N, 4]`` xyxy whose width and height are both at least ``min_side``."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    return ((boxes[:, 2] - boxes[:, 0]) >= min_side) & ((boxes[:, 3] - boxes[:, 1]) >= min_side)
 
 
 @dataclass
@@ -69,26 +79,6 @@ class ResizeConfig:
 
     shorts: tuple[int, ...] = (600,)
     max_long: int = 1000
-
-
-def keep_ratio_scale(h: int, w: int, short: int, max_long: int) -> float:
-    """The factor that brings the short side of an ``h x w`` image to ``short`` with the long side <= ``max_long``."""
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_long:
-        scale = max_long / max(h, w)
-    return scale
-
-
-def resize_keep_ratio(image: np.ndarray, boxes: np.ndarray, short: int, max_long: int):
-    """``image uint8 [H,W,3]``, ``boxes [n,4]`` xyxy -> resized image, scaled boxes, and the scale.
-    Output size is ``round(H * scale) x round(W * scale)`` (bilinear); boxes are multiplied by the per-axis
-    factors actually applied, so they stay exact at the image border."""
-    h, w = image.shape[:2]
-    scale = keep_ratio_scale(h, w, short, max_long)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    f = np.array([nw / w, nh / h, nw / w, nh / h], np.float64)
-    return out, boxes * f, scale
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +152,11 @@ class DetectionDataset(torch.utils.data.Dataset):
             shorts = self.resize.shorts
             short = shorts[int(rng.integers(len(shorts)))] if self.augment and len(shorts) > 1 else shorts[0]
             both = np.concatenate([boxes, ignore])
-            image, both, scale = resize_keep_ratio(image, both, short, self.resize.max_long)
+            scale = keep_ratio_scale(image.shape[0], image.shape[1], short, self.resize.max_long)
+            image, both, _, _ = resize_keep_ratio(image, both, None, short, self.resize.max_long)
             boxes, ignore = both[: len(boxes)], both[len(boxes):]
+            keep = collapsed_free(boxes)  # a box thinner than a pixel after resizing cannot be learned
+            boxes, labels = boxes[keep], labels[keep]
         if self.augment and rng.integers(2):
             image, both = hflip(image, np.concatenate([boxes, ignore]))
             boxes, ignore = both[: len(boxes)], both[len(boxes):]

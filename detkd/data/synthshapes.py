@@ -38,7 +38,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detkd.config import DetDataConfig
 from detkd.data.detection import ResizeConfig
 from detkd.data.synthfaces import BACKGROUND_PHOTOS, _noise, _photos, _procedural  # SynthFaces photos, textures
 from detkd.registry import register
@@ -447,18 +446,7 @@ def synthshapes(*, root: str, split: str = "train", img_size: int = 320, short: 
     cfg = SynthShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (knobs or {}).items()})
     ensure_synthshapes(root, data_seed, n_train, n_val, cfg)
     if split == "val":
-        return DetectionEvalSet(read_voc(root, "val", SYNTHSHAPES_CLASSES), SYNTHSHAPES_CLASSES)
+        return DetectionEvalSet(read_voc(root, "val", SYNTHSHAPES_CLASSES), SYNTHSHAPES_CLASSES,
+                                ann_file=Path(root) / "annotations" / "instances_val.json")
     return VOCDetection(root, split, SYNTHSHAPES_CLASSES, resize=ResizeConfig(tuple(short or (img_size,)), max_long),
                         augment=augment, train_difficult=train_difficult, seed=seed)
-
-
-@dataclass
-class SynthShapesDataConfig(DetDataConfig):
-    """``ExperimentConfig.data`` for SynthShapes with the set's size and seed as config keys (``data.n_train=8``
-    for smoke runs; a root remembers its parameters, so a smaller set needs its own ``data.root``)."""
-
-    name: str = "synthshapes"
-    root: str = "data/synthshapes"
-    data_seed: int = 0
-    n_train: int = 1500
-    n_val: int = 500

@@ -32,6 +32,7 @@ import torch
 
 from detkd.data.image import read_image  # noqa: F401  (re-exported)
 from detkd.data import transforms as T
+from detkd.errors import UserError
 from detkd.registry import register
 
 _LANDMARK_COLS = [4, 5, 7, 8, 10, 11, 13, 14, 16, 17]  # x, y of the 5 points (vis flags skipped)
@@ -265,17 +266,17 @@ def read_label_txt(path: str | Path, images_dir: str | Path | None = None) -> li
                     records.append(_finish(current, rows))
                 rel = line[1:].strip()
                 if not rel:
-                    raise ValueError(f"{path}:{lineno}: '#' line without an image path: {line!r}")
+                    raise UserError(f"{path}:{lineno}: '#' line without an image path: {line!r}")
                 current, rows = images_dir / rel, []
                 continue
             if current is None:
-                raise ValueError(f"{path}:{lineno}: face line before any '# <image>' line: {line!r}")
+                raise UserError(f"{path}:{lineno}: face line before any '# <image>' line: {line!r}")
             try:
                 vals = [float(t) for t in line.split()]
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: non-numeric value in face line: {line!r}") from None
+                raise UserError(f"{path}:{lineno}: non-numeric value in face line: {line!r}") from None
             if len(vals) not in (4, 19, 20) or not np.all(np.isfinite(vals)):
-                raise ValueError(
+                raise UserError(
                     f"{path}:{lineno}: expected 4, 19 or 20 finite numbers (x y w h [5 x (lx ly vis)] [blur]),"
                     f" got {len(vals)}: {line!r}"
                 )

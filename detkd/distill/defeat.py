@@ -18,8 +18,13 @@ Head terms (``head``; off in the released config, §4.5):
   weights 2 / 2, T 1), ``kd.defeat.head.pos`` / ``kd.defeat.head.neg``. Sampling ``SampleSTU`` (the clean
   pairing of §4.5): the teacher's RoI head scores the STUDENT's sampled RoIs through the teacher-query hook,
   ``ctx.query_teacher("roi_forward", teacher feats, student rois, image_sizes)``, and the groups come from the
-  student's RoI labels (0 = background). The reference's default SampleTEA pairing (with its label mismatch,
-  §4.11-2) is not reproduced. The two RoI terms read their logits through the mask callable (``roi_logits``);
+  student's RoI labels (0 = background). ``faithful=True`` reproduces the reference's default SampleTEA pairing
+  WITH its label mismatch (§4.11-2), for comparison: the teacher samples its own RoIs (its training-path
+  proposals, GT added, its sampler: ``ctx.query_teacher("sample_rois", teacher output, targets)``), the
+  student's RoI head runs on those RoIs (with gradient), but the fg/bg groups come from the STUDENT's own
+  sampling, i.e. the labels of other RoIs. Image by image, the first ``min(r_teacher, r_student)`` rows are
+  paired (with a full sampler both have ``roi_batch`` rows; the reference indexes one with the other's mask
+  and fails when they differ). The two RoI terms read their logits through the mask callable (``roi_logits``);
   their tap fields name the first neck taps only to satisfy the term layout.
 - ``"dense"`` — one-stage models (our design for RetinaNet, §4.7, where the reference is not runnable): the
   student's own assigner splits the priors into positives (``assign.pos``) and negatives (``assign.neg``,
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from detkd.distill.adapters import AdapterSpec
@@ -56,6 +62,7 @@ class DeFeatConfig:
     head_fg_weight: float = 2.0  # head_cls_w
     head_bg_weight: float = 2.0  # head_cls_back_w
     head_T: float = 1.0  # head_cls_T
+    faithful: bool = False  # head='roi': SampleTEA with the reference's label mismatch (§4.11-2) instead of SampleSTU
     logits: str = "cls_logits"  # dense head key (softmax or sigmoid, from head_spec)
 
 
@@ -102,6 +109,35 @@ def roi_logits(ctx: DistillContext) -> tuple[Tensor, Tensor, Tensor]:
     return ctx.memo("defeat.roi", build)
 
 
+def first_rows(rows: Tensor, counts: list[int], keep: list[int]) -> Tensor:
+    """The first ``keep[i]`` of image ``i``'s ``counts[i]`` rows of ``rows`` (images stacked in order)."""
+    parts = rows.split(counts)
+    return torch.cat([p[:k] for p, k in zip(parts, keep)])
+
+
+def roi_logits_sample_tea(ctx: DistillContext, student: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """SampleTEA as released (§4.5): logits on the TEACHER's sampled RoIs, labels from the STUDENT's sampling."""
+
+    def build():
+        s = ctx.student
+        if getattr(s, "rois", None) is None or s.rois.labels is None:
+            raise ValueError("DeFeat head='roi' needs a two-stage student called with targets (DetOutput.rois)")
+        t_rois = ctx.query_teacher("sample_rois", ctx.teacher, ctx.targets)
+        s_on_t = student.roi_forward(s.feats, t_rois.rois, s.image_sizes)  # with gradient
+        n_t = [int(r.shape[0]) for r in t_rois.rois]
+        n_s = [int(r.shape[0]) for r in s.rois.rois]
+        keep = [min(a, b) for a, b in zip(n_t, n_s)]
+        if s_on_t.cls_logits.shape[1] != t_rois.cls_logits.shape[1]:
+            raise ValueError(
+                f"DeFeat head='roi': teacher RoI logits have {t_rois.cls_logits.shape[1]} columns, the student's "
+                f"{s_on_t.cls_logits.shape[1]} (class counts differ?)"
+            )
+        return (first_rows(s_on_t.cls_logits, n_t, keep), first_rows(t_rois.cls_logits, n_t, keep).detach(),
+                first_rows(s.rois.labels, n_s, keep))
+
+    return ctx.memo("defeat.roi", build)
+
+
 def roi_kd(_s: Tensor, _t: Tensor, mask: tuple[Tensor, Tensor, Tensor], group: str, T: float) -> Tensor:
     s_logits, t_logits, labels = mask
     pos, neg = decoupled_roi_kd(s_logits, t_logits, labels, T)
@@ -132,6 +168,8 @@ def defeat(cfg: DeFeatConfig, student: nn.Module, teacher: nn.Module) -> list[Te
                     adapter=adapter,
                 )
             )
+    if cfg.faithful and cfg.head != "roi":
+        raise ValueError(f"distill.defeat.faithful=true applies to head='roi' only (head={cfg.head!r})")
     if cfg.head == "dense":
         kind = class_probability_kind(student, teacher, cfg.logits, "distill.defeat")
         loss = partial(kd_kl, T=cfg.head_T, kind=kind)
@@ -144,9 +182,15 @@ def defeat(cfg: DeFeatConfig, student: nn.Module, teacher: nn.Module) -> list[Te
                 f"distill.defeat.head='roi': the teacher ({type(teacher).__name__}) has no roi_forward (a two-stage "
                 "detector's second stage on given boxes); use head='dense' on one-stage models"
             )
+        if cfg.faithful and not callable(getattr(teacher, "sample_rois", None)):
+            raise ValueError(f"distill.defeat.faithful=true: the teacher ({type(teacher).__name__}) has no "
+                             "sample_rois (its own RoI sampling, needed by SampleTEA)")
+        if cfg.faithful and not callable(getattr(student, "roi_forward", None)):
+            raise ValueError(f"distill.defeat.faithful=true: the student ({type(student).__name__}) has no roi_forward")
+        rois = partial(roi_logits_sample_tea, student=student) if cfg.faithful else roi_logits
         for group, weight in (("pos", cfg.head_fg_weight), ("neg", cfg.head_bg_weight)):
             terms.append(Term(f"head.{group}", cfg.student_taps[0], cfg.teacher_taps[0],
-                              partial(roi_kd, group=group, T=cfg.head_T), weight=weight, mask=roi_logits))
+                              partial(roi_kd, group=group, T=cfg.head_T), weight=weight, mask=rois))
     elif cfg.head != "off":
         raise ValueError(f"distill.defeat.head={cfg.head!r}: use 'off', 'dense' or 'roi'")
     return terms

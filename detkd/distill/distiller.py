@@ -527,15 +527,63 @@ def check_setup(
 # ------------------------------------------------------------------------------ config and builders
 
 
-def distill_method(config_cls: type, name: str | None = None):
-    """``@distill_method(TDKDConfig)``: register a method builder ``(cfg, student, teacher) -> list[Term]``
-    under its function name, together with its config section class."""
+class UnsupportedPairError(ValueError):
+    """A method that declares it cannot run on this student/teacher pair (its ``supports`` hook gave a reason)."""
+
+
+def supports_any(student: nn.Module, teacher: nn.Module) -> str | None:
+    """The default ``supports`` hook: the method runs on every detector."""
+    return None
+
+
+def distill_method(config_cls: type, name: str | None = None,
+                   supports: Callable[[nn.Module, nn.Module], str | None] | None = None):
+    """``@distill_method(TDKDConfig, supports=fn)``: register a method builder ``(cfg, student, teacher) ->
+    list[Term]`` under its function name, together with its config section class.
+
+    ``supports(student, teacher) -> str | None`` is the method's declaration of where it runs: ``None`` when the
+    pair can be distilled, else the reason it cannot (one sentence, naming what the models lack). It is checked
+    by ``build_terms`` before the builder runs (``UnsupportedPairError`` with that reason) and read by
+    ``detkd list methods --matrix``. Default: runs everywhere.
+    """
 
     def wrap(fn):
         fn.config_cls = config_cls
+        fn.supports = supports or supports_any
         return register("method", name)(fn)
 
     return wrap
+
+
+def class_logits_reason(student: nn.Module, teacher: nn.Module, what: str) -> str | None:
+    """A ``supports`` check for methods that read dense class logits: the reason a side declares no softmax or
+    sigmoid head key (e.g. a two-stage detector, whose classes live in its RoI head), else ``None``."""
+    for side, model in (("student", student), ("teacher", teacher)):
+        spec = getattr(model, "head_spec", None)
+        if not isinstance(spec, dict):
+            return None  # not a detector at all: the builder's own start-up check names what is missing
+        if not any(v.kind in ("softmax", "sigmoid") for v in spec.values()):
+            where = " (a two-stage detector: its classes live in the RoI head)" if hasattr(model, "roi_forward") else ""
+            declared = ", ".join(f"{k}: {v.kind}" for k, v in spec.items()) or "none"
+            return (f"{what} needs dense class logits per prior, and the {side} {type(model).__name__} declares no "
+                    f"softmax/sigmoid head key{where}; declared head_spec: {declared}")
+    return None
+
+
+def method_support(name: str, student: nn.Module, teacher: nn.Module) -> str | None:
+    """``None`` when method ``name`` runs on this pair, else the reason it declares."""
+    check = getattr(method_builder(name), "supports", supports_any)
+    return check(student, teacher)
+
+
+def check_support(name: str, student: nn.Module, teacher: nn.Module) -> None:
+    """Raise ``UnsupportedPairError`` ("distill.<name> does not run on <Student> / <Teacher>: <reason>")."""
+    reason = method_support(name, student, teacher)
+    if reason:
+        raise UnsupportedPairError(
+            f"distill.{name} does not run on student {type(student).__name__} / teacher {type(teacher).__name__}: "
+            f"{reason}"
+        )
 
 
 def method_builder(name: str) -> Callable:
@@ -613,6 +661,7 @@ def build_terms(cfg: Any, student: nn.Module, teacher: nn.Module) -> list[Term]:
     terms: list[Term] = []
     for name in cfg.methods:
         builder = method_builder(name)
+        check_support(name, student, teacher)
         section = cfg.config_section(name) if hasattr(cfg, "config_section") else getattr(cfg, name, None)
         if section is None:
             section = builder.config_cls()

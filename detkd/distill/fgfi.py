@@ -14,14 +14,23 @@ priors, ``DetOutput.priors[l]``, hosts the anchors of that map):
 - ``A_l``: 3×3 conv + ReLU with bias (``conv3x3_relu``), weights ``normal·fmod(2)·1e-4``, bias PyTorch default
   (§2.2), trainable, one per level.
 
+``variant="defeat_port"`` is DeFeat's port of FGFI (its released ``mask-neck-roi`` config, §4.6, §2.9-3): the
+same per-level mask, DeFeat's normalisation ``max(1, 2·C·Σ I_l)``, a 3×3 adapter WITHOUT activation, and
+``weight / L`` per level (``weight`` = ``hint_neck_w`` = 3 there, no warm-up). The mask's IoU follows the
+config's ``plus1`` (the port's config sets ``False``: mmdetection v2 dropped the "+1" pixel convention).
+
 Start-up checks: every tap exists in both models' declared ``channels`` and has the same stride on both sides
-(the mask is built on the student's anchors and applied to the teacher's map).
+(the mask is built on the student's anchors and applied to the teacher's map). On the first step (and in
+``check_setup``), when the teacher reports anchors too, each level's anchor-location grid (the mean anchor
+centre of every map cell) must be the student's: otherwise the mask's cells would not be the teacher's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from detkd.distill.adapters import AdapterSpec
@@ -38,6 +47,7 @@ class FGFIConfig:
     plus1: bool = True  # "+1" pixel IoU of the reference
     student_taps: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
     teacher_taps: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
+    variant: Literal["fgfi", "defeat_port"] = "fgfi"  # "defeat_port": DeFeat's mask-neck-roi port (§4.6)
 
 
 def check_taps(student: nn.Module, teacher: nn.Module, s_taps: list[str], t_taps: list[str], method: str) -> None:
@@ -64,10 +74,49 @@ def check_taps(student: nn.Module, teacher: nn.Module, s_taps: list[str], t_taps
                 )
 
 
+def location_centres(priors: Tensor, hw: tuple[int, int]) -> Tensor:
+    """``[H·W, 2]`` mean anchor centre (x, y) of every map cell; ``priors`` ``[H·W·A, 4]`` xyxy, cell-major."""
+    cells = hw[0] * hw[1]
+    if cells == 0 or priors.shape[0] % cells:
+        return priors.new_zeros(0, 2)
+    c = (priors[:, :2] + priors[:, 2:]) / 2
+    return c.reshape(cells, -1, 2).mean(1)
+
+
+def check_anchor_grids(ctx: DistillContext, cfg: FGFIConfig, student_hw: list[tuple[int, int]]) -> None:
+    """The teacher's anchors (when it reports them) sit on the student's cell grid, level by level."""
+    t_priors = list(getattr(ctx.teacher, "priors", None) or [])
+    if not t_priors:
+        return
+    s_priors = ctx.student.priors
+    if len(t_priors) != len(s_priors):
+        raise ValueError(
+            f"distill.fgfi: the student has anchors on {len(s_priors)} levels ({cfg.student_taps}) but the teacher "
+            f"on {len(t_priors)} (taps {cfg.teacher_taps}): the FGFI mask cannot be paired"
+        )
+    for level, (s_tap, t_tap) in enumerate(zip(cfg.student_taps, cfg.teacher_taps)):
+        hw = student_hw[level]
+        s_c = location_centres(s_priors[level], hw)
+        t_hw = tuple(int(v) for v in ctx.teacher.feats[t_tap].shape[-2:]) if t_tap in ctx.teacher.feats else None
+        t_c = location_centres(t_priors[level].to(s_c), hw)
+        if t_hw != hw or t_c.shape != s_c.shape or not torch.allclose(s_c, t_c, atol=1e-3):
+            where = ""
+            if t_c.shape == s_c.shape and t_c.numel():
+                k = int((s_c - t_c).abs().amax(1).argmax())
+                where = f"; cell {divmod(k, hw[1])}: student centre {s_c[k].tolist()}, teacher {t_c[k].tolist()}"
+            raise ValueError(
+                f"distill.fgfi: student tap {s_tap!r} and teacher tap {t_tap!r} have different anchor grids "
+                f"(student map {hw}, teacher map {t_hw}{where}); the FGFI mask is built on the student's anchors and "
+                "needs the teacher's anchors on the same cells"
+            )
+
+
 def student_level_masks(ctx: DistillContext, cfg: FGFIConfig) -> list[Tensor]:
     inp = ctx.mask_inputs(cfg.student_taps, what="FGFI masks")  # level l of the priors hosts tap l's anchors
     if len(inp.priors) != len(cfg.student_taps):
         raise ValueError(f"FGFI masks: the student reports no anchors (DetOutput.priors) for taps {cfg.student_taps}")
+    if ctx.step == 0:
+        check_anchor_grids(ctx, cfg, inp.feat_hw)
     anchors = inp.priors  # xyxy in input pixels (structures.PRIOR_FORMAT)
     return fgfi_location_masks(anchors, target_boxes(ctx.targets, anchors[0].device), inp.feat_hw, cfg.psi,
                                cfg.plus1)
@@ -81,18 +130,23 @@ def level_mask(ctx: DistillContext, cfg: FGFIConfig, level: int) -> Tensor:
 def fgfi(cfg: FGFIConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     if not 0.0 < cfg.psi <= 1.0:
         raise ValueError(f"distill.fgfi.psi={cfg.psi}: need 0 < psi <= 1")
+    if cfg.variant not in ("fgfi", "defeat_port"):
+        raise ValueError(f"distill.fgfi.variant={cfg.variant!r}: use 'fgfi' or 'defeat_port'")
     check_taps(student, teacher, cfg.student_taps, cfg.teacher_taps, "fgfi")
     schedule = Schedule(warmup_iters=cfg.warmup_iters, warmup="zero") if cfg.warmup_iters > 0 else None
+    port = cfg.variant == "defeat_port"
+    kind, denom = ("conv3x3", "defeat") if port else ("conv3x3_relu", "fgfi")
+    weight = cfg.weight / len(cfg.student_taps) if port else cfg.weight
     terms = []
     for level, (s_tap, t_tap) in enumerate(zip(cfg.student_taps, cfg.teacher_taps)):
-        adapter = AdapterSpec(key=f"fgfi_{s_tap}", kind="conv3x3_relu", bias=True, init="normal_fmod2")
+        adapter = AdapterSpec(key=f"fgfi_{s_tap}", kind=kind, bias=True, init="normal_fmod2")
         terms.append(
             Term(
                 f"imit.{s_tap}",
                 student=s_tap,
                 teacher=t_tap,
-                loss=partial(masked_feat_l2, denom="fgfi"),
-                weight=cfg.weight,
+                loss=partial(masked_feat_l2, denom=denom),
+                weight=weight,
                 mask=partial(level_mask, cfg=cfg, level=level),
                 adapter=adapter,
                 schedule=schedule,

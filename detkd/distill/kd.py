@@ -16,7 +16,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, class_probability_kind, distill_method
+from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, class_logits_reason, class_probability_kind, distill_method
 from detkd.distill.losses import kd_kl
 
 
@@ -42,7 +42,13 @@ def assigned_priors(ctx: DistillContext, select: str) -> Tensor | None:
     raise ValueError(f"unknown KD selection {select!r} (use 'assign', 'pos' or 'all')")
 
 
-@distill_method(KDConfig)
+def supports(student: nn.Module, teacher: nn.Module) -> str | None:
+    """Runs on dense detectors with class logits per prior (softmax or sigmoid ``head_spec`` key); declared
+    unsupported on two-stage detectors, whose class scores exist only for sampled RoIs in the second stage."""
+    return class_logits_reason(student, teacher, "logit KD")
+
+
+@distill_method(KDConfig, supports=supports)
 def kd(cfg: KDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     if cfg.select not in ("assign", "pos", "all"):
         raise ValueError(f"distill.kd.select={cfg.select!r}: use 'assign', 'pos' or 'all'")

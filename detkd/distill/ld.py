@@ -163,7 +163,24 @@ def imitation_mask(ctx: DistillContext, cfg: LDConfig, level: int) -> Tensor:
     return ctx.memo(f"ld.im.{cfg.imitation}", build)[level]
 
 
-@distill_method(LDConfig)
+def supports(student: nn.Module, teacher: nn.Module) -> str | None:
+    """LD runs where both heads predict box distributions (a ``"distribution"`` head key, e.g. GFL's
+    ``box_dist``). Delta regressors (RetinaFace, RetinaNet, Faster R-CNN's RPN) have no distribution to distil;
+    adding a distribution branch to them is a model change, not a method generalisation, so they are declared
+    unsupported."""
+    for side, model in (("student", student), ("teacher", teacher)):
+        spec = getattr(model, "head_spec", None)
+        if not isinstance(spec, dict):
+            return None  # not a detector at all: check_models names what is missing
+        if not any(v.kind == "distribution" for v in spec.values()):
+            declared = ", ".join(f"{k}: {v.kind}" for k, v in spec.items()) or "none"
+            return (f"the {side} ({type(model).__name__}) has no distribution head key 'box_dist' (nor any "
+                    f"'distribution' key; declared head_spec: {declared}): LD distils box-edge distributions, "
+                    "which a head regressing deltas does not predict")
+    return None
+
+
+@distill_method(LDConfig, supports=supports)
 def ld(cfg: LDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     bins = check_models(cfg, student, teacher)
     sigmoid = student.head_spec[cfg.logits].kind == "sigmoid"

@@ -21,18 +21,34 @@ Adapters ``A`` are 1×1 convs 64→64 without bias, one per level and task (6). 
 trainable, as the paper describes. ``faithful=True`` = the released code, whose adapters were never in the
 optimiser: frozen projections with PyTorch's default init, seeded (``adapter_seed + i``). The README numbers
 (87.1 → 88.9 Easy) come from the faithful variant with the dynamic scale, fine-tuning a converged student.
+
+Generalised beyond RetinaFace (the method × detector matrix, ``detkd list methods --matrix``): on dense
+detectors with task towers but no hard-negative mining (RetinaNet, GFL: ``levels`` = their ``p3..p7``, teacher
+taps their towers' ``cls_feat.<l>`` / ``reg_feat.<l>``), the negatives of ``M^cls`` are ranked by the student's
+background classification loss (``background_loss_rank``; sigmoid heads: ``Σ_k softplus(z_k)``), and the
+dynamic scale reads the box loss ``raw_losses["box"]`` when the model reports no ``"loc"``. Two-stage detectors
+are declared unsupported (``supports``): their classes exist only for sampled RoIs, so neither the per-prior
+masks nor the probability term are defined.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+import torch.nn.functional as F
 
 from detkd.distill.adapters import AdapterSpec
-from detkd.distill.distiller import HEAD_PREFIX, DistillContext, Term, class_probability_kind, distill_method
+from detkd.distill.distiller import (
+    HEAD_PREFIX,
+    DistillContext,
+    Term,
+    class_logits_reason,
+    class_probability_kind,
+    distill_method,
+)
 from detkd.distill.losses import class_probs, masked_feat_l2, prob_l2_uncertain
 from detkd.distill.masks import tdkd_location_masks
 
@@ -53,13 +69,36 @@ class TDKDConfig:
     loc_key: str = "loc"  # student raw_losses key of the unweighted box loss
 
 
-def level_masks(ctx: DistillContext, cfg: TDKDConfig) -> list[tuple[Tensor, Tensor]]:
-    return tdkd_location_masks(ctx.mask_inputs(cfg.levels, what="TDKD masks"), neg_ratio=cfg.neg_ratio)
+@torch.no_grad()
+def background_loss_rank(logits: Tensor, kind: str, excluded: Tensor) -> Tensor:
+    """``neg_rank [B, P]`` (int64, 0 = hardest) from class logits ``[B, P, K]``: priors ranked per image by their
+    classification loss as background, descending; ``excluded`` priors (``bool [B, P]``: positives, ignored)
+    rank last. Softmax: ``logsumexp(z) − z_0``; sigmoid: ``Σ_k softplus(z_k)`` (BCE against all-zero targets)."""
+    z = logits.detach().float()
+    loss = torch.logsumexp(z, -1) - z[..., 0] if kind == "softmax" else F.softplus(z).sum(-1)
+    loss = loss.masked_fill(excluded, float("-inf"))
+    order = torch.sort(loss, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank
 
 
-def task_mask(ctx: DistillContext, cfg: TDKDConfig, level: int, task: int) -> Tensor:
+def level_masks(ctx: DistillContext, cfg: TDKDConfig, kind: str = "softmax") -> list[tuple[Tensor, Tensor]]:
+    """Per level ``(cls, loc)`` location masks. Generalisation (models whose loss mines no hard negatives, e.g.
+    RetinaNet's focal loss or GFL's QFL, leave ``assign.neg_rank`` empty): the negatives are ranked here by the
+    student's own background classification loss (``background_loss_rank``), the same criterion RetinaFace's
+    hard-negative mining uses, and the top ``neg_ratio · n_pos`` of them enter ``M^cls``."""
+    inp = ctx.mask_inputs(cfg.levels, what="TDKD masks")
+    if inp.assign.neg_rank is None:
+        excluded = inp.assign.pos.bool() | inp.assign.ignore.bool()
+        rank = background_loss_rank(ctx.student.cat_head(cfg.logits), kind, excluded)
+        inp = replace(inp, assign=replace(inp.assign, neg_rank=rank))
+    return tdkd_location_masks(inp, neg_ratio=cfg.neg_ratio)
+
+
+def task_mask(ctx: DistillContext, cfg: TDKDConfig, level: int, task: int, kind: str = "softmax") -> Tensor:
     """``bool [B, H, W]``: task 0 = cls mask, 1 = loc mask of ``level`` (computed once per batch)."""
-    return ctx.memo("tdkd.masks", lambda: level_masks(ctx, cfg))[level][task]
+    return ctx.memo("tdkd.masks", lambda: level_masks(ctx, cfg, kind))[level][task]
 
 
 def prob_loss(s_logits: Tensor, t_logits: Tensor, mask: Tensor | None = None, band=(0.1, 0.9),
@@ -72,6 +111,8 @@ def prob_loss(s_logits: Tensor, t_logits: Tensor, mask: Tensor | None = None, ba
 def loc_over_feat(l_feat: Tensor, ctx: DistillContext, loc_key: str = "loc") -> Tensor:
     """Dynamic scale ``sg(L_loc) / sg(L_feat)``, 0 when ``L_feat == 0`` (no positives in the batch)."""
     raw = ctx.student.raw_losses
+    if loc_key == "loc" and "loc" not in raw and "box" in raw:
+        loc_key = "box"  # generalisation: RetinaNet / GFL name their unweighted box loss "box"
     if loc_key not in raw:
         raise KeyError(
             f"TDKD scale='dynamic' needs the student's unweighted box loss raw_losses[{loc_key!r}] "
@@ -83,7 +124,13 @@ def loc_over_feat(l_feat: Tensor, ctx: DistillContext, loc_key: str = "loc") -> 
     return torch.where(l_feat > 0, l_loc / safe, torch.zeros_like(l_feat))
 
 
-@distill_method(TDKDConfig)
+def supports(student: nn.Module, teacher: nn.Module) -> str | None:
+    """Runs on dense detectors with class logits per prior (softmax or sigmoid ``head_spec`` key); declared
+    unsupported on two-stage detectors, whose class scores exist only for sampled RoIs in the second stage."""
+    return class_logits_reason(student, teacher, "TDKD (masks from the per-prior assignment, probability term)")
+
+
+@distill_method(TDKDConfig, supports=supports)
 def tdkd(cfg: TDKDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     if cfg.scale not in ("dynamic", "fixed"):
         raise ValueError(f"distill.tdkd.scale={cfg.scale!r}: use 'dynamic' or 'fixed'")
@@ -109,7 +156,7 @@ def tdkd(cfg: TDKDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
                     teacher=f"{teacher_prefix}.{tap}",
                     loss=partial(masked_feat_l2, denom="tdkd"),
                     weight=cfg.feat_weight,
-                    mask=partial(task_mask, cfg=cfg, level=level, task=task),
+                    mask=partial(task_mask, cfg=cfg, level=level, task=task, kind=kind),
                     adapter=adapter,
                     group="tdkd.feat",
                     group_scale=scale,

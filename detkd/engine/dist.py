@@ -22,6 +22,7 @@ __all__ = [
     "barrier",
     "all_reduce_mean",
     "all_reduce_min",
+    "all_reduce_min_many",
     "gather_objects",
     "broadcast_object",
     "broadcast_buffers",
@@ -110,6 +111,15 @@ def all_reduce_min(value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return float(t.item())
+
+
+def all_reduce_min_many(values: list[float]) -> list[float]:
+    """Element-wise minimum over ranks of a short list of scalars, in one collective."""
+    if not is_dist():
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return [float(v) for v in t.cpu().tolist()]
 
 
 def gather_objects(obj: Any) -> list | None:

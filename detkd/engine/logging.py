@@ -8,7 +8,9 @@
 * evaluation rows: ``{"kind": "eval", "step", "epoch", <metric>: value, "time"}``.
 
 On resume ``truncate_after(step)`` drops rows written after the checkpoint, so the file of a resumed run
-equals that of an uninterrupted one (up to ``time``). Non-main ranks get a disabled logger: all calls no-op.
+equals that of an uninterrupted one (up to ``time``); the TensorBoard writer (opened lazily) then starts with
+``purge_step=step + 1``, so TensorBoard drops the events of the old run after the checkpoint and shows each
+step once. Non-main ranks get a disabled logger: all calls no-op.
 """
 from __future__ import annotations
 
@@ -40,20 +42,35 @@ class MetricsLogger:
         self._t0 = time.time()
         self._tb = None
         self._file = None
+        self._want_tb = enabled and tensorboard
+        self._purge_step: int | None = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
+
+    @property
+    def tb(self):
+        """The ``SummaryWriter`` (created on first use, with the purge step of a resume), or ``None``."""
+        if self._tb is None and self._want_tb:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self._purge_step)
             except ImportError as e:  # tensorboard missing: JSON lines still work
                 print(f"[detkd] TensorBoard disabled ({e})", file=sys.stderr)
+                self._want_tb = False
+        return self._tb
 
     def truncate_after(self, step: int) -> None:
         """Drop rows whose ``step`` exceeds ``step`` (they were written after the resumed checkpoint)."""
-        if not self.enabled or not self.path.is_file():
+        if not self.enabled:
+            return
+        if step > 0:
+            if self._tb is not None:  # reopen so that the purge marker is written
+                self._tb.close()
+                self._tb = None
+            self._purge_step = step + 1
+        if not self.path.is_file():
             return
         self.close_file()
         keep = []
@@ -81,21 +98,23 @@ class MetricsLogger:
         row.update({k: _scalar(v) for k, v in losses.items()})
         row["time"] = round(time.time() - self._t0, 3)
         self._write({k: _scalar(v) for k, v in row.items()})
-        if self._tb is not None:
-            self._tb.add_scalar("train/loss", loss, step)
-            self._tb.add_scalar("train/lr", lr, step)
+        tb = self.tb
+        if tb is not None:
+            tb.add_scalar("train/loss", loss, step)
+            tb.add_scalar("train/lr", lr, step)
             for k, v in losses.items():
-                self._tb.add_scalar(f"train/{k}", v, step)
+                tb.add_scalar(f"train/{k}", v, step)
 
     def log_eval(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         flat = {k: _scalar(v) for k, v in metrics.items() if isinstance(_scalar(v), (int, float, str, bool))}
         self._write({"kind": "eval", "step": step, "epoch": epoch, **flat, "time": round(time.time() - self._t0, 3)})
-        if self._tb is not None:
+        tb = self.tb
+        if tb is not None:
             for k, v in flat.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(f"eval/{k}", v, step)
+                    tb.add_scalar(f"eval/{k}", v, step)
 
     def close_file(self) -> None:
         if self._file is not None:

@@ -19,15 +19,30 @@
 
 Optional ``TrainConfig`` fields read with ``getattr`` (defaults in brackets): ``ckpt_every_iters`` [0],
 ``resume`` [False], ``drop_last`` [False], ``amp_dtype`` ["auto": bf16 where supported, else fp16],
-``find_unused_parameters`` [False], ``sync_bn`` [False], ``tensorboard`` [True], ``progress`` [True].
+``find_unused_parameters`` [False], ``sync_bn`` [False], ``tensorboard`` [True], ``progress`` [True],
+``overwrite`` [False], ``allow_changed`` [[]].
+
+Reliability rules (``docs/reliability.md``):
+
+* ``fit`` refuses a run dir that already holds a run unless it resumes or ``overwrite`` is set, and a resume
+  whose config differs from the saved ``config.json`` outside ``allow_changed`` (``detkd.engine.rundir``).
+* After every step the weights (parameters and floating buffers) are checked; once one is non-finite the run
+  stops at once with ``TrainingDiverged`` naming the step and likely cause, and ``last.pt`` keeps the last
+  finite state (``save_checkpoint`` never writes a non-finite tensor).
+* SIGINT / SIGTERM (also under torchrun: the ranks agree through an all-reduce) let the current step finish,
+  then ``last.pt`` is written atomically and ``TrainingInterrupted`` is raised (the CLI exits 130). In a
+  single process a second SIGINT stops at once without saving.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,12 +54,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from detkd.engine import dist
+from detkd.errors import TrainingDiverged, TrainingInterrupted
 from detkd.engine.checkpoint import (
     FORMAT,
     check_no_teacher,
     find_resume,
     load_checkpoint,
-    load_student_weights,
+    load_weights_into,
+    nonfinite_tensors,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -52,12 +69,17 @@ from detkd.engine.checkpoint import (
 )
 from detkd.engine.logging import MetricsLogger, progress
 from detkd.engine.optim import build_optimizer, build_scheduler
+from detkd.engine.rundir import check_run_dir, clear_run_dir
 
 __all__ = ["Trainer", "ResumableBatchSampler", "to_device", "select_device", "seed_everything", "NonFiniteLossError"]
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(TrainingDiverged, FloatingPointError):
+    """The loss stayed non-finite for ``train.max_nonfinite`` consecutive steps."""
+
+
+_DIVERGENCE_HINT = ("likely cause: a learning rate (optim.lr) or loss weights too large for this model; lower "
+                    "them or clip gradients (train.clip_grad)")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -147,6 +169,7 @@ def _worker_init(worker_id: int) -> None:
     seed = info.seed % 2**32  # derived from the loader's seeded generator
     random.seed(seed)
     np.random.seed(seed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it saves last.pt)
 
 
 # -------------------------------------------------------------------------------------------- trainer
@@ -168,6 +191,11 @@ class Trainer:
         self.sync_bn = bool(tc.sync_bn)
         self.use_tb = bool(tc.tensorboard)
         self.show_progress = bool(tc.progress)
+        self.overwrite = bool(getattr(tc, "overwrite", False))
+        self.allow_changed = list(getattr(tc, "allow_changed", None) or [])
+        self._signal: int | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self._saved_step: int | None = None
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -265,7 +293,15 @@ class Trainer:
         if self.main:
             state = self._state(full)
             state["rng"] = rngs
+            bad = nonfinite_tensors({k: state[k] for k in ("task", "optimizer") if k in state})
+            if bad:
+                raise TrainingDiverged(
+                    f"not writing {self.run_dir / name} at global step {self.global_step}: {len(bad)} tensors hold "
+                    f"NaN/inf (e.g. {bad[0]}); {_DIVERGENCE_HINT}; {self._kept_checkpoint()}",
+                    step=self.global_step, path=self.run_dir / name)
             save_checkpoint(self.run_dir / name, state)
+        if name == "last.pt":
+            self._saved_step = self.global_step
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
@@ -280,10 +316,12 @@ class Trainer:
             raise RuntimeError(f"{path}: task weights do not match the task: {e}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._rescale_lr(state.get("config") or {}, path)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
+        self._saved_step = self.global_step
         self.nonfinite = dict(state.get("nonfinite", self.nonfinite))
         if state.get("world_size", 1) != self.world:
             print(f"[detkd] warning: {path} was written by {state.get('world_size')} ranks, resuming on "
@@ -297,12 +335,26 @@ class Trainer:
             print(f"[detkd] resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch}, "
                   f"global step {self.global_step}", file=sys.stderr)
 
+    def _rescale_lr(self, saved_cfg: dict, path: Path) -> None:
+        """An allowed change of ``optim.lr`` on resume (the optimizer and scheduler states hold the old one):
+        scale every group's base and current learning rate by new / old, so the schedule continues at the new
+        learning rate."""
+        old = (saved_cfg.get("optim") or {}).get("lr")
+        new = getattr(getattr(self.cfg, "optim", None), "lr", None)
+        if not old or new is None or float(old) == float(new):
+            return
+        r = float(new) / float(old)
+        for g in self.optimizer.param_groups:
+            g["lr"] *= r
+            if "initial_lr" in g:
+                g["initial_lr"] *= r
+        self.scheduler.base_lrs = [b * r for b in self.scheduler.base_lrs]
+        if self.main:
+            print(f"[detkd] {path}: optim.lr {old} -> {new}: learning rates scaled by {r:.4g}", file=sys.stderr)
+
     def _load_init_weights(self, path: str) -> None:
-        sd = load_student_weights(path)
-        try:
-            self.task.student.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            raise RuntimeError(f"train.init_weights={path!r} does not match the student: {e}") from None
+        model = getattr(self.cfg, "model", None)
+        load_weights_into(self.task.student, path, "train.init_weights", expected=getattr(model, "name", None))
 
     # ------------------------------------------------------------------------------------------- steps
 
@@ -345,10 +397,76 @@ class Trainer:
         if self.nonfinite["consecutive"] >= self.cfg.train.max_nonfinite:
             raise NonFiniteLossError(
                 f"non-finite {what} for {self.nonfinite['consecutive']} consecutive steps "
-                f"(train.max_nonfinite={self.cfg.train.max_nonfinite}) at {where}; non-finite terms: {bad or 'sum'}"
+                f"(train.max_nonfinite={self.cfg.train.max_nonfinite}) at {where}; non-finite terms: {bad or 'sum'}; "
+                f"{_DIVERGENCE_HINT}; {self._kept_checkpoint()}", step=self.global_step + 1
             )
         if self.main:
             print(f"[detkd] skipped step at {where}: non-finite {what} ({bad or 'sum'})", file=sys.stderr)
+
+    # ------------------------------------------------------------------------- divergence and signals
+
+    def _kept_checkpoint(self) -> str:
+        last = self.run_dir / "last.pt"
+        if self._saved_step is not None and last.is_file():
+            return (f"the last finite checkpoint {last} (global step {self._saved_step}) is kept: continue with "
+                    "--resume and a lower learning rate (--allow-changed optim.lr)")
+        return "no checkpoint was written before this point"
+
+    def _weights_finite(self) -> bool:
+        tensors = [t for t in itertools.chain(self.task.parameters(), self.task.buffers()) if t.is_floating_point()]
+        if not tensors:
+            return True
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def _check_step(self, lr: float) -> bool:
+        """After a step: raise ``TrainingDiverged`` when a weight of any rank is non-finite; return whether any
+        rank got SIGINT/SIGTERM. One collective under DDP, none in a single process."""
+        finite, go_on = dist.all_reduce_min_many([float(self._weights_finite()), float(self._signal is None)])
+        if finite < 1:
+            bad = [n for n, t in itertools.chain(self.task.named_parameters(), self.task.named_buffers())
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+            raise TrainingDiverged(
+                f"training diverged: the weights became non-finite at global step {self.global_step} (epoch "
+                f"{self.epoch}, lr {lr:.4g}; {len(bad)} tensors on this rank, e.g. {bad[0] if bad else '-'}); "
+                f"{_DIVERGENCE_HINT}; {self._kept_checkpoint()}", step=self.global_step,
+                path=self.run_dir / "last.pt")
+        return go_on < 1
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        torchrun = "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+        if self._signal is not None:
+            if signum == signal.SIGINT and not torchrun:  # a second Ctrl-C: stop now, nothing saved
+                self._restore_signal_handlers()
+                raise KeyboardInterrupt
+            return  # torchrun forwards the terminal's signal again: keep finishing the step
+        self._signal = signum
+        if self.main:
+            os.write(2, f"\n[detkd] {signal.Signals(signum).name}: finishing the current step, then saving "
+                        f"{self.run_dir / 'last.pt'} (Ctrl-C again to stop without saving)\n".encode())
+
+    def _install_signal_handlers(self) -> None:
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers = {}
+
+    def _interrupt(self) -> None:
+        """Save ``last.pt`` (collective) unless this step is already saved, then raise ``TrainingInterrupted``."""
+        if self._saved_step != self.global_step:
+            self.save("last.pt")
+        path = self.run_dir / "last.pt"
+        name = signal.Signals(self._signal).name if self._signal is not None else "a signal on another rank"
+        msg = (f"[detkd] interrupted by {name} at epoch {self.epoch}, global step {self.global_step}; saved "
+               f"{path}. Resume with the same command plus --resume (Trainer.fit(resume=True)).")
+        if self.main:
+            print(msg, file=sys.stderr, flush=True)
+        raise TrainingInterrupted(msg, checkpoint=path, signum=self._signal)
 
     def run_evaluation(self) -> dict | None:
         """Call ``evaluate(student, epoch)`` on every rank with the training RNG isolated; rank 0 logs it."""
@@ -373,9 +491,17 @@ class Trainer:
     def fit(self, resume: bool | None = None) -> dict:
         """Train to ``cfg.train.epochs`` (or ``max_iters``); returns the summary (also ``summary.json``)."""
         tc = self.cfg.train
-        self._setup()
-        t0 = time.time()
         resume = bool(tc.resume) if resume is None else resume
+        accepted = check_run_dir(self.run_dir, self._config_dict(), resume=resume, overwrite=self.overwrite,
+                                 allow_changed=self.allow_changed)
+        if self.overwrite and not resume and dist._env_int("RANK", 0) == 0:
+            removed = clear_run_dir(self.run_dir)
+            if removed:
+                print(f"[detkd] --overwrite: removed {', '.join(removed)} from {self.run_dir}", file=sys.stderr)
+        self._setup()
+        if accepted and self.main:
+            print(f"[detkd] resuming with changed {', '.join(accepted)} (allowed by allow_changed)", file=sys.stderr)
+        t0 = time.time()
         ckpt = find_resume(self.run_dir) if resume else None
         if ckpt is not None:
             self._resume(ckpt)
@@ -391,6 +517,7 @@ class Trainer:
         last_losses: dict[str, float] = {}
         metrics: dict | None = None
         stopped = False
+        self._install_signal_handlers()
         try:
             while self.epoch < tc.epochs and not stopped:
                 if hasattr(self.train_set, "set_epoch"):
@@ -405,6 +532,7 @@ class Trainer:
                     self.scheduler.step()
                     self.step_in_epoch += 1
                     self.global_step += 1
+                    interrupted = self._check_step(lr)
                     if losses is not None and (self.global_step % max(1, tc.log_every) == 0):
                         last_losses = dist.all_reduce_mean(losses)
                         self.logger.log_train(self.global_step, self.epoch, lr, last_losses)
@@ -414,6 +542,9 @@ class Trainer:
                     if stopped or (self.ckpt_every_iters > 0 and self.global_step % self.ckpt_every_iters == 0
                                    and not end_of_epoch):
                         self.save("last.pt")
+                    if interrupted:
+                        bar.close()
+                        self._interrupt()
                     if stopped:
                         break
                 bar.close()
@@ -430,6 +561,8 @@ class Trainer:
                     self.save("last.pt")
                 if tc.eval_every > 0 and self.epoch % tc.eval_every == 0 and self.epoch < tc.epochs and not stopped:
                     metrics = self.run_evaluation()
+                if dist.all_reduce_min(float(self._signal is None)) < 1:  # e.g. during the evaluation
+                    self._interrupt()
             metrics = self.run_evaluation()
             dist.broadcast_buffers(self.task)
             self.save("final.pt", full=False)
@@ -449,4 +582,5 @@ class Trainer:
                 write_json_atomic(self.run_dir / "summary.json", summary)
             return summary
         finally:
+            self._restore_signal_handlers()
             self.logger.close()

@@ -10,6 +10,10 @@
   θ* = scipy-style ``interp1d(FAR, θ, kind='slinear')`` at the target (reimplemented in numpy, see
   ``slinear_interp``), else θ* = 0; TAR = TA/#same and FAR = FA/#diff on the held-out fold; mean over folds.
   (A fold without same/different pairs counts 0 for that rate.)
+- Reached: ``tar_far_*_reached`` is True iff every fold's training FAR curve reaches the target and the mean
+  held-out FAR is at most the target plus one false accept per fold (``1 / mean #diff per fold``, the finest
+  FAR a fold can measure). Otherwise the TAR is not a TAR at that FAR (a collapsed model accepts every pair:
+  FAR 1.0, "TAR" 100%): reports print "not reached (FAR reached x)" and always give the FAR reached.
 - ROC: TPR/FPR of each θ of the accuracy grid on each held-out fold, averaged over folds.
 """
 from __future__ import annotations
@@ -127,11 +131,29 @@ def tar_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float, n_folds:
     return float(tar.mean()), float(tar.std()), float(far.mean())
 
 
+def far_reached(dist: np.ndarray, issame: np.ndarray, far_target: float, far: float,
+                n_folds: int = N_FOLDS) -> bool:
+    """Whether TAR@``far_target`` is a TAR at that FAR (see the module docstring): the training FAR curves
+    reach the target and the mean held-out FAR ``far`` is at most target + 1 / (mean #diff per fold)."""
+    issame = np.asarray(issame, bool)
+    bounds = fold_bounds(len(dist), n_folds)
+    n_diff = np.add.reduceat((~issame).astype(np.int64), bounds[:-1])  # [F]
+    if n_diff.sum() == 0:
+        return False
+    _, fa, _, nd = _fold_counts(dist, issame, VAL_THRESHOLDS, bounds)
+    for f in range(n_folds):
+        far_train = _rate(fa.sum(0) - fa[f], nd.sum() - nd[f])
+        if far_train.max() < far_target:
+            return False
+    return bool(far <= far_target + 1.0 / n_diff.mean() + 1e-12)
+
+
 def evaluate_pairs(emb1: np.ndarray, emb2: np.ndarray, issame) -> dict:
     """Verification metrics of normalised pair embeddings ``[N, D]`` and labels ``[N]``.
 
     Returns ``acc``, ``acc_std`` (population std), ``best_thresholds [10]``, ``tar_far_1e-2``,
-    ``tar_far_1e-3`` (mean TAR at each FAR target, with ``*_std`` and ``*_far`` the mean achieved FAR),
+    ``tar_far_1e-3`` (mean TAR at each FAR target, with ``*_std``, ``*_far`` the mean FAR reached and
+    ``*_reached`` whether that FAR is the target's, see ``far_reached``),
     ``roc=(fpr [400], tpr [400])`` and ``num_pairs``.
     """
     issame = np.asarray(issame, bool).reshape(-1)
@@ -144,6 +166,7 @@ def evaluate_pairs(emb1: np.ndarray, emb2: np.ndarray, issame) -> dict:
     for key, target in FAR_TARGETS.items():
         tar, tar_std, far = tar_at_far(dist, issame, target)
         out[key], out[f"{key}_std"], out[f"{key}_far"] = tar, tar_std, far
+        out[f"{key}_reached"] = far_reached(dist, issame, target, far)
     out["roc"] = (fpr, tpr)
     return out
 
@@ -231,8 +254,10 @@ def verify_bin(model: nn.Module, bin_path: str | Path, batch_size: int = 64, roc
 def load_face_model(weights_path: str | Path) -> nn.Module:
     """A face recognizer from a detkd model file (``detkd.models.weights.load_model_file``); the training
     head (``head.*``) may be absent from the file (embedding-only exports)."""
+    from detkd.engine.checkpoint import expect_model_kind
     from detkd.models.weights import load_model_file
 
+    expect_model_kind(weights_path, ("face recognizer",), "weights")
     return load_model_file(weights_path, allow_missing=("head.",))[0]
 
 
@@ -246,6 +271,16 @@ def summary(result: dict) -> dict:
     return out
 
 
+def format_tar(result: dict, key: str) -> str:
+    """``"TAR@FAR=1e-2 97.33 (FAR 0.008)"``, or when the target FAR was not reached
+    ``"TAR@FAR=1e-2 not reached (FAR reached 1.000, TAR there 100.00)"``."""
+    label = f"TAR@FAR={key.rsplit('_', 1)[-1]}"
+    tar, far = 100 * result[key], result.get(f"{key}_far", float("nan"))
+    if result.get(f"{key}_reached", True):
+        return f"{label} {tar:.2f} (FAR {far:.3f})"
+    return f"{label} not reached (FAR reached {far:.3f}, TAR there {tar:.2f})"
+
+
 def verify_weights(weights_path: str | Path, bin_path: str | Path, batch_size: int = 64,
                    roc_png: str | Path | None = None, device: str = "cpu") -> dict:
     """``detkd eval verification --weights W --bin FILE.bin``: the ``verify_bin`` result of a model file
@@ -257,11 +292,11 @@ def verify_weights(weights_path: str | Path, bin_path: str | Path, batch_size: i
 def describe(result: dict, bin_name: str = "") -> str:
     """One human-readable line of a verification result."""
     return (f"{bin_name + ': ' if bin_name else ''}accuracy-flip {100 * result['acc']:.2f} ± "
-            f"{100 * result['acc_std']:.2f} over {result['num_pairs']} pairs; TAR@FAR=1e-2 "
-            f"{100 * result['tar_far_1e-2']:.2f}, TAR@FAR=1e-3 {100 * result['tar_far_1e-3']:.2f}")
+            f"{100 * result['acc_std']:.2f} over {result['num_pairs']} pairs; " +
+            ", ".join(format_tar(result, k) for k in FAR_TARGETS))
 
 
 __all__ = [
-    "accuracy_folds", "describe", "embed_images", "evaluate_pairs", "fold_bounds", "load_face_model", "pair_distances",
-    "save_roc_png", "slinear_interp", "summary", "tar_at_far", "verify_bin", "verify_weights",
+    "accuracy_folds", "describe", "embed_images", "evaluate_pairs", "far_reached", "fold_bounds", "format_tar",
+    "load_face_model", "pair_distances", "save_roc_png", "slinear_interp", "summary", "tar_at_far", "verify_bin", "verify_weights",
 ]

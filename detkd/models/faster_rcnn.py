@@ -18,7 +18,8 @@
 * with ``decode``: ``dets`` per image (boxes xyxy input pixels, scores, labels 1..K); with targets as well,
   the detections come from one extra RoI-head pass over all proposals (the sampled RoIs are not a test set).
 * ``roi_forward(feats, proposals, image_sizes) -> RoIOutput`` runs the second stage on given boxes (DeFeat
-  runs the teacher's RoI head on the student's RoIs).
+  runs the teacher's RoI head on the student's RoIs); ``sample_rois(out, targets) -> RoIOutput`` re-runs the
+  training path's proposal + sampling step on a finished forward (DeFeat's faithful SampleTEA).
 
 Targets: ``boxes [N, 4]`` xyxy, ``labels [N]`` in 1..K. Boxes with ``x2 <= x1`` or ``y2 <= y1`` are dropped
 (they have no area to match); a label outside 1..K is an error naming the image and the label.
@@ -228,6 +229,18 @@ class FasterRCNN(nn.Module):
         pooled, hidden, cls_logits, box_reg = self.roi_heads.run(feats, proposals, image_sizes)
         return RoIOutput(proposals=proposals, rois=proposals, feats=pooled, hidden=hidden, cls_logits=cls_logits,
                          box_reg=box_reg)
+
+    def sample_rois(self, out: DetOutput, targets: list[dict]) -> RoIOutput:
+        """The training path's second stage on a finished forward ``out`` (e.g. an eval-mode teacher's): RPN
+        proposals with the TRAIN pre/post-NMS counts from ``out``'s RPN outputs, GT boxes added, RoIs sampled
+        against ``targets`` and scored by this model's box head. ``labels`` / ``matched`` are set; no loss.
+        DeFeat's faithful SampleTEA pairing (METHODS.md §4.5) asks the teacher for this through the hook."""
+        sizes = out.image_sizes
+        tg = self._targets(targets, len(sizes), out.priors[0].device)
+        proposals = self.rpn.propose(out.priors, out.head["rpn.objectness"], out.head["rpn.box_reg"], sizes, True)
+        rois, labels, matched, _ = self.roi_heads.sample(proposals, tg)
+        feats = {k: out.feats[k] for k in self.levels}
+        return replace(self.roi_forward(feats, rois, sizes), proposals=proposals, labels=labels, matched=matched)
 
     @torch.no_grad()
     def postprocess(self, out: DetOutput, **thresholds) -> list[dict[str, Tensor]]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import generalized_box_iou_loss
 
 from detkd.models.dense import DenseDetector
@@ -285,8 +286,10 @@ class GFL(DenseDetector):
                 scores = logits[i].float().sigmoid()  # [HW, K]
                 d = dist[i]
                 centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [HW, 2]
-                if 0 < nms_pre < scores.shape[0]:
-                    top = scores.max(dim=1).values.topk(nms_pre).indices
+                if 0 < nms_pre and (torch.jit.is_tracing() or nms_pre < scores.shape[0]):
+                    # traced (ONNX export): k = min(nms_pre, HW) in the graph; the top-k of all HW locations
+                    # only reorders the candidates, which the score-sorting NMS below undoes
+                    top = scores.max(dim=1).values.topk(det_utils._topk_min(scores, nms_pre, 0)).indices
                     scores, d, centres = scores[top], d[top], centres[top]
                 boxes_all.append(distance2bbox(centres, integral(d, cfg.reg_max) * s, max_shape=size))
                 scores_all.append(scores)

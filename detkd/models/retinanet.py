@@ -238,7 +238,7 @@ class RetinaNet(DenseDetector):
                 keep = scores > score_thresh
                 scores = scores[keep]
                 idx = torch.where(keep)[0]
-                scores, top = scores.topk(min(topk_candidates, idx.numel()))
+                scores, top = scores.topk(det_utils._topk_min(idx, topk_candidates, 0))  # a graph op when traced (ONNX)
                 idx = idx[top]
                 anchor_idx = torch.div(idx, k, rounding_mode="floor")
                 boxes = self.box_coder.decode_single(reg[i][anchor_idx].float(), anchors[anchor_idx])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,15 @@ def load_state_file(path) -> dict[str, Tensor]:
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # holds Python objects: unpickling them could run code
+        from detkd.errors import UserError
+
+        raise UserError(f"{path}: refusing to unpickle it (it holds Python objects, not only tensors; loading it "
+                        "could run arbitrary code); re-save its state_dict with torch.save or as .safetensors",
+                        path=path) from None
     except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({e})") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({first})") from e
     return _unwrap(obj, path)
 
 
@@ -216,16 +224,16 @@ def save_model_file(model: nn.Module, out, source: dict | None = None, task: str
 def load_teacher(model_cfg: Any, weights) -> nn.Module:
     """The one teacher loader: build ``model_cfg`` (a model config dataclass with ``name``), load ``weights``
     (an export, a detkd checkpoint or run dir, or a plain state dict) strictly; frozen and in eval mode."""
-    from detkd.engine.checkpoint import load_student_weights
+    from detkd.engine.checkpoint import load_weights_into
+    from detkd.errors import UserError
     from detkd.registry import build_model
 
     if model_cfg is None or not weights:
-        raise ValueError("a teacher needs its model config (`teacher`) and its weights (`teacher_weights`)")
+        raise UserError("a teacher needs its model config (distill.teacher) and its weights "
+                        "(distill.teacher_weights)", key="distill.teacher_weights")
     teacher = build_model(model_cfg)
-    try:
-        teacher.load_state_dict(load_student_weights(weights), strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"teacher_weights={str(weights)!r} do not match the teacher config {model_cfg}: {e}") from None
+    # errors name distill.teacher_weights and say what the file holds vs the teacher config
+    load_weights_into(teacher, weights, "distill.teacher_weights", expected=getattr(model_cfg, "name", None))
     return teacher.eval().requires_grad_(False)
 
 

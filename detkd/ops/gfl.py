@@ -32,8 +32,13 @@ def distance2bbox(points: Tensor, distance: Tensor, max_shape: tuple[int, int] |
     y2 = points[:, 1] + distance[:, 3]
     if max_shape is not None:
         h, w = max_shape
-        x1, x2 = x1.clamp(0, w), x2.clamp(0, w)
-        y1, y2 = y1.clamp(0, h), y2.clamp(0, h)
+        if isinstance(h, Tensor):  # traced graph (ONNX export): the valid size is a graph input
+            h, w = h.to(x1.dtype), w.to(x1.dtype)
+            x1, x2 = x1.clamp(min=0).minimum(w), x2.clamp(min=0).minimum(w)
+            y1, y2 = y1.clamp(min=0).minimum(h), y2.clamp(min=0).minimum(h)
+        else:
+            x1, x2 = x1.clamp(0, w), x2.clamp(0, w)
+            y1, y2 = y1.clamp(0, h), y2.clamp(0, h)
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 

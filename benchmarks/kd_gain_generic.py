@@ -1,0 +1,362 @@
+"""Does FGFI / DeFeat help on SynthShapes? Paired fine-tunes over seeds, plus the cost of a distillation step.
+
+    python benchmarks/kd_gain_generic.py --method fgfi --detector faster_rcnn_vgg \\
+        --teacher-weights T.safetensors [--seeds 0 1 2] [--baseline-epochs 12] [--finetune-epochs 4] \\
+        [--data-root data/synthshapes] [--out runs/kd_gain_generic] [--results-dir benchmarks/results]
+    python benchmarks/kd_gain_generic.py --method defeat --detector retinanet --timing-only   # step ratio only
+    python benchmarks/kd_gain_generic.py --method fgfi --detector faster_rcnn_vgg --smoke --results-dir /tmp/x
+
+Pairs (method, detector) → (student config, distillation config):
+``fgfi/faster_rcnn_vgg`` (VGG-16 → VGG-11 lite, C4), ``fgfi/faster_rcnn_fpn`` and ``defeat/faster_rcnn_fpn``
+(R34 → R18 lite FPN), ``defeat/retinanet`` (R34 → R18 lite RetinaNet); see ``configs/{fgfi,defeat}/*_synthshapes.py``.
+
+Per seed: one baseline student trained from scratch (``--baseline-epochs``), then identical fine-tunes of it
+(``--finetune-epochs``, no warm-up, same seed): ``control`` (no distillation, the schedule-matched control),
+``distilled`` (the method's config as it is, with ``--method-override`` applied) and ``feat`` (FitNets hints on
+the method's taps, unmasked, 1×1 adapters). Each model is scored on the val split with VOC07 mAP@0.5
+(11-point, the config's test protocol) and COCO AP (one inference pass feeds both evaluators).
+
+The step-time ratio is time(distillation step) / (time(student-only step) + time(teacher forward)), medians
+over interleaved rounds in one process on one training batch (the config's batch size), FGFI's warm-up off
+so the imitation is computed.
+
+Writes ``<results-dir>/kd_gain_<method>_<detector>.json`` with exactly the keys
+``method, detector, metric, seeds, control, distilled, feat, coco_ap{control, distilled, feat}, step_ratio,
+wall_s`` (scores as fractions, lists in seed order) and a Markdown table with the verdict: the method meets the
+bar when the mean of its per-seed gains over the control exceeds twice their sample std, every seed gains and
+its mean is not below ``feat``'s. ``--smoke`` runs every stage at toy size (8 training images, 2 iterations,
+a 2-iteration teacher) to prove the pipeline; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detkd.config import ExperimentConfig, load_config
+from detkd.reporting import git_commit, markdown_table, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Pair:
+    student: str  # the baseline's config
+    distill: str  # the method's SynthShapes distillation config
+
+
+PAIRS = {
+    ("fgfi", "faster_rcnn_vgg"): Pair("faster_rcnn/vgg_lite_synthshapes", "fgfi/faster_rcnn_vgg_lite_synthshapes"),
+    ("fgfi", "faster_rcnn_fpn"): Pair("faster_rcnn/fpn_lite_synthshapes", "fgfi/faster_rcnn_fpn_lite_synthshapes"),
+    ("defeat", "faster_rcnn_fpn"): Pair("faster_rcnn/fpn_lite_synthshapes", "defeat/faster_rcnn_fpn_lite_synthshapes"),
+    ("defeat", "retinanet"): Pair("retinanet/r18_lite_synthshapes", "defeat/retinanet_lite_synthshapes"),
+}
+RUNS = ("control", "distilled", "feat")
+
+
+@dataclass
+class Data:
+    root: Path
+    n_train: int = 1500
+    n_val: int = 500
+    max_long: int = 512
+
+    def train_set(self, cfg: ExperimentConfig):
+        from detkd.data.synthshapes import synthshapes
+
+        return synthshapes(root=str(self.root), split="train", img_size=cfg.data.img_size, max_long=self.max_long,
+                           seed=cfg.train.seed, n_train=self.n_train, n_val=self.n_val)
+
+    def val_set(self):
+        from detkd.data.synthshapes import synthshapes
+
+        return synthshapes(root=str(self.root), split="val", n_train=self.n_train, n_val=self.n_val)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def train_export(cfg: ExperimentConfig, data: Data) -> Path:
+    """Train ``cfg`` (the Trainer, SynthShapes at ``data``) and export its student; returns the export path."""
+    from detkd.engine.checkpoint import export_student
+    from detkd.engine.loop import Trainer
+    from detkd.experiment import build_collate, build_task
+
+    torch.manual_seed(cfg.train.seed)
+    task = build_task(cfg)
+    train_set = data.train_set(cfg)
+    collate = build_collate(cfg)
+    if cfg.distill is not None:  # the run's start-up checks, as `detkd train` does them
+        sample = collate([train_set[i] for i in range(min(2, len(train_set)))])
+        task.check_setup(sample, teacher_loaded=True, accuracy_batches=[sample])
+    t0 = time.time()
+    Trainer(cfg, task, train_set, evaluate=None, collate_fn=collate).fit()
+    export = cfg.run_dir / "student.safetensors"
+    export_student(cfg.run_dir, export)
+    print(f"[kd_gain] {cfg.name}: {time.time() - t0:.0f}s -> {export}", flush=True)
+    return export
+
+
+def common_overrides(out: Path, seed: int, extra: list[str]) -> list[str]:
+    return [f"train.out_dir={out}", f"train.seed={seed}", "train.progress=false", "train.tensorboard=false",
+            "train.eval_every=0", *extra]
+
+
+def feat_config(cfg: ExperimentConfig) -> None:
+    """Replace ``cfg.distill``'s method by unmasked FitNets hints on the same taps (same teacher)."""
+    from detkd.distill.distiller import DistillConfig
+    from detkd.distill.feat import FeatConfig
+
+    d = cfg.distill
+    section = d.config_section(d.methods[0])
+    cfg.distill = DistillConfig(teacher=d.teacher, teacher_weights=d.teacher_weights, methods=["feat"],
+                                feat=FeatConfig(student_taps=list(section.student_taps),
+                                                teacher_taps=list(section.teacher_taps)))
+
+
+def finetune_configs(pair: Pair, out: Path, seed: int, baseline: Path, teacher: Path, epochs_or_iters: list[str],
+                     method_overrides: list[str]) -> dict[str, ExperimentConfig]:
+    ft = [f"train.init_weights={baseline}", "sched.warmup_iters=0", *epochs_or_iters]
+    cfgs = {}
+    control = load_config(pair.distill, [*common_overrides(out, seed, ft), "name=control"])
+    control.distill = None
+    cfgs["control"] = control
+    cfgs["distilled"] = load_config(pair.distill, [*common_overrides(out, seed, ft), "name=distilled",
+                                                   f"distill.teacher_weights={teacher}", *method_overrides])
+    feat = load_config(pair.distill, [*common_overrides(out, seed, ft), "name=feat",
+                                      f"distill.teacher_weights={teacher}"])
+    feat_config(feat)
+    cfgs["feat"] = feat
+    return cfgs
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+class VocAndCoco:
+    """One inference pass, two evaluators: VOC07 mAP (VOC ids) and COCO AP (integer image ids)."""
+
+    def __init__(self, val, ann_file: Path):
+        from detkd.eval.base import build_evaluator
+
+        self.voc = build_evaluator("voc", dataset=val)
+        self.coco = build_evaluator("coco", ann_file=ann_file)
+
+    def reset(self) -> None:
+        self.voc.reset()
+        self.coco.reset()
+
+    def process(self, metas, outputs) -> None:
+        self.voc.process(metas, outputs)
+        self.coco.process([{**m, "image_id": int(m["image_id"])} for m in metas], outputs)
+
+    def evaluate(self) -> dict:
+        return {"voc07_map": float(self.voc.evaluate()["mAP"]), "coco_ap": float(self.coco.evaluate()["AP"])}
+
+
+def evaluate(weights: Path, protocol: str, data: Data) -> dict:
+    from detkd.experiment import evaluate_detector
+    from detkd.models.weights import load_model_file
+
+    model, _ = load_model_file(weights)
+    val = data.val_set()
+    res = evaluate_detector(model, val, VocAndCoco(val, data.root / "annotations" / "instances_val.json"),
+                            protocol, progress=False)
+    print(f"[kd_gain] {weights}: VOC07 mAP {res['voc07_map']:.4f}, COCO AP {res['coco_ap']:.4f}", flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def step_time_ratio(pair: Pair, data: Data, teacher_weights: Path | None, repeats: int,
+                    batch_size: int | None = None, img_size: int | None = None) -> dict:
+    """Medians of a distillation step, a student-only step and a teacher forward on one training batch, run
+    interleaved (round-robin) in this process; the first two rounds are warm-up. Without ``teacher_weights``
+    the teacher keeps its random initialisation (the cost does not depend on the weights)."""
+    from detkd.distill.distiller import build_distill_task
+    from detkd.experiment import DetectionTask, build_collate
+    from detkd.models.weights import load_teacher
+    from detkd.registry import build_model
+
+    cfg = load_config(pair.distill)
+    if batch_size:
+        cfg.train.batch_size = batch_size
+    if img_size:
+        cfg.data.img_size = img_size
+    if "fgfi" in cfg.distill.methods:
+        cfg.distill.fgfi.warmup_iters = 0  # the imitation is computed (and costed) from the first step
+    torch.manual_seed(0)
+    student = build_model(cfg.model)
+    teacher = load_teacher(cfg.distill.teacher, teacher_weights) if teacher_weights else build_model(cfg.distill.teacher)
+    task = build_distill_task(cfg.distill, student, teacher).train()
+    plain = DetectionTask(student).train()
+    ds = data.train_set(cfg)
+    batch = build_collate(cfg)([ds[i] for i in range(min(cfg.train.batch_size, len(ds)))])
+    opt_d = torch.optim.SGD(task.parameters(), lr=1e-6, momentum=0.9)
+    opt_s = torch.optim.SGD(plain.parameters(), lr=1e-6, momentum=0.9)
+
+    def step(t, opt):
+        loss = sum(t(batch).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def teacher_forward():
+        with torch.no_grad():
+            teacher(batch[0])
+
+    fns = {"distill_step": lambda: step(task, opt_d), "student_step": lambda: step(plain, opt_s),
+           "teacher_forward": teacher_forward}
+    times = {k: [] for k in fns}
+    for i in range(repeats + 2):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= 2:
+                times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    med["ratio"] = med["distill_step"] / (med["student_step"] + med["teacher_forward"])
+    med["batch"] = [int(x) for x in batch[0].shape]
+    return med
+
+
+# -------------------------------------------------------------------------------------------- verdict
+
+
+def sample_std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+
+def verdict(control: list[float], distilled: list[float], feat: list[float]) -> dict:
+    """The issue's bar on per-seed paired gains (sample std, ddof 1)."""
+    gains = [d - c for d, c in zip(distilled, control)]
+    mean, sd = statistics.fmean(gains), sample_std(gains)
+    return {"gains": gains, "mean_gain": mean, "gain_std": sd,
+            "above_2std": bool(len(gains) > 1 and mean > 2 * sd), "every_seed_gains": all(g > 0 for g in gains),
+            "not_below_feat": statistics.fmean(distilled) >= statistics.fmean(feat)}
+
+
+def fmt(xs: list[float]) -> str:
+    sd = sample_std(xs)
+    return f"{100 * statistics.fmean(xs):.2f} ± {100 * sd:.2f}" if len(xs) > 1 else f"{100 * xs[0]:.2f}"
+
+
+def markdown(res: dict, baseline: dict, timing: dict, schedule: str, smoke: bool) -> list[str]:
+    m, d = res["method"], res["detector"]
+    lines = [f"# {m} on `{d}` (SynthShapes)", ""]
+    if smoke:
+        lines += ["**SMOKE RUN: toy data and 2-iteration schedules; the numbers below prove the pipeline only.**", ""]
+    lines += [f"{len(res['seeds'])} seed(s) {res['seeds']}; {schedule}. Scores in %, mean ± sample std over seeds.",
+              ""]
+    rows = []
+    for k, seed in enumerate(res["seeds"]):
+        rows.append([seed, f"{100 * baseline['voc07_map'][k]:.2f}",
+                     *(f"{100 * res[r][k]:.2f}" for r in RUNS), *(f"{100 * res['coco_ap'][r][k]:.2f}" for r in RUNS)])
+    rows.append(["mean", fmt(baseline["voc07_map"]), *(fmt(res[r]) for r in RUNS),
+                 *(fmt(res["coco_ap"][r]) for r in RUNS)])
+    lines += markdown_table(["seed", "baseline mAP", "control mAP", f"{m} mAP", "feat mAP", "control AP",
+                             f"{m} AP", "feat AP"], rows)
+    ok = {True: "yes", False: "NO"}
+    for name, (c, dd, f) in (("VOC07 mAP@0.5", (res["control"], res["distilled"], res["feat"])),
+                             ("COCO AP", tuple(res["coco_ap"][r] for r in RUNS))):
+        v = verdict(c, dd, f)
+        lines += ["", f"{name}: gain over the control per seed " + ", ".join(f"{100 * g:+.2f}" for g in v["gains"])
+                  + f"; mean {100 * v['mean_gain']:+.2f}, 2 × sample std {200 * v['gain_std']:.2f} "
+                  f"(above: {ok[v['above_2std']]}); every seed gains: {ok[v['every_seed_gains']]}; "
+                  f"not below feat: {ok[v['not_below_feat']]}. Bar met: "
+                  f"{ok[v['above_2std'] and v['every_seed_gains'] and v['not_below_feat']]}."]
+    lines += ["", f"Step-time ratio distill / (student + teacher forward): {res['step_ratio']:.3f} (bar ≤ 1.15; "
+              f"medians: distill {1000 * timing['distill_step']:.0f} ms, student {1000 * timing['student_step']:.0f} ms, "
+              f"teacher forward {1000 * timing['teacher_forward']:.0f} ms, batch {timing['batch']}). "
+              f"Wall time {res['wall_s']:.0f} s; commit {git_commit()[:8]}."]
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", required=True, choices=sorted({m for m, _ in PAIRS}))
+    ap.add_argument("--detector", required=True, choices=sorted({d for _, d in PAIRS}))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--teacher-weights", type=Path, help="the shipped SynthShapes teacher export (required, except "
+                    "with --smoke, which trains a 2-iteration teacher, and --timing-only)")
+    ap.add_argument("--data-root", type=Path, default=Path("data/synthshapes"))
+    ap.add_argument("--n-train", type=int, default=1500)
+    ap.add_argument("--n-val", type=int, default=500)
+    ap.add_argument("--baseline-epochs", type=int, default=12)
+    ap.add_argument("--finetune-epochs", type=int, default=4)
+    ap.add_argument("--method-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the distilled fine-tune only, e.g. distill.fgfi.warmup_iters=0")
+    ap.add_argument("--out", type=Path, default=Path("runs/kd_gain_generic"))
+    ap.add_argument("--results-dir", type=Path, default=RESULTS)
+    ap.add_argument("--timing-repeats", type=int, default=10)
+    ap.add_argument("--timing-only", action="store_true", help="measure the step-time ratio only and print it")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes end to end (pipeline check; meaningless numbers)")
+    args = ap.parse_args(argv)
+    key = (args.method, args.detector)
+    if key not in PAIRS:
+        ap.error(f"no SynthShapes pair for {args.method} on {args.detector}; pairs: "
+                 + ", ".join(f"{m}/{d}" for m, d in PAIRS))
+    pair = PAIRS[key]
+    if args.smoke and args.results_dir.resolve() == RESULTS.resolve():
+        ap.error("--smoke results must not go to benchmarks/results: give --results-dir")
+    t_start = time.time()
+    data = Data(args.data_root, args.n_train, args.n_val)
+    if args.smoke:
+        data = Data(args.out / "synthshapes", n_train=8, n_val=4, max_long=224)
+    if args.timing_only:
+        timing = step_time_ratio(pair, data, args.teacher_weights, args.timing_repeats)
+        print(f"{args.method}/{args.detector}: step ratio {timing['ratio']:.3f} {timing}")
+        return timing
+    size = ["data.img_size=160", "train.batch_size=2", "train.max_iters=2", "train.log_every=1"] if args.smoke else []
+    teacher = args.teacher_weights
+    if args.smoke and teacher is None:  # a 2-iteration teacher: the pipeline needs one, its quality is irrelevant
+        tcfg = load_config(pair.student, [*common_overrides(args.out, 0, size), "name=smoke_teacher"])
+        tcfg.model = load_config(pair.distill).distill.teacher
+        teacher = train_export(tcfg, data)
+    if teacher is None or not Path(teacher).is_file():
+        ap.error(f"--teacher-weights {teacher}: not a file (the benchmark needs the shipped SynthShapes teacher)")
+    protocol = load_config(pair.student).eval.protocol
+    scores = {r: {"voc07_map": [], "coco_ap": []} for r in ("baseline", *RUNS)}
+    for seed in args.seeds:
+        out = args.out / f"{args.method}_{args.detector}" / f"seed{seed}"
+        base_cfg = load_config(pair.student, [*common_overrides(out, seed, size), "name=baseline",
+                                              *([] if args.smoke else [f"train.epochs={args.baseline_epochs}"])])
+        baseline = train_export(base_cfg, data)
+        exports = {"baseline": baseline}
+        ft_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
+        for name, cfg in finetune_configs(pair, out, seed, baseline, teacher, [*size, *ft_len],
+                                          args.method_override).items():
+            exports[name] = train_export(cfg, data)
+        for name, w in exports.items():
+            res = evaluate(w, protocol, data)
+            for k, v in res.items():
+                scores[name][k].append(v)
+    timing = step_time_ratio(pair, data, teacher, 2 if args.smoke else args.timing_repeats,
+                             *((2, 160) if args.smoke else ()))
+    result = {"method": args.method, "detector": args.detector, "metric": "voc07_map", "seeds": list(args.seeds),
+              "control": scores["control"]["voc07_map"], "distilled": scores["distilled"]["voc07_map"],
+              "feat": scores["feat"]["voc07_map"],
+              "coco_ap": {r: scores[r]["coco_ap"] for r in RUNS},
+              "step_ratio": timing["ratio"], "wall_s": time.time() - t_start}
+    schedule = ("smoke: 2 iterations per stage" if args.smoke else
+                f"baseline {args.baseline_epochs} epochs from scratch per seed, then {args.finetune_epochs} epochs "
+                "per fine-tune" + (f", distilled run with {args.method_override}" if args.method_override else ""))
+    lines = markdown(result, scores["baseline"], timing, schedule, args.smoke)
+    js, md = write_results(args.results_dir, f"kd_gain_{args.method}_{args.detector}", result, lines)
+    print("\n".join(lines))
+    print(f"wrote {js} and {md}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
