@@ -81,6 +81,29 @@ def train(
         typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command("distill-chain")
+def distill_chain(
+    configs: List[str] = typer.Argument(..., help="configs in order, e.g. ld/ta_r101_r50_voc ld/ta_r50_r18_voc, "
+                                        "then a.b=c overrides for every stage (the first teacher: "
+                                        "distill.teacher_weights=FILE)"),
+    out_dir: Optional[Path] = typer.Option(None, help="where chain.json / chain.md go (default <out_dir>/chain)"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip each stage's evaluation"),
+):
+    """Teacher -> assistant -> student in one command: each stage's exported student teaches the next stage."""
+    from detkd.chain import run_chain
+    from detkd.config import ConfigError
+    from detkd.registry import UnknownNameError
+
+    names = [c for c in configs if "=" not in c]
+    overrides = [c for c in configs if "=" in c]
+    try:
+        result = run_chain(names, overrides, out_dir=out_dir, evaluate=not no_eval)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError, UnknownNameError) as e:
+        _fail(str(e))
+    typer.echo(Path(result["files"][1]).read_text())
+    typer.echo(f"wrote {', '.join(result['files'])}")
+
+
 @eval_app.command("widerface")
 def eval_widerface(
     pred_dir: Path = typer.Option(..., help="prediction directory: <event>/<image>.txt (WIDER txt layout)"),
@@ -187,10 +210,13 @@ def eval_detector(
     pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
     as_json: bool = typer.Option(False, "--json"),
     backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime"),
+    nms: Optional[str] = typer.Option(None, "--nms", help="NMS preset replacing the model's: greedy or "
+                                      "cluster-diou-voting (LD's score-voting Cluster-DIoU-NMS); any detector"),
 ):
     """Score a detector: WIDER easy/medium/hard AP (--images-dir/--gt-dir), or VOC07 mAP and COCO AP of an
     object detector on a VOC root (--voc-root/--split) or a COCO JSON (--coco-ann/--coco-images)."""
     from detkd.engine.checkpoint import expect_model_kind
+    from detkd.infer import with_nms
     from detkd.runtime import load_inference_model
 
     generic = voc_root is not None or coco_ann is not None
@@ -200,6 +226,7 @@ def eval_detector(
         _fail("give --images-dir and --gt-dir (WIDER), --voc-root DIR [--split S], or --coco-ann F --coco-images D")
     expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
     try:
+        proto = with_nms(protocol or ("torchvision" if generic else "biubug6-origin"), nms)
         model, card = load_inference_model(weights, backend, kind="detector")
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
@@ -208,7 +235,7 @@ def eval_detector(
 
         try:
             names = model_class_names(card, classes) if voc_root is not None else ()
-            res = evaluate_model(model, names, protocol or "torchvision", voc_root=voc_root, split=split,
+            res = evaluate_model(model, names, proto, voc_root=voc_root, split=split,
                                  coco_ann=coco_ann, coco_images=coco_images, max_images=max_images)
         except (FileNotFoundError, ValueError, KeyError) as e:
             _fail(str(e))
@@ -223,7 +250,7 @@ def eval_detector(
         return
     from detkd.experiment import evaluate_widerface
 
-    ap = evaluate_widerface(model, images_dir, gt_dir, protocol or "biubug6-origin", pred_dir=pred_dir)
+    ap = evaluate_widerface(model, images_dir, gt_dir, proto, pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
 
 
@@ -272,19 +299,26 @@ def detect(
                                               "[default: 0.5 for face detectors, 0.3 for object detectors]"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="progress bar over the images [default: on a terminal]"),
+    nms: Optional[str] = typer.Option(None, "--nms", help="NMS preset replacing the model's: greedy or "
+                                      "cluster-diou-voting (LD's score-voting Cluster-DIoU-NMS); any detector"),
 ):
     """Detect faces or objects in images; write WIDER txt, VOC or COCO results, or PNGs with boxes and scores."""
+    from detkd.infer import with_nms
     from detkd.infer_detector import DET_PROTOCOLS
 
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         _fail(f"--min-score must be in [0, 1], got {min_score}")
     if event is not None and format != "widerface-txt":
         _fail(f"--event is for --format widerface-txt, not {format!r}")
+    try:
+        proto = with_nms(protocol, nms)
+    except ValueError as e:
+        _fail(str(e))
     if protocol in DET_PROTOCOLS:
         from detkd.infer_detector import detect_files as detect_objects
 
         try:
-            written = detect_objects(weights, protocol, out_dir, format, images, backend=backend, progress=progress,
+            written = detect_objects(weights, proto, out_dir, format, images, backend=backend, progress=progress,
                                      **({} if min_score is None else {"min_score": min_score}))
         except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
             _fail(str(e))
@@ -295,7 +329,7 @@ def detect(
     if format not in ("png", "widerface-txt"):
         _fail(f"--format must be png or widerface-txt with protocol {protocol!r}, got {format!r}")
     try:
-        written = detect_files(weights, protocol, out_dir, format, images, backend=backend, event=event,
+        written = detect_files(weights, proto, out_dir, format, images, backend=backend, event=event,
                                progress=progress, **({} if min_score is None else {"min_score": min_score}))
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))

@@ -45,6 +45,7 @@ class Protocol:
     nms_thresh: float
     top_k: int | None  # best-scoring boxes kept before NMS (None = all)
     keep_top_k: int | None  # boxes kept after NMS (None = all)
+    nms: str | None = None  # NMS preset of detkd.ops.nms (None = the model's default, the reference greedy NMS)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -104,9 +105,27 @@ def to_original(det: dict, scale: float) -> dict:
     return out
 
 
+def with_nms(protocol, nms: str | None):
+    """``protocol`` (a name, face ``Protocol`` or object ``DetProtocol``) with its NMS preset replaced by ``nms``
+    (``--nms``; a name of ``detkd.ops.nms.NMS_PRESETS``, checked here); ``None`` returns it unchanged."""
+    import dataclasses
+
+    from detkd.infer_detector import DetProtocol
+    from detkd.ops.nms import get_nms
+
+    p = get_protocol(protocol)
+    if nms is None:
+        return p
+    get_nms(nms)  # a clear error for an unknown preset
+    if isinstance(p, DetProtocol):
+        return dataclasses.replace(p, thresholds={**(p.thresholds or {}), "nms": nms})
+    return dataclasses.replace(p, nms=nms)
+
+
 def _postprocess(model: nn.Module, out, p: Protocol) -> list[dict]:
+    extra = {} if p.nms is None else {"nms": p.nms}
     return model.postprocess(out, score_thresh=p.conf_thresh, nms_thresh=p.nms_thresh, top_k=p.top_k,
-                             keep_top_k=p.keep_top_k)
+                             keep_top_k=p.keep_top_k, **extra)
 
 
 @torch.no_grad()
