@@ -10,7 +10,7 @@ the val split (``eval.also=[coco]``). Writes ``benchmarks/results/<stem>.json`` 
 ``{"rows": [{"family", "role", "model", "epochs", "voc07_map", "coco_ap", "params", "train_s"}, ...]}``
 (mAP and AP as fractions; ``train_s`` the training wall time on this machine) and ``<stem>.md``, the same table
 plus GFLOPs and the median CPU latency of one forward at ``img_size`` x ``img_size`` and the teacher - student
-gap. The settings of the run go into the JSON's ``settings`` only in the md (the JSON keeps exactly ``rows``).
+gap. The run's settings are stated in the md only (the JSON keeps exactly ``rows``).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def table(rows: list[dict], settings: dict) -> list[str]:
              f"{r['_latency_ms']:.0f}", f"{r['train_s']:.0f}"] for r in rows]
     lines = [f"# SynthShapes capacity: teacher vs student ({settings['commit'][:7]})", "",
              "Same recipe and epochs per family; VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on the val split "
-             f"(protocol of each config). Settings: {json.dumps({k: v for k, v in settings.items() if k != 'commit'})}."
+             f"(test protocol in the settings). Settings: {json.dumps({k: v for k, v in settings.items() if k != 'commit'})}."
              f" GFLOPs and latency: one eval-mode forward at {settings['img_size']}x{settings['img_size']} on this "
              "machine's CPU (shared, loaded: latencies are indicative).", ""]
     lines += markdown_table(["family", "role", "model", "epochs", "VOC07 mAP", "COCO AP", "params (M)", "GFLOPs",
