@@ -341,7 +341,7 @@ def write_markdown(report: dict) -> str:
               f"{ms['decode']:.2f} | {ms['decode_nms']:.2f} | {ms['nms']:.2f} | {ms['pipeline']:.1f} | "
               f"{100 * st['post_over_forward']:.1f} % {'ok' if st['within_budget'] else 'OVER'} |"]
     lines += ["", "Generic detectors vs torchvision's own models: `benchmarks/detector_speed.py` "
-              "(`detector_speed.md`); their ONNX Runtime speed is not measured here."]
+              "(`detector_speed.md`); their ONNX Runtime speed: `onnx_detector_speed.py` (`onnx_detector_speed.md`)."]
     return "\n".join(lines) + "\n"
 
 

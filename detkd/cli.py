@@ -81,6 +81,29 @@ def train(
         typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command("distill-chain")
+def distill_chain(
+    configs: List[str] = typer.Argument(..., help="configs in order, e.g. ld/ta_r101_r50_voc ld/ta_r50_r18_voc, "
+                                        "then a.b=c overrides for every stage (the first teacher: "
+                                        "distill.teacher_weights=FILE)"),
+    out_dir: Optional[Path] = typer.Option(None, help="where chain.json / chain.md go (default <out_dir>/chain)"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip each stage's evaluation"),
+):
+    """Teacher -> assistant -> student in one command: each stage's exported student teaches the next stage."""
+    from detkd.chain import run_chain
+    from detkd.config import ConfigError
+    from detkd.registry import UnknownNameError
+
+    names = [c for c in configs if "=" not in c]
+    overrides = [c for c in configs if "=" in c]
+    try:
+        result = run_chain(names, overrides, out_dir=out_dir, evaluate=not no_eval)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError, UnknownNameError) as e:
+        _fail(str(e))
+    typer.echo(Path(result["files"][1]).read_text())
+    typer.echo(f"wrote {', '.join(result['files'])}")
+
+
 @eval_app.command("widerface")
 def eval_widerface(
     pred_dir: Path = typer.Option(..., help="prediction directory: <event>/<image>.txt (WIDER txt layout)"),
@@ -187,10 +210,13 @@ def eval_detector(
     pred_dir: Optional[Path] = typer.Option(None, help="also write predictions in the WIDER txt layout"),
     as_json: bool = typer.Option(False, "--json"),
     backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime"),
+    nms: Optional[str] = typer.Option(None, "--nms", help="NMS preset replacing the model's: greedy or "
+                                      "cluster-diou-voting (LD's score-voting Cluster-DIoU-NMS); any detector"),
 ):
     """Score a detector: WIDER easy/medium/hard AP (--images-dir/--gt-dir), or VOC07 mAP and COCO AP of an
     object detector on a VOC root (--voc-root/--split) or a COCO JSON (--coco-ann/--coco-images)."""
     from detkd.engine.checkpoint import expect_model_kind
+    from detkd.infer import with_nms
     from detkd.runtime import load_inference_model
 
     generic = voc_root is not None or coco_ann is not None
@@ -200,6 +226,7 @@ def eval_detector(
         _fail("give --images-dir and --gt-dir (WIDER), --voc-root DIR [--split S], or --coco-ann F --coco-images D")
     expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
     try:
+        proto = with_nms(protocol or ("torchvision" if generic else "biubug6-origin"), nms)
         model, card = load_inference_model(weights, backend, kind="detector")
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
@@ -208,7 +235,7 @@ def eval_detector(
 
         try:
             names = model_class_names(card, classes) if voc_root is not None else ()
-            res = evaluate_model(model, names, protocol or "torchvision", voc_root=voc_root, split=split,
+            res = evaluate_model(model, names, proto, voc_root=voc_root, split=split,
                                  coco_ann=coco_ann, coco_images=coco_images, max_images=max_images)
         except (FileNotFoundError, ValueError, KeyError) as e:
             _fail(str(e))
@@ -223,7 +250,7 @@ def eval_detector(
         return
     from detkd.experiment import evaluate_widerface
 
-    ap = evaluate_widerface(model, images_dir, gt_dir, protocol or "biubug6-origin", pred_dir=pred_dir)
+    ap = evaluate_widerface(model, images_dir, gt_dir, proto, pred_dir=pred_dir)
     typer.echo(json.dumps(ap) if as_json else "\n".join(f"{k:>6} AP: {v:.4f}" for k, v in ap.items()))
 
 
@@ -246,39 +273,74 @@ def eval_verification(
         typer.echo(describe(res, bin.name))
 
 
+def _protocol_help() -> str:
+    """Every detect protocol, from ``detkd.names`` (kept equal to the protocol tables by tests/test_startup.py)."""
+    from detkd.names import DET_PROTOCOLS, FACE_PROTOCOLS
+
+    return f"face detectors: {', '.join(FACE_PROTOCOLS)}; object detectors: {', '.join(DET_PROTOCOLS)}"
+
+
 @app.command()
 def detect(
-    images: List[Path] = typer.Argument(..., help="image files"),
+    images: List[Path] = typer.Argument(..., help="image files (inputs from several folders: the outputs mirror "
+                                        "the input tree; outputs that would clash are refused)"),
     weights: Path = typer.Option(..., help="an exported detkd detector (.safetensors + .json card), or an .onnx "
                                  "from `detkd export --onnx` with --backend onnxruntime"),
-    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset (see `detkd list protocols`)"),
+    protocol: str = typer.Option("biubug6-origin", help="pre/post-processing preset: " + _protocol_help()),
     out_dir: Path = typer.Option(..., help="output directory"),
     format: str = typer.Option("png", "--format", help="face detectors: widerface-txt | png; "
                                "object detectors: png | voc | coco (D/detections.json)"),
     backend: str = typer.Option("eager", help="eager (PyTorch, BatchNorm folded) or onnxruntime (one-stage "
                                 "detectors exported with `detkd export --onnx`)"),
+    event: Optional[str] = typer.Option(None, help="widerface-txt: the WIDER event folder to write into, e.g. "
+                                        "0--Parade (default: each image's parent folder name; `eval widerface` "
+                                        "scores files outside the ground truth's events 0)"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="png: draw boxes scoring at least this "
+                                              "[default: 0.5 for face detectors, 0.3 for object detectors]"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="progress bar over the images [default: on a terminal]"),
+    nms: Optional[str] = typer.Option(None, "--nms", help="NMS preset replacing the model's: greedy or "
+                                      "cluster-diou-voting (LD's score-voting Cluster-DIoU-NMS); any detector"),
 ):
     """Detect faces or objects in images; write WIDER txt, VOC or COCO results, or PNGs with boxes and scores."""
+    from detkd.infer import with_nms
     from detkd.infer_detector import DET_PROTOCOLS
 
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        _fail(f"--min-score must be in [0, 1], got {min_score}")
+    if event is not None and format != "widerface-txt":
+        _fail(f"--event is for --format widerface-txt, not {format!r}")
+    try:
+        proto = with_nms(protocol, nms)
+    except ValueError as e:
+        _fail(str(e))
     if protocol in DET_PROTOCOLS:
         from detkd.infer_detector import detect_files as detect_objects
 
         try:
-            written = detect_objects(weights, protocol, out_dir, format, images, backend=backend)
+            written = detect_objects(weights, proto, out_dir, format, images, backend=backend, progress=progress,
+                                     **({} if min_score is None else {"min_score": min_score}))
         except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
             _fail(str(e))
-        typer.echo(f"wrote {len(written)} file(s) to {out_dir}")
+        typer.echo(f"wrote {len(set(written))} file(s) to {out_dir}")
         return
     from detkd.infer import detect_files
 
     if format not in ("png", "widerface-txt"):
         _fail(f"--format must be png or widerface-txt with protocol {protocol!r}, got {format!r}")
     try:
-        written = detect_files(weights, protocol, out_dir, format, images, backend=backend)
+        written = detect_files(weights, proto, out_dir, format, images, backend=backend, event=event,
+                               progress=progress, **({} if min_score is None else {"min_score": min_score}))
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
-    typer.echo(f"wrote {len(written) if written is not None else len(images)} file(s) to {out_dir}")
+    typer.echo(f"wrote {len(set(written))} file(s) to {out_dir}")
+    if format == "widerface-txt":
+        from detkd.detect_outputs import non_wider_events
+
+        odd = non_wider_events([w.parent.name for w in written])
+        if odd:
+            typer.echo(f"note: event folder(s) {', '.join(odd)} are not WIDER events (N--Name); `eval widerface` "
+                       "against the WIDER ground truth scores them 0 (pass --event)", err=True)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -382,11 +444,18 @@ def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER lay
 
 
 @data_app.command("synthids")
-def data_synthids(out: Path = typer.Argument(..., help="output root (identity folders + val.bin)"), seed: int = 0):
+def data_synthids(
+    out: Path = typer.Argument(..., help="output root (identity folders + val.bin); the facerec/*_synthids configs "
+                               "read data/synthids48 written with --img-size 48"),
+    seed: int = 0,
+    img_size: int = typer.Option(64, "--img-size", help="face crop side in pixels"),
+):
     """Write SynthIDs: identity folders for face recognition and an LFW-style verification .bin."""
     from detkd.data.synthids import write_synthids
 
-    typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed)}")
+    if img_size < 8:
+        _fail(f"--img-size must be at least 8, got {img_size}")
+    typer.echo(f"SynthIDs written to {write_synthids(out, seed=seed, img_size=img_size)}")
 
 
 @data_app.command("synthshapes")
@@ -410,10 +479,9 @@ def list_(what: str = typer.Argument(
         markdown: bool = typer.Option(False, "--markdown", help="with --matrix: a markdown table (the README's)")):
     """List registered models, datasets, detection distillation methods, face-recognition objectives,
     evaluators, configs and inference protocols."""
-    from detkd import registry
     from detkd.config import list_configs
+    from detkd.names import DET_PROTOCOLS, FACE_PROTOCOLS, NAMES  # torch-free; equal to the registry (tested)
 
-    registry.load_all()
     if matrix:
         if what != "methods":
             _fail(f"--matrix goes with `detkd list methods`, not {what!r}")
@@ -421,18 +489,8 @@ def list_(what: str = typer.Argument(
 
         typer.echo(format_table(support_table(), markdown=markdown), nl=False)
         return
-    sections = {
-        "models": sorted(registry.MODELS),
-        "datasets": sorted(registry.DATASETS),
-        "methods": sorted(registry.METHODS),  # detection: distill.methods=[...]
-        "objectives": sorted(registry.OBJECTIVES),  # face recognition: distill.method=...
-        "evaluators": sorted(registry.EVALUATORS),
-        "configs": list_configs(),
-    }
-    from detkd.infer import PROTOCOLS
-    from detkd.infer_detector import DET_PROTOCOLS
-
-    sections["protocols"] = sorted([*PROTOCOLS, *DET_PROTOCOLS])
+    sections = {**{k: list(v) for k, v in NAMES.items()}, "configs": list_configs(),
+                "protocols": sorted([*FACE_PROTOCOLS, *DET_PROTOCOLS])}
     if what != "all" and what not in sections:
         _fail(f"unknown section {what!r}; choose from {', '.join(sections)} or all")
     titles = {"methods": "methods (detection distillation, distill.methods=[...])",

@@ -147,7 +147,12 @@ def plot_all(out_dir: Path, names: list[str]) -> None:
 
     from detkd.eval.plots import plot_loss_curves
 
-    logs = {n: out_dir / n / "metrics.jsonl" for n in names if (out_dir / n / "metrics.jsonl").is_file()}
+    # a distillation run logs loss = task + distillation, the others the task loss only: the legend says which
+    def label(n: str) -> str:
+        distils = FINETUNE_CFGS.get(n, STUDENT_CFG) != STUDENT_CFG
+        return f"{n} (task + distillation)" if distils else f"{n} (task)"
+
+    logs = {label(n): out_dir / n / "metrics.jsonl" for n in names if (out_dir / n / "metrics.jsonl").is_file()}
     if logs:
         plot_loss_curves(logs, out_dir / "loss_curves.png")
 

@@ -121,7 +121,7 @@ def evaluate_widerface(
     if not ap:
         return {}
     if plot_dir is not None:
-        evaluator.save_plots(plot_dir, f"WIDER protocol ({protocol})")
+        evaluator.save_plots(plot_dir, f"WIDER protocol ({getattr(protocol, 'name', protocol)})")
     return {k: float(ap[k]) for k in ("easy", "medium", "hard")}
 
 

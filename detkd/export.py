@@ -14,6 +14,10 @@ The graph
     pixels, descending score: softmax, score > conf, top-k in the reference order (ties: higher prior index
     first), SSD decoding, "+1" NMS (ONNX NonMaxSuppression on boxes with x2, y2 shifted by +1, visiting the
     candidates in that order), keep-top-k. The protocol preset is baked in and recorded in the card.
+  - RetinaNet / GFL ``with_nms``: batch 1, a second input ``image_size int64 [2]`` (valid h, w), outputs
+    ``boxes [N, 4]``, ``scores [N]``, ``labels int64 [N]``: the model's own ``decode`` traced, priors built in
+    the graph, thresholds of a ``detkd.infer_detector`` protocol (default ``torchvision``) baked in.
+  - Faster R-CNN: the same inputs / outputs, the whole eval pipeline (``detkd.export_rcnn``).
   - face recognizers: ``embedding [B, D]`` (raw, not L2-normalised).
 
 The card ``F.onnx.json`` beside ``F.onnx`` (``onnx_card_path``; ``format: detkd-onnx/1``; a different name
@@ -300,7 +304,11 @@ def _register_builtin() -> None:
     from detkd.models.dense import DenseDetector
     from detkd.models.facerec import FaceRecognizer
 
+    from detkd.export_rcnn import faster_rcnn_hook
+    from detkd.models.faster_rcnn import FasterRCNN
+
     EXPORTERS.setdefault(DenseDetector, _dense_hook)
+    EXPORTERS.setdefault(FasterRCNN, faster_rcnn_hook)
     EXPORTERS.setdefault(FaceRecognizer, _facerec_hook)
 
 

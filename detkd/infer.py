@@ -45,6 +45,7 @@ class Protocol:
     nms_thresh: float
     top_k: int | None  # best-scoring boxes kept before NMS (None = all)
     keep_top_k: int | None  # boxes kept after NMS (None = all)
+    nms: str | None = None  # NMS preset of detkd.ops.nms (None = the model's default, the reference greedy NMS)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -104,9 +105,27 @@ def to_original(det: dict, scale: float) -> dict:
     return out
 
 
+def with_nms(protocol, nms: str | None):
+    """``protocol`` (a name, face ``Protocol`` or object ``DetProtocol``) with its NMS preset replaced by ``nms``
+    (``--nms``; a name of ``detkd.ops.nms.NMS_PRESETS``, checked here); ``None`` returns it unchanged."""
+    import dataclasses
+
+    from detkd.infer_detector import DetProtocol
+    from detkd.ops.nms import get_nms
+
+    p = get_protocol(protocol)
+    if nms is None:
+        return p
+    get_nms(nms)  # a clear error for an unknown preset
+    if isinstance(p, DetProtocol):
+        return dataclasses.replace(p, thresholds={**(p.thresholds or {}), "nms": nms})
+    return dataclasses.replace(p, nms=nms)
+
+
 def _postprocess(model: nn.Module, out, p: Protocol) -> list[dict]:
+    extra = {} if p.nms is None else {"nms": p.nms}
     return model.postprocess(out, score_thresh=p.conf_thresh, nms_thresh=p.nms_thresh, top_k=p.top_k,
-                             keep_top_k=p.keep_top_k)
+                             keep_top_k=p.keep_top_k, **extra)
 
 
 @torch.no_grad()
@@ -211,29 +230,42 @@ def draw_detections(image_rgb: np.ndarray, dets: dict, out_png, gt_boxes=None, m
     return out_png
 
 
-def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
+def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager",
+                 event: str | None = None, min_score: float = 0.5, progress: bool | None = None) -> list[Path]:
     """``detkd detect``: run an exported detector over image files; write WIDER txt files or PNGs.
 
-    ``fmt="widerface-txt"`` writes ``out_dir/<event>/<name>.txt`` with event = the image's parent directory name;
-    ``fmt="png"`` writes ``out_dir/<name>.png``. ``backend``: ``"eager"`` (a ``.safetensors`` model file, run
-    with BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` from ``detkd export --onnx``), see
-    ``detkd.runtime``. Returns the written paths.
+    ``fmt="widerface-txt"`` writes ``out_dir/<event>/<stem>.txt`` with event = ``event`` or else the image's
+    parent directory name; ``fmt="png"`` writes ``out_dir/<stem>.png`` (inputs from several folders mirror the
+    input tree; see ``detkd.detect_outputs``), drawing boxes scoring at least ``min_score``. Outputs that would
+    clash are refused before the model runs. ``backend``: ``"eager"`` (a ``.safetensors`` model file, run with
+    BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` from ``detkd export --onnx``), see ``detkd.runtime``.
+    ``progress``: a progress bar over the images (``None``: only on a terminal). Returns the written paths, one
+    per image, all distinct.
     """
+    from tqdm.auto import tqdm
+
+    from detkd.detect_outputs import png_targets, wider_events
     from detkd.runtime import load_inference_model
 
     if fmt not in ("widerface-txt", "png"):
         raise ValueError(f"unknown output format {fmt!r}; choose widerface-txt or png")
+    images = [Path(x) for x in images]
+    out_dir = Path(out_dir)
+    if fmt == "widerface-txt":
+        from detkd.eval.widerface import write_txt
+
+        events = wider_events(images, event)
+    else:
+        targets = png_targets(images, out_dir)
     p = get_protocol(protocol)
     model, _ = load_inference_model(weights, backend, kind="detector")
-    out_dir = Path(out_dir)
     written = []
-    for path in map(Path, images):
+    bar = tqdm(images, desc=f"detect ({p.name})", unit="img", disable=None if progress is None else not progress)
+    for i, path in enumerate(bar):
         image = read_image(path)
         dets = detect_image(model, image, p)
         if fmt == "widerface-txt":
-            from detkd.eval.widerface import write_txt
-
-            written.append(write_txt(out_dir, path.parent.name, path.stem, dets["boxes"].numpy(), dets["scores"].numpy()))
+            written.append(write_txt(out_dir, events[i], path.stem, dets["boxes"].numpy(), dets["scores"].numpy()))
         else:
-            written.append(draw_detections(image, dets, out_dir / f"{path.stem}.png"))
+            written.append(draw_detections(image, dets, targets[i], min_score=min_score))
     return written

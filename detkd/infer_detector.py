@@ -201,32 +201,44 @@ def cfg_name(card: dict) -> str:
     return str((card.get("model") or {}).get("name"))
 
 
-def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager") -> list[Path]:
+def detect_files(weights, protocol: str, out_dir, fmt: str, images, backend: str = "eager",
+                 min_score: float = 0.3, progress: bool | None = None) -> list[Path]:
     """``detkd detect`` for generic detectors.
 
-    ``png``: ``out_dir/<stem>.png`` with class names and scores. ``coco``: ``out_dir/detections.json``, a COCO
-    results list (``image_id`` = the file stem, ``category_id`` = the model's label id, ``bbox`` xywh).
+    ``png``: ``out_dir/<stem>.png`` with class names and the scores of boxes scoring at least ``min_score``
+    (inputs from several folders mirror the input tree, see ``detkd.detect_outputs``). ``coco``:
+    ``out_dir/detections.json``, a COCO results list (``image_id`` = the file stem, ``category_id`` = the model's label id, ``bbox`` xywh).
     ``voc``: ``out_dir/<class name>.txt`` (VOC devkit results: ``stem score x1 y1 x2 y2``, 1-based pixels).
     ``backend``: ``"eager"`` (the model file, BatchNorm folded) or ``"onnxruntime"`` (an ``.onnx`` exported
-    with ``--dynamic-size``; see ``detkd.runtime``).
+    with ``--dynamic-size``; see ``detkd.runtime``). Outputs that would clash (two PNGs at one path, two images
+    with one id) are refused before the model runs. ``progress``: a bar over the images (``None``: on a terminal).
     """
+    from tqdm.auto import tqdm
+
+    from detkd.detect_outputs import png_targets, unique_stems
     from detkd.runtime import load_inference_model
 
     if fmt not in ("png", "coco", "voc"):
         raise ValueError(f"unknown output format {fmt!r} for an object detector; choose png, coco or voc")
+    images = [Path(x) for x in images]
+    out_dir = Path(out_dir)
+    if fmt == "png":
+        targets = png_targets(images, out_dir)
+    else:
+        unique_stems(images)
     p = get_det_protocol(protocol)
     model, card = load_inference_model(weights, backend)
     if not hasattr(model, "postprocess"):
         raise ValueError(f"{weights}: {cfg_name(card)} is not a detector")
     names = class_names(card)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, results, per_class = [], [], {}
-    for path in map(Path, images):
+    bar = tqdm(images, desc=f"detect ({p.name})", unit="img", disable=None if progress is None else not progress)
+    for i, path in enumerate(bar):
         image = read_image(path)
         d = detect_image(model, image, p)
         if fmt == "png":
-            written.append(draw_detections(image, d, out_dir / f"{path.stem}.png", min_score=0.3, names=names))
+            written.append(draw_detections(image, d, targets[i], min_score=min_score, names=names))
             continue
         for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
             x1, y1, x2, y2 = box

@@ -20,7 +20,8 @@ _TABLES = {"model": MODELS, "dataset": DATASETS, "method": METHODS, "objective":
 # What each kind is, for error messages ("unknown detection method ...").
 KIND_NAMES = {"model": "model", "dataset": "dataset", "method": "detection distillation method",
               "objective": "face-recognition objective", "evaluator": "evaluator"}
-# Modules whose import fills the tables (kept explicit: no import-time magic elsewhere).
+# Modules whose import fills the tables (kept explicit: no import-time magic elsewhere). A package that lists
+# ``REGISTERING`` submodules (detkd.data, detkd.eval: kept light for fast start-up) has those imported too.
 _PROVIDERS = ("detkd.models", "detkd.data", "detkd.distill", "detkd.eval")
 
 
@@ -52,7 +53,9 @@ def register(kind: str, name: str | None = None, tiny: dict[str, Any] | None = N
 
 def load_all() -> None:
     for mod in _PROVIDERS:
-        importlib.import_module(mod)
+        package = importlib.import_module(mod)
+        for sub in getattr(package, "REGISTERING", ()):
+            importlib.import_module(f"{mod}.{sub}")
 
 
 def close_matches(name: str, choices, n: int = 5, cutoff: float = 0.5) -> str:

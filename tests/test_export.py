@@ -158,13 +158,14 @@ def test_every_registered_model_has_an_exporter_or_a_clear_refusal():
 
     _register_builtin()
     registry.load_all()
+    from detkd.models.faster_rcnn import FasterRCNN
+
     for name in registry.MODELS:
         model = registry.lookup("model", name)(**registry.TINY_CONFIGS.get(name, {}))
-        if isinstance(model, (DenseDetector, FaceRecognizer)):
-            find_exporter(model)
-        else:  # two-stage detectors: not exportable yet, and the error says so
-            with pytest.raises(ExportError, match=f"{type(model).__name__} is not exportable to ONNX yet"):
-                find_exporter(model)
+        assert isinstance(model, (DenseDetector, FaceRecognizer, FasterRCNN)), name
+        find_exporter(model)
+    with pytest.raises(ExportError, match="Linear is not exportable to ONNX yet"):
+        find_exporter(nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("name", ["retinanet", "gfl"])
@@ -414,3 +415,60 @@ def test_generic_nms_graph_refuses_a_retinaface_protocol(tmp_path):
         export_model(model, tmp_path / "r.onnx", ExportOptions(size=(64, 64), with_nms=True,
                                                                   protocol="biubug6-origin"),
                      config={"name": "retinanet", **registry.TINY_CONFIGS["retinanet"]})
+
+
+def _assert_same_labelled_dets(ref: dict, got: dict, where=""):
+    """Same detections of a multi-class detector: matched one to one by box among equal labels (a box may be
+    kept for several labels), boxes within 0.5 px, scores within 1e-4."""
+    n = len(ref["scores"])
+    assert n == len(got["scores"]) and n > 0, (where, n, len(got["scores"]))
+    dist = (ref["boxes"][:, None] - got["boxes"][None]).abs().amax(-1)
+    dist = dist + 1e6 * (ref["labels"][:, None] != got["labels"][None])
+    match = dist.argmin(1)
+    assert match.unique().numel() == n and dist.gather(1, match[:, None]).max() <= 0.5, where
+    assert (ref["scores"] - got["scores"][match]).abs().max() <= 1e-4, where
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn_vgg", pytest.param("faster_rcnn_fpn", marks=pytest.mark.slow)])
+def test_faster_rcnn_one_graph_export(tmp_path, name):
+    """Faster R-CNN (RPN, proposal NMS, RoIAlign, box head, per-class NMS) in one ONNX graph: same detections as
+    eager at sizes other than the traced one, with padding (``image_size`` < input size)."""
+    torch.manual_seed(0)
+    model = registry.lookup("model", name)(**registry.TINY_CONFIGS[name]).eval()
+    card = export_model(model, tmp_path / f"{name}.onnx", ExportOptions(size=(128, 160), dynamic_size=True),
+                        config={"name": name, **registry.TINY_CONFIGS[name]})
+    assert card["graph"]["with_nms"] and card["graph"]["protocol"]["name"] == "torchvision"
+    assert card["parity"]["one_to_one"] and card["parity"]["max_box_px"] <= 0.5
+    ort_model, _ = load_inference_model(tmp_path / f"{name}.onnx", "onnxruntime")
+    for hp, wp, h, w in [(160, 224, 150, 210), (96, 192, 96, 192)]:
+        x = torch.rand(1, 3, hp, wp) * 255
+        x[:, :, h:], x[:, :, :, w:] = 0, 0
+        with torch.no_grad():
+            ref = model.postprocess(model(x, image_sizes=[(h, w)]))[0]
+            got = ort_model.postprocess(ort_model(x, image_sizes=[(h, w)]))[0]
+        _assert_same_labelled_dets(ref, got, f"{hp}x{wp} valid {h}x{w}")
+
+
+def test_faster_rcnn_detect_files_on_both_backends(tmp_path):
+    """`detkd detect --backend onnxruntime` on an exported Faster R-CNN (protocol torchvision-320: keep-ratio
+    resize + pad to 32): the same detections in original pixels as eager."""
+    from detkd.infer_detector import detect_files as detect_objects
+    from detkd.models.weights import save_model_file
+
+    torch.manual_seed(0)
+    name = "faster_rcnn_vgg"
+    model = registry.lookup("model", name)(**registry.TINY_CONFIGS[name]).eval()
+    save_model_file(model, tmp_path / "fr.safetensors")
+    export_onnx(tmp_path / "fr.safetensors", tmp_path / "fr.onnx",
+                ExportOptions(dynamic_size=True, size=(128, 160), protocol="torchvision-320", check=False))
+    img = tmp_path / "img.jpg"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 256, (90, 150, 3), dtype=np.uint8))
+    res = {}
+    for backend, weights in (("eager", tmp_path / "fr.safetensors"), ("onnxruntime", tmp_path / "fr.onnx")):
+        out = detect_objects(weights, "torchvision-320", tmp_path / backend, "coco", [img], backend=backend)[0]
+        res[backend] = json.loads(Path(out).read_text())
+    as_dets = {b: {"boxes": torch.tensor([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
+                                             d["bbox"][1] + d["bbox"][3]] for d in r]).reshape(-1, 4),
+                   "scores": torch.tensor([d["score"] for d in r]),
+                   "labels": torch.tensor([d["category_id"] for d in r])} for b, r in res.items()}
+    _assert_same_labelled_dets(as_dets["eager"], as_dets["onnxruntime"], "detect_files")

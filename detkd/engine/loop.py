@@ -525,7 +525,8 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch, self.step_in_epoch)
                 self.loader_gen.manual_seed(_epoch_seed(tc.seed, self.epoch, salt=1 + self.rank))
                 bar = progress(self.loader, total=self.iters_per_epoch, initial=self.step_in_epoch,
-                               enabled=self.main and self.show_progress, desc=f"epoch {self.epoch}")
+                               enabled=self.main and self.show_progress,
+                               desc=f"{getattr(self.cfg, 'name', 'train')} epoch {self.epoch + 1}/{tc.epochs}")
                 for batch in bar:
                     lr = self._lr()
                     losses = self.train_step(batch)

@@ -1,3 +1,5 @@
-"""Evaluators (``base.py`` protocol): WIDER FACE, PASCAL VOC, COCO, face verification; importing this package
-fills the evaluator registry (``build_evaluator("widerface" | "voc" | "coco", ...)``)."""
-from detkd.eval import coco, voc, widerface  # noqa: F401
+"""Evaluators (``base.py`` protocol): WIDER FACE, PASCAL VOC, COCO, face verification. ``detkd.registry.load_all()``
+imports the modules in ``REGISTERING`` (which fill the evaluator registry: ``build_evaluator("widerface" | "voc" |
+"coco", ...)``); importing this package alone imports nothing, so that ``detkd eval widerface`` starts without
+torch."""
+REGISTERING = ("coco", "voc", "widerface")

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from detkd.engine import dist
+if TYPE_CHECKING:  # torch is imported where it is used, so that the file evaluators start without it
+    from torch import nn
 
 __all__ = ["Evaluator", "DatasetEvaluator", "inference_on_dataset", "build_evaluator", "shard_indices"]
 
@@ -72,6 +70,12 @@ class DatasetEvaluator(Evaluator):
 
     def gathered(self) -> list | None:
         """Every rank's records in rank order on rank 0, ``None`` on the other ranks (a collective)."""
+        import sys
+
+        if "torch" not in sys.modules:  # torch never imported: a single process, nothing to gather
+            return list(self._records)
+        from detkd.engine import dist
+
         parts = dist.gather_objects(self._records)
         return None if parts is None else [r for part in parts for r in part]
 
@@ -88,6 +92,8 @@ class DatasetEvaluator(Evaluator):
 
 def shard_indices(n: int) -> range:
     """This rank's share of ``range(n)`` (strided, so that every rank gets about n / world images)."""
+    from detkd.engine import dist
+
     return range(dist.rank(), n, dist.world_size())
 
 
@@ -105,6 +111,9 @@ def inference_on_dataset(
     The model is put in eval mode under ``torch.no_grad`` and its training flag restored afterwards (also on
     error). Returns ``evaluator.evaluate()``: the metrics on rank 0, ``{}`` on other ranks.
     """
+    import torch
+
+    from detkd.engine import dist
     from detkd.engine.logging import progress as bar
 
     evaluator.reset()

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from detkd.data.widerface import SUBSETS, WiderGT, load_gt
+from detkd.data.widerface_gt import SUBSETS, WiderGT, load_gt
 from detkd.eval.ap import voc_ap
 from detkd.eval.base import DatasetEvaluator
 from detkd.registry import register

@@ -141,7 +141,7 @@ class FasterRCNN(nn.Module):
         self.head_spec = {"rpn.objectness": HeadKey("objectness", 1), "rpn.box_reg": HeadKey("deltas", 4, "rcnn")}
         self.num_classes = cfg.num_classes  # the RoI head's softmax has num_classes + 1 columns (0 = background)
         self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
-                           "max_dets": cfg.detections_per_img}
+                           "max_dets": cfg.detections_per_img, "nms": "greedy"}
         if cfg.normalize == "imagenet":
             mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         else:
@@ -218,7 +218,9 @@ class FasterRCNN(nn.Module):
             out.rois = self.roi_forward(feats, proposals, sizes)
         if decode:  # with targets, the sampled RoIs are no test set: one more RoI-head pass over the proposals
             test = self.roi_forward(feats, proposals, sizes) if train else out.rois
-            out.dets = self.roi_heads.postprocess(test.cls_logits, test.box_reg, test.rois, sizes)
+            t = self.thresholds
+            out.dets = self.roi_heads.postprocess(test.cls_logits, test.box_reg, test.rois, sizes, t["score_thresh"],
+                                                  t["nms_thresh"], t["max_dets"], t["nms"])
         return out
 
     def roi_forward(self, feats: dict[str, Tensor], proposals: list[Tensor],
@@ -243,7 +245,8 @@ class FasterRCNN(nn.Module):
     @torch.no_grad()
     def postprocess(self, out: DetOutput, **thresholds) -> list[dict[str, Tensor]]:
         """Detections from ``out.rois``; keyword ``thresholds`` (``score_thresh``, ``nms_thresh``,
-        ``max_dets``) override ``self.thresholds`` (``None`` = the model's default)."""
+        ``max_dets``, ``nms`` = a preset of ``detkd.ops.nms``) override ``self.thresholds`` (``None`` = the
+        model's default)."""
         unknown = set(thresholds) - set(self.thresholds)
         if unknown:
             raise TypeError(f"FasterRCNN.postprocess: unknown thresholds {sorted(unknown)} "
@@ -251,7 +254,7 @@ class FasterRCNN(nn.Module):
         t = {k: (thresholds[k] if thresholds.get(k) is not None else v) for k, v in self.thresholds.items()}
         r = out.rois
         return self.roi_heads.postprocess(r.cls_logits, r.box_reg, r.rois, out.image_sizes, t["score_thresh"],
-                                          t["nms_thresh"], t["max_dets"])
+                                          t["nms_thresh"], t["max_dets"], t["nms"])
 
 
 # -------------------------------------------------------------------------------------------- builders

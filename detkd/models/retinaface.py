@@ -34,7 +34,7 @@ from detkd.models.necks import FPN, SSH
 from detkd.models.dense import DenseDetector
 from detkd.ops.assign import retinaface_hard_negatives, retinaface_match
 from detkd.ops.boxes import decode_boxes, decode_landmarks, encode_boxes, encode_landmarks
-from detkd.ops.nms import nms_plus1, reference_order
+from detkd.ops.nms import get_nms, nms_plus1, reference_order
 from detkd.ops.priors import PriorCache
 from detkd.registry import register
 from detkd.structures import Assignment, DetOutput, HeadKey
@@ -116,7 +116,8 @@ class RetinaFace(DenseDetector):
         self.prior_cache = PriorCache(cfg.min_sizes, cfg.steps)
         self.variance = tuple(cfg.variance)
         # default decode = biubug6 HEAD test settings
-        self.thresholds = {"score_thresh": 0.02, "nms_thresh": 0.4, "top_k": None, "keep_top_k": None}
+        self.thresholds = {"score_thresh": 0.02, "nms_thresh": 0.4, "top_k": None, "keep_top_k": None,
+                           "nms": "greedy"}
         self.loss_weights = {"loc": cfg.loc_weight}
         self.head_spec = {
             "cls_logits": HeadKey("softmax", 2),
@@ -227,11 +228,11 @@ class RetinaFace(DenseDetector):
     # ------------------------------------------------------------------------------------------ decode
 
     def decode(self, out: DetOutput, score_thresh: float = 0.02, nms_thresh: float = 0.4, top_k: int | None = None,
-               keep_top_k: int | None = None) -> list[dict[str, Tensor]]:
+               keep_top_k: int | None = None, nms: str = "greedy") -> list[dict[str, Tensor]]:
         """Detections per image in input pixels (``postprocess`` fills the defaults from ``self.thresholds``)."""
         return decode_detections(
             out.cat_head("cls_logits"), out.cat_head("box_reg"), out.cat_head("landmarks"), self.priors_cxcywh(out),
-            self.variance, score_thresh, nms_thresh, top_k, keep_top_k,
+            self.variance, score_thresh, nms_thresh, top_k, keep_top_k, nms,
         )
 
 
@@ -253,12 +254,16 @@ def _landmarks(t: dict, g: int, dev) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def decode_detections(cls_logits: Tensor, box_reg: Tensor, landm: Tensor, priors: Tensor, variance,
                       conf_thresh: float = 0.02, nms_thresh: float = 0.4, top_k: int | None = None,
-                      keep_top_k: int | None = None) -> list[dict[str, Tensor]]:
+                      keep_top_k: int | None = None, nms: str = "greedy") -> list[dict[str, Tensor]]:
     """Reference post-processing per image: face prob > conf (strict), optional top-k, "+1" NMS, optional keep.
 
     ``cls_logits [B, P, 2]``, ``box_reg [B, P, 4]``, ``landm [B, P, 10]``, ``priors [P, 4]`` cxcywh pixels.
     Only the priors that pass the score filter are decoded. Output rows are in descending score order.
+    ``nms``: ``"greedy"`` is the reference's "+1" greedy NMS (``nms_plus1``); any other preset of
+    ``detkd.ops.nms`` (``"cluster-diou-voting"``) replaces it on the continuous boxes, ``keep_top_k`` becoming its
+    per-image cap; voting refines the kept boxes, the landmarks stay those of the kept priors.
     """
+    suppress = None if nms == "greedy" else get_nms(nms)
     scores_all = torch.softmax(cls_logits.float(), dim=-1)[..., 1]  # [B, P]
     dets = []
     for b in range(scores_all.shape[0]):
@@ -269,12 +274,17 @@ def decode_detections(cls_logits: Tensor, box_reg: Tensor, landm: Tensor, priors
             idx, scores = idx[first], scores[first]
         pri = priors[idx]
         boxes = decode_boxes(box_reg[b, idx].float(), pri, variance)  # [n, 4]
-        keep = nms_plus1(boxes, scores, nms_thresh)
-        if keep_top_k is not None:
-            keep = keep[:keep_top_k]
+        if suppress is None:
+            keep = nms_plus1(boxes, scores, nms_thresh)
+            if keep_top_k is not None:
+                keep = keep[:keep_top_k]
+            kept_boxes = boxes[keep]
+        else:
+            cap = boxes.shape[0] if keep_top_k is None else keep_top_k
+            kept_boxes, _, _, keep = suppress(boxes, scores, torch.zeros_like(idx), nms_thresh, cap)
         idx = idx[keep]
         dets.append({
-            "boxes": boxes[keep],
+            "boxes": kept_boxes,
             "scores": scores[keep],
             "labels": torch.ones(keep.numel(), dtype=torch.long, device=boxes.device),
             "landmarks": decode_landmarks(landm[b, idx].float(), priors[idx], variance),  # [N, 5, 2]

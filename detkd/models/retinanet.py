@@ -18,7 +18,8 @@ Conventions:
 * ``priors`` xyxy pixels, from torchvision's ``AnchorGenerator`` with its stride rule ``padded size // grid size``
   (not always 64 / 128 on P6 / P7: e.g. 800 // 13 = 61).
 * Built on ``detkd.models.dense.DenseDetector``; ``postprocess`` thresholds: ``score_thresh`` (0.05),
-  ``nms_thresh`` (0.5), ``topk_candidates`` (1000 per level), ``max_dets`` (300).
+  ``nms_thresh`` (0.5), ``topk_candidates`` (1000 per level), ``max_dets`` (300), ``nms`` (``"greedy"``, or
+  ``"cluster-diou-voting"``: a preset of ``detkd.ops.nms``).
 * Assignment: IoU ``Matcher(0.5, 0.4, allow_low_quality_matches=True)``; ``neg`` below 0.4, ``ignore`` between.
 * Losses as torchvision: ``task.cls`` = mean over images of focal loss (α 0.25, γ 2, summed over the non-ignored
   anchors) / max(1, n_pos of the image); ``task.box`` = mean over images of L1 on the deltas / max(1, n_pos).
@@ -35,13 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import batched_nms, clip_boxes_to_image, sigmoid_focal_loss
+from torchvision.ops import clip_boxes_to_image, sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
 from detkd.models.dense import DenseDetector
 from detkd.models.det_targets import gt_tensors
 from detkd.models.resnet_fpn import LEVELS, STRIDES, freeze_stages, levels_of, resnet_fpn, set_norm_eval
 from detkd.ops.assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, max_iou_match
+from detkd.ops.nms import get_nms
 from detkd.registry import register
 from detkd.structures import Assignment, DetOutput, HeadKey
 
@@ -131,7 +133,8 @@ class RetinaNet(DenseDetector):
             "box_reg": HeadKey("deltas", 4, encoding="rcnn"),
         }
         self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
-                           "topk_candidates": cfg.topk_candidates, "max_dets": cfg.detections_per_img}
+                           "topk_candidates": cfg.topk_candidates, "max_dets": cfg.detections_per_img,
+                           "nms": "greedy"}
         self._anchor_cache: dict[tuple, list[Tensor]] = {}
 
     def train(self, mode: bool = True):
@@ -219,9 +222,13 @@ class RetinaNet(DenseDetector):
         return {"cls": torch.stack(cls_losses).sum() / b, "box": torch.stack(box_losses).sum() / b}
 
     def decode(self, out: DetOutput, score_thresh: float, nms_thresh: float, topk_candidates: int,
-               max_dets: int) -> list[dict[str, Tensor]]:
-        """torchvision's ``postprocess_detections`` per image: ``{"boxes" xyxy, "scores", "labels"}``."""
+               max_dets: int, nms: str = "greedy") -> list[dict[str, Tensor]]:
+        """torchvision's ``postprocess_detections`` per image: ``{"boxes" xyxy, "scores", "labels"}``.
+
+        ``nms`` names a preset of ``detkd.ops.nms.NMS_PRESETS`` (``"greedy"`` = torchvision's class-wise
+        ``batched_nms``, the default; ``"cluster-diou-voting"`` = LD's score-voting Cluster-DIoU-NMS)."""
         label_base = self.config.label_base
+        suppress = get_nms(nms)
         dets = []
         for i, size in enumerate(out.image_sizes):
             boxes_all, scores_all, labels_all = [], [], []
@@ -239,8 +246,8 @@ class RetinaNet(DenseDetector):
                 scores_all.append(scores)
                 labels_all.append(idx % k)
             boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
-            keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_dets]
-            dets.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] + label_base})
+            boxes, scores, labels, _ = suppress(boxes, scores, labels, nms_thresh, max_dets)
+            dets.append({"boxes": boxes, "scores": scores, "labels": labels + label_base})
         return dets
 
 

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image, remove_small_boxes
 from torchvision.ops import roi_align, roi_pool
+
+from detkd.ops.nms import get_nms
 
 
 class SingleLevelPooler(nn.Module):
@@ -127,8 +129,12 @@ class RoIHeads(nn.Module):
     @torch.no_grad()
     def postprocess(self, cls_logits: Tensor, box_reg: Tensor, rois: list[Tensor], image_sizes,
                     score_thresh: float | None = None, nms_thresh: float | None = None,
-                    detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
-        """Per image ``{"boxes" [N, 4], "scores" [N], "labels" [N]}`` in input pixels, best first."""
+                    detections_per_img: int | None = None, nms: str = "greedy") -> list[dict[str, Tensor]]:
+        """Per image ``{"boxes" [N, 4], "scores" [N], "labels" [N]}`` in input pixels, best first.
+
+        ``nms``: a preset of ``detkd.ops.nms`` (``"greedy"``, torchvision's class-wise ``batched_nms``, or
+        ``"cluster-diou-voting"``), applied to the (box, class) pairs that pass the score and size filters."""
+        suppress = get_nms(nms)
         score_thresh = self.score_thresh if score_thresh is None else score_thresh
         nms_thresh = self.nms_thresh if nms_thresh is None else nms_thresh
         keep_n = self.detections_per_img if detections_per_img is None else detections_per_img
@@ -138,8 +144,11 @@ class RoIHeads(nn.Module):
         boxes_all = self.box_coder.decode_single(box_reg.float(), torch.cat(rois)).reshape(-1, k1, 4)
         scores_all = F.softmax(cls_logits.float(), -1)
         dets = []
-        for boxes, scores, hw in zip(boxes_all.split([len(r) for r in rois]), scores_all.split([len(r) for r in rois]),
-                                     image_sizes):
+        if len(rois) == 1:  # no split: its sizes would be constants in a traced (ONNX) graph
+            per_image = [(boxes_all, scores_all)]
+        else:
+            per_image = zip(boxes_all.split([len(r) for r in rois]), scores_all.split([len(r) for r in rois]))
+        for (boxes, scores), hw in zip(per_image, image_sizes):
             boxes = clip_boxes_to_image(boxes, hw)
             labels = torch.arange(k1, device=boxes.device).view(1, -1).expand_as(scores)
             boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
@@ -147,8 +156,8 @@ class RoIHeads(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, nms_thresh)[:keep_n]
-            dets.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+            boxes, scores, labels, _ = suppress(boxes, scores, labels, nms_thresh, keep_n)
+            dets.append({"boxes": boxes, "scores": scores, "labels": labels})
         return dets
 
 

@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RPNHead
@@ -129,7 +130,7 @@ class RPN(nn.Module):
         idx, offset, levels = [], 0, []
         for lvl, o in enumerate(objectness):
             n = o.shape[1]
-            top = obj[:, offset:offset + n].topk(min(pre_nms, n), dim=1)[1]  # [B, k]
+            top = obj[:, offset:offset + n].topk(det_utils._topk_min(o, pre_nms, 1), dim=1)[1]  # [B, k]
             idx.append(top + offset)
             levels.append(torch.full((top.shape[1],), lvl, dtype=torch.int64, device=obj.device))
             offset += n
