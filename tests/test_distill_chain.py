@@ -49,7 +49,7 @@ def test_distill_chain_end_to_end(tmp_path, first_teacher):
     a = load_student_weights(s1["export"])
     b = load_student_weights(tmp_path / "runs" / "self_ld_lite_synthshapes" / "student.safetensors")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
-    ckpt = torch.load(tmp_path / "runs" / "self_ld_lite_synthshapes" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "runs" / "self_ld_lite_synthshapes" / "last.pt", weights_only=True)
     teacher_sd = {k[len("teacher."):]: v for k, v in ckpt["task"].items() if k.startswith("teacher.")}
     assert not teacher_sd or all(torch.equal(teacher_sd[k], a[k]) for k in teacher_sd if k in a)
 

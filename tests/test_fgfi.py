@@ -163,8 +163,6 @@ def test_fgfi_on_faster_rcnn_vgg_anchors_when_registered():
     from detkd.registry import MODELS, load_all
 
     load_all()
-    if "faster_rcnn_vgg" not in MODELS:
-        pytest.skip("the faster_rcnn_vgg detector is not on this branch yet")
     torch.manual_seed(0)
     student = MODELS["faster_rcnn_vgg"](depth=11, width=0.25, hidden=64)  # the paper's anchors, a light trunk
     teacher = MODELS["faster_rcnn_vgg"](depth=13, width=0.25, hidden=64)
