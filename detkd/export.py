@@ -223,13 +223,21 @@ class _DenseNMS(nn.Module):
 
 def _generic_nms_spec(model: nn.Module, opts: ExportOptions) -> GraphSpec:
     """``--with-nms`` for RetinaNet / GFL: the thresholds of a detector protocol (``infer_detector``) baked in."""
-    from detkd.infer_detector import DET_PROTOCOLS, get_det_protocol
     from detkd.models.gfl import GFL
     from detkd.models.retinanet import RetinaNet
 
     if not isinstance(model, (RetinaNet, GFL)):
         raise ExportError(f"--with-nms is not available for {type(model).__name__} yet; export its raw heads "
                           "(without --with-nms) and decode with `detkd detect --backend onnxruntime`")
+    return detector_nms_graph(model, opts, _DenseNMS)
+
+
+def detector_nms_graph(model: nn.Module, opts: ExportOptions, graph_cls) -> GraphSpec:
+    """One-image ``boxes, scores, labels`` graph of an object detector, with the thresholds of the detector
+    protocol ``opts.protocol`` (default ``torchvision``) baked in; ``graph_cls(model, thresholds)`` is the module
+    traced on ``(images, image_size)``."""
+    from detkd.infer_detector import DET_PROTOCOLS, get_det_protocol
+
     name = opts.protocol or "torchvision"
     if name not in DET_PROTOCOLS:
         raise ExportError(f"--protocol {name!r} is not a detector protocol (known: {', '.join(DET_PROTOCOLS)})")
@@ -249,7 +257,7 @@ def _generic_nms_spec(model: nn.Module, opts: ExportOptions) -> GraphSpec:
     example = (_example((1, 3, h, w), opts.input_dtype), torch.tensor([h, w], dtype=torch.int64))
     graph = {"kind": "detector", "head": None, "with_nms": True, "batch": 1, "extra_inputs": ["image_size"],
              "protocol": {"name": name, "thresholds": thresholds}}
-    return GraphSpec(_DenseNMS(model, thresholds), example, names, axes, graph)
+    return GraphSpec(graph_cls(model, thresholds), example, names, axes, graph)
 
 
 def _dense_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:

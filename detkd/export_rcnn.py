@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detkd.export import ExportError, ExportOptions, GraphSpec, _example
+from detkd.export import ExportOptions, GraphSpec, detector_nms_graph
 
 
 class _FasterRCNNGraph(nn.Module):
@@ -65,22 +65,4 @@ class _FasterRCNNGraph(nn.Module):
 
 def faster_rcnn_hook(model: nn.Module, opts: ExportOptions) -> GraphSpec:
     """The one-graph Faster R-CNN export (see the module docstring)."""
-    from detkd.infer_detector import DET_PROTOCOLS, get_det_protocol
-
-    name = opts.protocol or "torchvision"
-    if name not in DET_PROTOCOLS:
-        raise ExportError(f"--protocol {name!r} is not a detector protocol (known: {', '.join(DET_PROTOCOLS)})")
-    proto = get_det_protocol(name)
-    thresholds = dict(model.thresholds) | {k: v for k, v in (proto.thresholds or {}).items() if v is not None}
-    unknown = set(thresholds) - set(model.thresholds)
-    if unknown:
-        raise ExportError(f"protocol {name!r} sets thresholds {sorted(unknown)} that Faster R-CNN does not have")
-    h, w = opts.size
-    names = ["boxes", "scores", "labels"]
-    axes = {n: {0: "num_dets"} for n in names}
-    if opts.dynamic_size:
-        axes["images"] = {2: "height", 3: "width"}
-    example = (_example((1, 3, h, w), opts.input_dtype), torch.tensor([h, w], dtype=torch.int64))
-    graph = {"kind": "detector", "head": None, "with_nms": True, "batch": 1, "extra_inputs": ["image_size"],
-             "protocol": {"name": name, "thresholds": thresholds}}
-    return GraphSpec(_FasterRCNNGraph(model, thresholds), example, names, axes, graph)
+    return detector_nms_graph(model, opts, _FasterRCNNGraph)

@@ -89,6 +89,18 @@ def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.ascontiguousarray(image[:, ::-1]), out
 
 
+def _read_record(records: list[DetRecord], index: int, owner: str) -> tuple[DetRecord, np.ndarray]:
+    """``records[index]`` and its image (uint8 RGB), checked against the size the annotation states."""
+    if not 0 <= index < len(records):
+        raise IndexError(f"{owner} index {index} out of range [0, {len(records)})")
+    rec = records[index]
+    image = read_image(rec.path)
+    if image.shape[:2] != (rec.height, rec.width):
+        raise ValueError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotation says "
+                         f"{rec.width}x{rec.height}")
+    return rec, image
+
+
 class DetectionEvalSet(torch.utils.data.Dataset):
     """The evaluation view of records, as the detector evaluation path reads it (``detkd.infer.ProtocolImages``):
     ``(image uint8 [H, W, 3] RGB at original size, meta = {image_id, path, orig_size (H, W), index})``; the
@@ -103,13 +115,7 @@ class DetectionEvalSet(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
-        if not 0 <= index < len(self):
-            raise IndexError(f"{type(self).__name__} index {index} out of range [0, {len(self)})")
-        rec = self.records[index]
-        image = read_image(rec.path)
-        if image.shape[:2] != (rec.height, rec.width):
-            raise ValueError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotation says "
-                             f"{rec.width}x{rec.height}")
+        rec, image = _read_record(self.records, index, type(self).__name__)
         return image, {"image_id": rec.image_id, "path": str(rec.path), "orig_size": (rec.height, rec.width),
                        "index": int(index)}
 
@@ -138,13 +144,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
-        if not 0 <= index < len(self):
-            raise IndexError(f"{type(self).__name__} index {index} out of range [0, {len(self)})")
-        rec = self.records[index]
-        image = read_image(rec.path)
-        if image.shape[:2] != (rec.height, rec.width):
-            raise ValueError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotation says "
-                             f"{rec.width}x{rec.height}")
+        rec, image = _read_record(self.records, index, type(self).__name__)
         boxes, labels, ignore = rec.split(self.train_difficult)
         rng = self.rng(index)
         scale, flipped = 1.0, False
