@@ -51,7 +51,7 @@ class FasterRCNNConfig:
     name: str = "faster_rcnn_fpn"
     num_classes: int = 20  # foreground classes K (predictor has K+1 columns)
     depth: int = 50  # VGG 11/13/16 or ResNet 18/34/50/101
-    width: float = 1.0  # VGG channel scale (light variants)
+    width: float = 1.0  # trunk channel scale, VGG or ResNet (light variants)
     norm: Literal["frozen", "bn"] = "frozen"  # ResNet norm layers
     trainable_layers: int = 3  # ResNet stages trained (torchvision semantics, 0..5)
     vgg_frozen: int = 10  # leading VGG ``features`` modules frozen (10 = conv1-2, FGFI teacher; 7 for VGG11)
@@ -108,7 +108,7 @@ class FasterRCNN(nn.Module):
         self.config = cfg
         self.is_fpn = cfg.name.startswith("faster_rcnn_fpn")
         if self.is_fpn:
-            self.backbone = resnet_fpn(cfg.depth, cfg.fpn_channels, cfg.norm, cfg.trainable_layers)
+            self.backbone = resnet_fpn(cfg.depth, cfg.fpn_channels, cfg.norm, cfg.trainable_layers, cfg.width)
             c = cfg.fpn_channels
             self.levels = list(FPN_LEVELS)
             self.channels = {lvl: c for lvl in self.levels}

@@ -77,6 +77,7 @@ class GFLConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.6
     max_per_img: int = 100
+    width: float = 1.0  # ResNet channel scale (CPU-sized light variants; 1.0 = torchvision's trunk)
 
 
 class ConvGN(nn.Module):
@@ -144,7 +145,7 @@ class GFL(DenseDetector):
     def __init__(self, cfg: GFLConfig, backbone: nn.Module | None = None, head: nn.Module | None = None):
         super().__init__()
         self.config = cfg
-        self.backbone = backbone if backbone is not None else resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7")
+        self.backbone = backbone if backbone is not None else resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7", cfg.width)
         self.head = head if head is not None else GFLHead(cfg, len(LEVELS))
         self.register_buffer("pixel_mean", torch.tensor(MMDET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(MMDET_STD).view(1, 3, 1, 1), persistent=False)
@@ -308,8 +309,8 @@ def gfl(*, depth: int = 50, num_classes: int = 80, fpn_channels: int = 256, stac
         gn_groups: int = 32, reg_max: int = 16, octave_base_scale: int = 8, atss_topk: int = 9,
         qfl_beta: float = 2.0, giou_weight: float = 2.0, dfl_weight: float = 0.25, frozen_stages: int = 1,
         norm_eval: bool = True, nms_pre: int = 1000, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-        max_per_img: int = 100) -> GFL:
+        max_per_img: int = 100, width: float = 1.0) -> GFL:
     """GFL ResNet-FPN (mmdet ``gfl_r50_fpn_1x_coco`` at the defaults; random init)."""
     return GFL(GFLConfig("gfl", depth, num_classes, fpn_channels, stacked_convs, gn_groups, reg_max,
                          octave_base_scale, atss_topk, qfl_beta, giou_weight, dfl_weight, frozen_stages, norm_eval,
-                         nms_pre, score_thresh, nms_thresh, max_per_img))
+                         nms_pre, score_thresh, nms_thresh, max_per_img, width))

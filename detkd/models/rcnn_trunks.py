@@ -12,15 +12,15 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.vgg import cfgs as VGG_CFGS
 from torchvision.models.vgg import make_layers
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from detkd.models.resnet_fpn import narrow_resnet
+
 VGG_DEPTHS = {11: "A", 13: "B", 16: "D"}
-RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
 NORMS = ("frozen", "bn")
 
 
@@ -33,16 +33,16 @@ def vgg_c4(depth: int = 16, width: float = 1.0) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*list(features)[:-1]), cfg[-2]
 
 
-def resnet_fpn(depth: int = 50, out_channels: int = 256, norm: str = "frozen", trainable_layers: int = 3) -> BackboneWithFPN:
-    """torchvision's ResNet-FPN (``fasterrcnn_resnet50_fpn``'s backbone for depth 50), random init."""
-    if depth not in RESNETS:
-        raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
+def resnet_fpn(depth: int = 50, out_channels: int = 256, norm: str = "frozen", trainable_layers: int = 3,
+               width: float = 1.0) -> BackboneWithFPN:
+    """torchvision's ResNet-FPN (``fasterrcnn_resnet50_fpn``'s backbone for depth 50), random init; ``width`` < 1:
+    the narrow trunk of ``detkd.models.resnet_fpn.narrow_resnet``."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
     norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
-    trunk = RESNETS[depth](weights=None, norm_layer=norm_layer)
+    trunk = narrow_resnet(depth, width, norm_layer)
     fpn = _resnet_fpn_extractor(trunk, trainable_layers, norm_layer=None)
     if out_channels != 256:  # torchvision fixes 256; swap in an FPN of the requested width
         in_list = [trunk.inplanes // 8 * 2 ** (i - 1) for i in (1, 2, 3, 4)]

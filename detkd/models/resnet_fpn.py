@@ -11,13 +11,15 @@ with ``channels`` / ``strides`` declared for the levels ``p3..p7``. Its forward 
 * ``"p6p7"``: mmdet's FPN with ``add_extra_convs="on_output"`` and ``relu_before_extra_convs=False`` (GFL): same
   convs, no ReLU before P7.
 
-``depth`` 18 / 34 / 50 / 101 picks the torchvision ResNet (``weights=None``: nothing is downloaded).
+``depth`` 18 / 34 / 50 / 101 picks the torchvision ResNet (``weights=None``: nothing is downloaded); ``width`` < 1
+scales every stage's channels (``narrow_resnet``: the CPU-sized light variants; 1.0 is torchvision's model exactly).
 ``freeze_stages(trunk, n)`` and ``set_norm_eval`` give mmdet's ``frozen_stages`` and ``norm_eval``.
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.models.resnet import ResNet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
@@ -43,10 +45,39 @@ class LastLevelP6P7NoReLU(ExtraFPNBlock):
         return [*results, p6, p7], [*names, "p6", "p7"]
 
 
-def resnet_fpn(depth: int = 50, fpn_channels: int = 256, extra: str = "p6p7_relu") -> BackboneWithFPN:
+def narrow_resnet(depth: int, width: float = 1.0, norm_layer=None) -> ResNet:
+    """torchvision's ResNet-``depth`` (random init) with the stem and every stage ``width`` times as wide.
+
+    ``width`` 1.0 returns torchvision's model untouched. Otherwise the stem and ``layer1..4`` are rebuilt with
+    torchvision's own ``_make_layer`` at ``round(64 * width) * 2**i`` planes and initialised as torchvision does
+    (Kaiming normal, fan-out, for convs; BN weight 1, bias 0); the key layout is unchanged."""
     if depth not in RESNETS:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
-    trunk = RESNETS[depth](weights=None)
+    if not 0 < width <= 1:
+        raise ValueError(f"ResNet width must be in (0, 1], got {width}")
+    trunk = RESNETS[depth](weights=None, norm_layer=norm_layer)
+    if width == 1:
+        return trunk
+    block = type(trunk.layer1[0])
+    planes = max(8, int(round(64 * width)))
+    trunk.inplanes = planes
+    trunk.conv1 = nn.Conv2d(3, planes, kernel_size=7, stride=2, padding=3, bias=False)
+    trunk.bn1 = trunk._norm_layer(planes)
+    for i in range(1, 5):
+        n = len(getattr(trunk, f"layer{i}"))
+        setattr(trunk, f"layer{i}", trunk._make_layer(block, planes * 2 ** (i - 1), n, stride=1 if i == 1 else 2))
+    trunk.fc = nn.Linear(trunk.inplanes, trunk.fc.out_features)
+    for m in trunk.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return trunk
+
+
+def resnet_fpn(depth: int = 50, fpn_channels: int = 256, extra: str = "p6p7_relu", width: float = 1.0) -> BackboneWithFPN:
+    trunk = narrow_resnet(depth, width)
     c2 = trunk.inplanes // 8  # 64 (BasicBlock) or 256 (Bottleneck): channels of layer1
     in_channels = [c2 * 2, c2 * 4, c2 * 8]  # layer2..4
     if extra == "p6p7_relu":

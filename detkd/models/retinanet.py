@@ -70,6 +70,7 @@ class RetinaNetConfig:
     nms_thresh: float = 0.5
     topk_candidates: int = 1000
     detections_per_img: int = 300
+    width: float = 1.0  # ResNet channel scale (CPU-sized light variants; 1.0 = torchvision's trunk)
 
 
 def default_anchor_generator(bases) -> AnchorGenerator:
@@ -114,7 +115,7 @@ class RetinaNet(DenseDetector):
     def __init__(self, cfg: RetinaNetConfig, backbone: nn.Module | None = None, head: nn.Module | None = None):
         super().__init__()
         self.config = cfg
-        self.backbone = backbone if backbone is not None else resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7_relu")
+        self.backbone = backbone if backbone is not None else resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7_relu", cfg.width)
         self.anchor_generator = default_anchor_generator(cfg.anchor_base)
         a = self.anchor_generator.num_anchors_per_location()[0]
         self.head = head if head is not None else RetinaNetHead(cfg.fpn_channels, a, cfg.num_classes, cfg.num_convs)
@@ -258,9 +259,9 @@ def retinanet(*, depth: int = 50, num_classes: int = 91, label_base: int = 1, fp
               num_convs: int = 4, anchor_base=(32, 64, 128, 256, 512), fg_iou: float = 0.5, bg_iou: float = 0.4,
               focal_alpha: float = 0.25, focal_gamma: float = 2.0, frozen_stages: int = 0, norm_eval: bool = False,
               score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_candidates: int = 1000,
-              detections_per_img: int = 300) -> RetinaNet:
+              detections_per_img: int = 300, width: float = 1.0) -> RetinaNet:
     """RetinaNet ResNet-FPN (torchvision ``retinanet_resnet50_fpn`` layout at the defaults; random init)."""
     return RetinaNet(RetinaNetConfig(
         "retinanet", depth, num_classes, label_base, fpn_channels, num_convs, tuple(anchor_base), fg_iou, bg_iou,
         focal_alpha, focal_gamma, frozen_stages, norm_eval, score_thresh, nms_thresh, topk_candidates,
-        detections_per_img))
+        detections_per_img, width))
