@@ -29,7 +29,7 @@ def test_half_width_keeps_keys_and_halves_channels():
                                    lambda: gfl(depth=18, num_classes=3, fpn_channels=16, stacked_convs=1, gn_groups=4, frozen_stages=0,
                                                width=0.25),
                                    lambda: faster_rcnn_fpn(depth=18, norm="bn", fpn_channels=16, hidden=32,
-                                                           num_classes=3, width=0.25)])
+                                                           num_classes=3, width=0.25, trainable_layers=5)])
 def test_narrow_detectors_train(build):
     m = build()
     x = torch.rand(1, 3, 128, 128) * 255
