@@ -1,8 +1,14 @@
 """Does LD help? SynthShapes, lite GFL R34 teacher -> lite GFL R18 student, paired fine-tunes per seed.
 
-    python benchmarks/kd_gain_ld.py [--seeds 3] [--teacher-weights T.safetensors] [--teacher-epochs 12]
-        [--baseline-epochs 12] [--epochs 4] [--n-train 1500] [--n-val 500] [--img-size 320]
-        [--max-iters 0] [--max-images 0] [--out runs/kd_gain_ld] [--results benchmarks/results] [--stem kd_gain_ld]
+    python benchmarks/kd_gain_ld.py [--seeds 3 | --seed-list 0 2] [--teacher-weights T.safetensors]
+        [--baseline-weights B.safetensors] [--teacher-epochs N] [--baseline-epochs N] [--epochs 1]
+        [--n-train 1500] [--n-val 500] [--img-size 0] [--max-iters 0] [--max-images 0] [--reuse]
+        [--out runs/kd_gain_ld] [--results benchmarks/results] [--stem kd_gain_ld]
+
+Seeds can run in separate processes (one core each): ``--seed-list 0 1`` and ``--seed-list 2`` with the same
+``--out`` each write ``<out>/seed<k>/records.json``; a last call with ``--seeds 3 --reuse`` reads them, measures the
+step ratio and writes the results. ``--baseline-weights`` fine-tunes one given baseline for every seed (seeds then
+differ only in the fine-tunes' data order and augmentation) instead of training a baseline per seed.
 
 Per seed: one baseline (``gfl/r18_lite_synthshapes``) and identical fine-tunes of it (``--epochs``, no warm-up,
 ``train.init_weights`` = the baseline export): ``control`` (no distillation), ``ld`` (main LD + KD + VLR,
@@ -12,7 +18,7 @@ seed's baseline teaching its own fine-tune (Self-LD, ``ld/self_ld_lite_synthshap
 ``ld`` row's export (taught by the teacher) teaching the baseline's fine-tune. Every model is evaluated on the
 val split with GFL's test settings and greedy NMS (the headline) and with score-voting Cluster-DIoU-NMS:
 COCO AP / AP75 (faster-coco-eval against ``annotations/instances_val.json``) and VOC07 11-point mAP@0.5.
-The teacher is ``--teacher-weights`` (shipped) or trained here (``gfl/r34_lite_synthshapes``).
+The teacher is ``--teacher-weights`` (shipped) or trained here (``gfl/r18_half_teacher_synthshapes``).
 
 Also the LD step-time ratio: time(LD step) / (time(student step) + time(teacher forward)), medians over
 interleaved repeats on one batch. Writes ``<results>/<stem>.{json,md}`` with ``detkd.reporting``; the JSON has
@@ -77,9 +83,10 @@ class VOCAndCOCO(Evaluator):
 
 
 def common_overrides(args, seed: int) -> list[str]:
-    return [f"data.root={args.out / 'data'}", f"data.n_train={args.n_train}", f"data.n_val={args.n_val}",
-            f"data.img_size={args.img_size}", f"train.out_dir={args.out / f'seed{seed}'}", f"train.seed={seed}",
-            f"train.max_iters={args.max_iters}", "train.progress=false", "train.tensorboard=false"]
+    size = [f"data.img_size={args.img_size}", f"eval.protocol=torchvision-{args.img_size}"] if args.img_size else []
+    return [f"data.root={args.data}", f"data.n_train={args.n_train}", f"data.n_val={args.n_val}", *size,
+            f"train.out_dir={args.out / f'seed{seed}'}", f"train.seed={seed}", f"train.max_iters={args.max_iters}",
+            "train.progress=false", "train.tensorboard=false", "train.overwrite=true"]
 
 
 def train_export(name: str, overrides: list[str]) -> Path:
@@ -150,6 +157,31 @@ def step_ratio(args, teacher: Path, repeats: int) -> dict:
     return med
 
 
+def run_seed(args, seed: int, teacher: Path) -> dict:
+    """One seed: the baseline (trained, or ``--baseline-weights``) and every fine-tune, each evaluated; the record is
+    saved as ``<out>/seed<k>/records.json`` (read back with ``--reuse``)."""
+    path = args.out / f"seed{seed}" / "records.json"
+    if args.reuse and path.is_file():
+        return json.loads(path.read_text())
+    t_start = time.time()
+    base_ovr = common_overrides(args, seed)
+    baseline = args.baseline_weights or train_export(
+        "gfl/r18_lite_synthshapes", [*base_ovr, f"train.epochs={args.baseline_epochs}", "name=baseline"])
+    ft = [*base_ovr, f"train.epochs={args.epochs}", f"train.init_weights={baseline}"]
+    exports, rows = {}, {}
+    for row, (name, extra) in FINETUNES.items():
+        teach = {"self_ld": baseline, "ta": exports.get("ld")}.get(row, teacher)
+        ovr = [*ft, *extra] + ([f"distill.teacher_weights={teach}"] if name.startswith("ld/") else [])
+        ovr.append(f"name={row}")
+        exports[row] = train_export(name, ovr)
+        rows[row] = evaluate(exports[row], args)
+        print(f"[kd_gain_ld] seed {seed} {row}: " + json.dumps(rows[row]), file=sys.stderr, flush=True)
+    rec = {"seed": seed, "rows": rows, "t_start": t_start, "t_end": time.time()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1))
+    return rec
+
+
 def verdict(per_row: dict) -> dict:
     """The issue's bar on COCO AP: paired gain of ``ld`` over ``control`` with mean > 2 x sample std of the
     per-seed differences, every seed gains, and ``ld`` not below ``kd`` nor ``feat`` (means)."""
@@ -166,12 +198,17 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--teacher-weights", type=Path, default=None)
-    ap.add_argument("--teacher-epochs", type=int, default=12)
-    ap.add_argument("--baseline-epochs", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=4, help="fine-tune epochs of every row")
+    ap.add_argument("--seed-list", type=int, nargs="+", help="run these seeds only (default: 0 .. seeds-1)")
+    ap.add_argument("--baseline-weights", type=Path, default=None, help="one baseline export fine-tuned by every "
+                    "seed (default: train a baseline per seed)")
+    ap.add_argument("--reuse", action="store_true", help="read <out>/seed<k>/records.json where it exists")
+    ap.add_argument("--teacher-epochs", type=int, default=6)
+    ap.add_argument("--baseline-epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=1, help="fine-tune epochs of every row")
     ap.add_argument("--n-train", type=int, default=1500)
     ap.add_argument("--n-val", type=int, default=500)
-    ap.add_argument("--img-size", type=int, default=320)
+    ap.add_argument("--img-size", type=int, default=0, help="0: the configs' own (and their test protocol)")
+    ap.add_argument("--data", type=Path, default=Path("data/synthshapes"), help="SynthShapes root (made if absent)")
     ap.add_argument("--max-iters", type=int, default=0, help=">0: every training stops after N iterations (smoke)")
     ap.add_argument("--max-images", type=int, default=0, help=">0: evaluate the first N val images only (smoke)")
     ap.add_argument("--step-repeats", type=int, default=20)
@@ -182,24 +219,18 @@ def main(argv=None) -> dict:
     t0 = time.time()
     teacher = args.teacher_weights
     if teacher is None:
-        teacher = train_export("gfl/r34_lite_synthshapes", [*common_overrides(args, 0),
+        teacher = train_export("gfl/r18_half_teacher_synthshapes", [*common_overrides(args, 0),
                                                             f"train.epochs={args.teacher_epochs}", "train.seed=100"])
-    seeds = list(range(args.seeds))
+    seeds = args.seed_list or list(range(args.seeds))
+    per_seed = {seed: run_seed(args, seed, teacher) for seed in seeds}
+    if args.seed_list and not args.reuse:
+        print(f"[kd_gain_ld] seeds {seeds} done; merge with --seeds N --reuse", file=sys.stderr)
+        return {}
     records: dict[str, dict[str, list]] = {}  # row -> nms -> [metrics per seed]
     for seed in seeds:
-        base_ovr = common_overrides(args, seed)
-        baseline = train_export("gfl/r18_lite_synthshapes", [*base_ovr, f"train.epochs={args.baseline_epochs}"])
-        ft = [*base_ovr, f"train.epochs={args.epochs}", f"train.init_weights={baseline}"]
-        exports = {}
-        for row, (name, extra) in FINETUNES.items():
-            teach = {"self_ld": baseline, "ta": exports.get("ld")}.get(row, teacher)
-            ovr = [*ft, *extra] + ([f"distill.teacher_weights={teach}"] if name.startswith("ld/") else [])
-            ovr.append(f"name={row}")
-            exports[row] = train_export(name, ovr)
-            res = evaluate(exports[row], args)
+        for row, res in per_seed[seed]["rows"].items():
             for nms in NMS:
                 records.setdefault(row, {}).setdefault(nms, []).append(res[nms])
-            print(f"[kd_gain_ld] seed {seed} {row}: " + json.dumps(res), file=sys.stderr)
     ratio = step_ratio(args, teacher, args.step_repeats)
 
     def series(metric: str, nms: str = "greedy") -> dict:
@@ -213,12 +244,15 @@ def main(argv=None) -> dict:
               "ap75": series("ap75"), "voc07_map": series("voc07_map"),
               "cluster_nms": {m: series(m, "cluster-diou-voting") for m in (*METRICS, "ap50")},
               "step_ratio": ratio["ratio"], "step_times": ratio, "verdict": verdict(coco),
-              "wall_s": round(time.time() - t0, 1), "commit": git_commit(),
+              "wall_s": round(time.time() - min([t0] + [p["t_start"] for p in per_seed.values()]), 1),
+              "seed_wall_s": {str(k): round(p["t_end"] - p["t_start"], 1) for k, p in per_seed.items()},
+              "baseline_weights": str(args.baseline_weights or "per seed"), "commit": git_commit(),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     per_model = {f"{r} ({'voting' if n != 'greedy' else 'greedy'})": {
         k: [m[k] for m in records[r][n]] for k in (*METRICS, "ap50")} for r in FINETUNES for n in NMS}
-    lines = ["# LD on SynthShapes (lite GFL R34 -> R18)", "",
-             f"seeds {seeds}; fine-tunes of {args.epochs} epoch(s) from each seed's baseline; "
+    base = f"the baseline {args.baseline_weights}" if args.baseline_weights else "each seed's baseline"
+    lines = ["# LD on SynthShapes (GFL R18 half width -> R18 quarter width)", "",
+             f"seeds {seeds}; fine-tunes of {args.epochs} epoch(s) from {base}; "
              f"max_iters {args.max_iters}, n_train {args.n_train}, n_val {args.n_val}, img {args.img_size}.", "",
              *kd_gain_table(per_model, ("coco_ap", "ap50", "ap75", "voc07_map"),
                             metric_titles=("AP", "AP50", "AP75", "VOC07 mAP")), "",

@@ -29,16 +29,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FAMILIES = {
     "faster_rcnn_vgg": ("faster_rcnn/vgg_lite_synthshapes", "faster_rcnn/vgg16_teacher_synthshapes"),
     "retinanet": ("retinanet/r18_lite_synthshapes", "retinanet/r50_teacher_synthshapes"),
-    "gfl": ("gfl/r18_lite_synthshapes", "gfl/r50_teacher_synthshapes"),
+    "gfl": ("gfl/r18_lite_synthshapes", "gfl/r18_half_teacher_synthshapes"),
     "faster_rcnn_fpn": ("faster_rcnn/fpn_lite_synthshapes", "faster_rcnn/fpn_r50_teacher_synthshapes"),
 }
 ROW_KEYS = ("family", "role", "model", "epochs", "voc07_map", "coco_ap", "params", "train_s")
 
 
 def overrides(args, name: str) -> list[str]:
-    out = [f"name={name}", f"train.out_dir={args.runs}", f"data.root={args.data}", f"data.n_train={args.n_train}",
-           f"data.n_val={args.n_val}", f"data.img_size={args.img_size}", f"data.max_long={args.max_long}",
-           f"eval.protocol={args.protocol or f'torchvision-{args.img_size}'}", "train.progress=true"]
+    out = [f"name={name}", f"train.out_dir={args.runs}", f"data.n_train={args.n_train}", f"data.n_val={args.n_val}",
+           "train.progress=true"] + ([f"data.root={args.data}"] if args.data else [])
+    if args.img_size:
+        out += [f"data.img_size={args.img_size}", f"eval.protocol={args.protocol or f'torchvision-{args.img_size}'}"]
+    elif args.protocol:
+        out.append(f"eval.protocol={args.protocol}")
+    if args.max_long:
+        out.append(f"data.max_long={args.max_long}")
     if args.epochs:
         out.append(f"train.epochs={args.epochs}")
     if args.batch_size:
@@ -61,11 +66,12 @@ def run_one(args, family: str, role: str, config: str) -> dict:
     ev = s.get("eval") or {}
     if "mAP" not in ev or "coco/AP" not in ev:
         raise SystemExit(f"{summary}: no VOC07 mAP / COCO AP in 'eval' ({sorted(ev)[:8]}); was it evaluated?")
-    cost = model_cost(build_model(cfg.model), args.img_size)
+    cost = model_cost(build_model(cfg.model), cfg.data.img_size)
     row = {"family": family, "role": role, "model": cfg.model.name, "epochs": int(cfg.train.epochs),
            "voc07_map": float(ev["mAP"]), "coco_ap": float(ev["coco/AP"]), "params": int(cost["params"]),
            "train_s": float(s.get("wall_time_s") or 0.0)}
-    return {**row, "_gflops": cost["gflops"], "_latency_ms": cost["latency_ms"], "_config": config}
+    return {**row, "_gflops": cost["gflops"], "_latency_ms": cost["latency_ms"], "_config": config,
+            "_img_size": cfg.data.img_size, "_protocol": cfg.eval.protocol}
 
 
 def table(rows: list[dict], settings: dict) -> list[str]:
@@ -75,7 +81,7 @@ def table(rows: list[dict], settings: dict) -> list[str]:
     lines = [f"# SynthShapes capacity: teacher vs student ({settings['commit'][:7]})", "",
              "Same recipe and epochs per family; VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on the val split "
              f"(test protocol in the settings). Settings: {json.dumps({k: v for k, v in settings.items() if k != 'commit'})}."
-             f" GFLOPs and latency: one eval-mode forward at {settings['img_size']}x{settings['img_size']} on this "
+             f" GFLOPs and latency: one eval-mode forward of a square image of the training size {settings['img_size']} on this "
              "machine's CPU (shared, loaded: latencies are indicative).", ""]
     lines += markdown_table(["family", "role", "model", "epochs", "VOC07 mAP", "COCO AP", "params (M)", "GFLOPs",
                              "CPU latency (ms)", "train (s)"], body)
@@ -96,12 +102,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=0, help="0: the configs' own")
     ap.add_argument("--batch-size", type=int, default=0, help="0: the configs' own")
     ap.add_argument("--warmup", type=int, default=-1, help="sched.warmup_iters (-1: the configs' own)")
-    ap.add_argument("--img-size", type=int, default=320)
-    ap.add_argument("--max-long", type=int, default=512)
-    ap.add_argument("--protocol", default="", help="test protocol (default: torchvision-<img size>)")
+    ap.add_argument("--img-size", type=int, default=0, help="0: the configs' own (with their test protocol)")
+    ap.add_argument("--max-long", type=int, default=0, help="0: the configs' own")
+    ap.add_argument("--protocol", default="", help="test protocol (default: the configs' own, or torchvision-<img "
+                    "size> with --img-size)")
     ap.add_argument("--n-train", type=int, default=1500)
     ap.add_argument("--n-val", type=int, default=500)
-    ap.add_argument("--data", type=Path, default=Path("data/synthshapes"))
+    ap.add_argument("--data", type=Path, default=None, help="SynthShapes root (default: the configs' own)")
     ap.add_argument("--runs", type=Path, default=Path("runs/synthshapes_capacity"))
     ap.add_argument("--stem", default="synthshapes_capacity")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -112,8 +119,9 @@ def main() -> None:
     args = ap.parse_args()
     rows = [run_one(args, fam, role, FAMILIES[fam][0 if role == "student" else 1])
             for fam in args.families for role in args.roles]
-    settings = {"commit": git_commit(), "img_size": args.img_size, "max_long": args.max_long,
-                "n_train": args.n_train, "protocol": args.protocol or f"torchvision-{args.img_size}", "n_val": args.n_val, "epochs": args.epochs or "config",
+    settings = {"commit": git_commit(), "img_size": sorted({r["_img_size"] for r in rows}),
+                "max_long": args.max_long or "config", "n_train": args.n_train,
+                "protocol": sorted({r["_protocol"] for r in rows}), "n_val": args.n_val, "epochs": args.epochs or "config",
                 "batch_size": args.batch_size or "config", "extra": args.set,
                 "teacher_extra": args.teacher_set}
     lines = table(rows, settings)

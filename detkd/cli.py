@@ -464,11 +464,18 @@ def data_synthshapes(
     seed: int = typer.Option(0, help="every pixel and box is a function of the seed"),
     train: int = typer.Option(1500, "--train", help="number of train scenes"),
     val: int = typer.Option(500, "--val", help="number of val scenes"),
+    preset: str = typer.Option("full", help="knob set: full (as designed: tiny objects, crowds) or cpu (fewer, "
+                               "larger objects in 256-320 px scenes: what the CPU-sized *_lite_synthshapes configs "
+                               "train on, data.preset=cpu)"),
 ):
     """Write SynthShapes: multi-class shape scenes in VOC layout and as COCO instances JSON."""
-    from detkd.data.synthshapes import write_synthshapes
+    from detkd.data.synthshapes import preset_config, write_synthshapes
 
-    typer.echo(f"SynthShapes written to {write_synthshapes(out, seed=seed, n_train=train, n_val=val)}")
+    try:
+        cfg = preset_config(preset)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"SynthShapes written to {write_synthshapes(out, seed=seed, n_train=train, n_val=val, cfg=cfg)}")
 
 
 @app.command("list")

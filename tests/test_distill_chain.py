@@ -26,7 +26,7 @@ def tiny_overrides(tmp_path, teacher) -> list[str]:
 @pytest.fixture
 def first_teacher(tmp_path):
     torch.manual_seed(0)
-    teacher = build_model(load_config("gfl/r34_lite_synthshapes").model)
+    teacher = build_model(load_config("gfl/r18_half_teacher_synthshapes").model)
     save_model_file(teacher, tmp_path / "r34.safetensors")
     return tmp_path / "r34.safetensors"
 

@@ -27,7 +27,7 @@ PAPER = {  # config: (student depth, teacher depth, classes)
     "ld/ta_r101_r50_voc": (50, 101, 20),
     "ld/ta_r50_r18_voc": (18, 50, 20),
 }
-LITE = {"ld/ld_lite_synthshapes": 34, "ld/self_ld_lite_synthshapes": 18}
+LITE = {"ld/ld_lite_synthshapes": (18, 0.5), "ld/self_ld_lite_synthshapes": (18, 0.25)}  # teacher depth, width
 
 
 def test_paper_ld_settings():
@@ -48,9 +48,10 @@ def test_paper_ld_settings():
             assert (cfg.train.epochs, cfg.sched.milestones, cfg.optim.lr) == (12, [8, 11], 0.01)
     # the TA chain links up: stage 1's student is stage 2's teacher architecture
     assert load_config("ld/ta_r101_r50_voc").model == load_config("ld/ta_r50_r18_voc").distill.teacher
-    for name, t_depth in LITE.items():
+    for name, (t_depth, t_width) in LITE.items():
         cfg = load_config(name)
-        assert cfg.model == load_config("gfl/r18_lite_synthshapes").model and cfg.distill.teacher.depth == t_depth
+        assert cfg.model == load_config("gfl/r18_lite_synthshapes").model
+        assert (cfg.distill.teacher.depth, cfg.distill.teacher.width) == (t_depth, t_width)
         assert cfg.distill.teacher.fpn_channels == cfg.model.fpn_channels and cfg.data.name == "synthshapes"
 
 

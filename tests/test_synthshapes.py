@@ -140,3 +140,15 @@ def test_colour_and_size_carry_no_class_information(small_set):
         means = np.array([x[labs == c].mean(0) for c in present])
         within = np.mean([x[labs == c].var(0).mean() for c in present])
         assert means.var(0).mean() / within < 0.15
+
+
+def test_presets_and_unknown_names():
+    from detkd.data.synthshapes import PRESETS, SynthShapesConfig, preset_config
+
+    assert preset_config("full") == SynthShapesConfig()
+    cpu = preset_config("cpu", {"objects": [1, 3]})
+    assert cpu.side_range == PRESETS["cpu"]["side_range"] and cpu.objects == (1, 3) and cpu.size_min == 12.0
+    with pytest.raises(ValueError, match="unknown preset 'tiny'; known: full, cpu"):
+        preset_config("tiny")
+    with pytest.raises(ValueError, match=r"unknown knob\(s\) \['colour'\]"):
+        preset_config("cpu", {"colour": 1})

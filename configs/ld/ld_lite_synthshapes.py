@@ -1,4 +1,4 @@
-"""LD on SynthShapes (CPU): the lite GFL R34 teacher (``gfl/r34_lite_synthshapes``) -> the lite GFL R18
+"""LD on SynthShapes (CPU): the half-width GFL R18 teacher (``gfl/r18_half_teacher_synthshapes``) -> the lite GFL R18
 student (``gfl/r18_lite_synthshapes``), main LD + KD + VLR at the paper's weights (METHODS.md §3.6).
 
 A fine-tune of a trained student, like the other KD-gain benchmarks: pass ``train.init_weights=<baseline
@@ -14,6 +14,6 @@ def config():
     cfg.name = "ld_lite_synthshapes"
     cfg.train.epochs = 4
     cfg.sched.warmup_iters = 0
-    teacher = load_config("gfl/r34_lite_synthshapes").model
+    teacher = load_config("gfl/r18_half_teacher_synthshapes").model
     cfg.distill = DistillConfig(teacher=teacher, methods=["ld"], ld=LDConfig())
     return cfg
