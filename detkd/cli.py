@@ -365,6 +365,8 @@ def export(
                                            "(default: biubug6-origin for RetinaFace, torchvision for RetinaNet/GFL)"),
     input_dtype: str = typer.Option("float32", help="ONNX input dtype: float32 or uint8 (RGB 0..255 either way)"),
     size: str = typer.Option("640x640", help="ONNX detectors: traced HxW (the fixed size without --dynamic-size)"),
+    half: bool = typer.Option(False, "--half", help="--out: store float tensors as float16 (half the size; loading "
+                              "upcasts to float32, outputs move by float16 rounding)"),
 ):
     """Export the student only (no teacher, no adapters) as safetensors + JSON model card, and/or as ONNX."""
     if out is None and onnx is None:
@@ -373,7 +375,7 @@ def export(
         from detkd.engine.checkpoint import export_student
 
         try:
-            export_student(run, out)
+            export_student(run, out, half=half)
         except (FileNotFoundError, ValueError) as e:
             _fail(str(e))
         typer.echo(f"exported student to {out} (+ {Path(out).with_suffix('.json').name})")

@@ -319,6 +319,14 @@ def test_export_writes_student_safetensors_and_card(tmp_path, monkeypatch):
     net, _ = load_model_file(out)
     assert torch.equal(net.fc.weight, sd["fc.weight"])
 
+    # --half: float16 on disk, upcast to the float32 model on load, the card says so
+    half = export_student(tmp_path / "run", tmp_path / "exp" / "half.safetensors", half=True)
+    hsd = load_student_weights(half)
+    assert all(v.dtype == torch.float16 for v in hsd.values() if v.is_floating_point())
+    assert read_card(half)["dtype"] == "float16" and half.stat().st_size < out.stat().st_size
+    hnet, _ = load_model_file(half)
+    assert hnet.fc.weight.dtype == torch.float32 and torch.equal(hnet.fc.weight, sd["fc.weight"].half().float())
+
 
 def test_export_rejects_non_detkd_checkpoint(tmp_path):
     torch.save({"w": torch.ones(1)}, tmp_path / "plain.pt")

@@ -228,8 +228,10 @@ def student_state_dict(task_state: dict[str, Tensor], where: str = "checkpoint")
     return out
 
 
-def export_student(src: str | Path, out_path: str | Path, model_card: dict | None = None) -> Path:
-    """Write the student of a run dir / training checkpoint as safetensors plus a JSON model card."""
+def export_student(src: str | Path, out_path: str | Path, model_card: dict | None = None, half: bool = False) -> Path:
+    """Write the student of a run dir / training checkpoint as safetensors plus a JSON model card; ``half`` stores
+    floating-point tensors as float16 (half the file; loading upcasts into the float32 model, so outputs move by
+    float16 rounding: evaluate the half file itself before quoting its numbers)."""
     from safetensors.torch import save_file
 
     ckpt = resolve_checkpoint(src)
@@ -244,6 +246,8 @@ def export_student(src: str | Path, out_path: str | Path, model_card: dict | Non
             f"{ckpt}: refusing to export: {len(bad)} student tensors hold NaN/inf (e.g. {bad[0]}); the run "
             "diverged, retrain it with a lower learning rate", path=ckpt)
     student = {k: v.detach().cpu().contiguous().clone() for k, v in student.items()}  # no shared storage
+    if half:
+        student = {k: v.half() if v.is_floating_point() else v for k, v in student.items()}
     out = Path(out_path)
     if out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
@@ -259,7 +263,7 @@ def export_student(src: str | Path, out_path: str | Path, model_card: dict | Non
     cfg = state.get("config") or {}
     source = {"experiment": cfg.get("name"), "checkpoint": str(ckpt), "epoch": state.get("epoch"),
               "global_step": state.get("global_step")}
-    extra = dict(model_card or {})
+    extra = dict(model_card or {}) | ({"dtype": "float16"} if half else {})
     if "class_names" not in extra:  # detectors trained on a known data set carry its class names
         from detkd.data.names import dataset_class_names
 
