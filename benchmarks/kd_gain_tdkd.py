@@ -113,6 +113,8 @@ def main() -> None:
                     "seed; '{seed}' in the path is replaced by the seed. Without '{seed}' every seed fine-tunes the "
                     "same converged student (TDKD's protocol), so the seed std is that of the fine-tunes alone")
     ap.add_argument("--tag", default="", help="results file suffix: tdkd_synthfaces<tag>.{json,md}")
+    ap.add_argument("--seed-list", type=int, nargs="+", help="run only these seeds and write no results (parallel "
+                    "processes, one core each); then merge with --seeds N --reuse")
     args = ap.parse_args()
 
     sched = DemoSchedule.quick() if args.quick else DemoSchedule()
@@ -120,7 +122,7 @@ def main() -> None:
         sched.baseline_epochs = args.baseline_epochs
     if args.extra_epochs:
         sched.extra_epochs = args.extra_epochs
-    seeds = list(range(args.seeds))
+    seeds = args.seed_list or list(range(args.seeds))
     per_proto = {p: {m: {"easy": [], "medium": [], "hard": []} for m in MODELS} for p in PROTOCOLS}
     for seed in seeds:
         done = args.out / f"seed{seed}" / "results.json"
@@ -135,6 +137,9 @@ def main() -> None:
             for m in MODELS:
                 for sub in ("easy", "medium", "hard"):
                     per_proto[p][m][sub].append(res[m][p][sub])
+    if args.seed_list:
+        print(f"seeds {seeds} done under {args.out}; merge with --seeds N --reuse")
+        return
     timing = step_time_ratio(args.out / "seed0" / "synthfaces", args.out / "seed0" / "teacher" / "student.safetensors")
     commit = git_commit()
     head = PROTOCOLS[0]

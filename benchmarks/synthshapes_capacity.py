@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--teacher-set", nargs="*", default=[], help="a.b=c overrides for the teachers only (e.g. a "
                     "narrower teacher for a calibration run: model.width=0.25)")
     ap.add_argument("--retrain", action="store_true", help="train even when a summary.json exists")
+    ap.add_argument("--note", default="", help="a line for the md on how the runs were made (threads, load)")
     args = ap.parse_args()
     rows = [run_one(args, fam, role, FAMILIES[fam][0 if role == "student" else 1])
             for fam in args.families for role in args.roles]
@@ -124,7 +125,7 @@ def main() -> None:
                 "protocol": sorted({r["_protocol"] for r in rows}), "n_val": args.n_val, "epochs": args.epochs or "config",
                 "batch_size": args.batch_size or "config", "extra": args.set,
                 "teacher_extra": args.teacher_set}
-    lines = table(rows, settings)
+    lines = table(rows, settings) + ([""] + [f"Note: {args.note}"] if args.note else [])
     write_results(args.out_dir, args.stem, {"rows": [{k: r[k] for k in ROW_KEYS} for r in rows]}, lines)
     print("\n".join(lines))
 
