@@ -10,7 +10,7 @@ This module builds the pairs the matrix is made of, from ONE config generator:
   taps (the declared taps without a ``.``: ``p3..p7``, ``c5``, ``p2..p6``) and warm-ups off.
 - ``CELL_OPTIONS``: model options a cell turns on in BOTH models because its method needs them (LD on RetinaNet:
   the distribution branch ``dist_reg_max``); ``tiny_pair(detector, method)`` applies them, and the printed table
-  marks such cells ``runs*`` with the options in a footnote.
+  marks such cells ``runs (*)`` with the options in a footnote.
 - ``support_table()``: ``{(method, detector): None | reason}``, what ``detkd list methods --matrix`` prints.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ def support_table(methods=None, detectors=MATRIX_DETECTORS) -> dict[tuple[str, s
 
 
 def format_table(table: dict[tuple[str, str], str | None], markdown: bool = False) -> str:
-    """The matrix as text (or a markdown table): one row per method, ``runs`` / ``runs*`` (with the cell's
+    """The matrix as text (or a markdown table): one row per method, ``runs`` / ``runs (*)`` (with the cell's
     ``CELL_OPTIONS``) / ``no (n)`` cells, then the numbered reasons and the options of the starred cells."""
     methods = list(dict.fromkeys(m for m, _ in table))
     dets = list(dict.fromkeys(d for _, d in table))
@@ -123,7 +123,7 @@ def format_table(table: dict[tuple[str, str], str | None], markdown: bool = Fals
         for d in dets:
             r = table[(m, d)]
             if r is None:
-                cells.append("runs*" if (m, d) in CELL_OPTIONS else "runs")
+                cells.append("runs (*)" if (m, d) in CELL_OPTIONS else "runs")
             else:
                 if r not in reasons:
                     reasons.append(r)
@@ -139,6 +139,6 @@ def format_table(table: dict[tuple[str, str], str | None], markdown: bool = Fals
     bullet = "- " if markdown else ""
     lines += [""] + [f"{bullet}({i}) {r}" for i, r in enumerate(reasons, 1)]
     starred = [(m, d) for (m, d), r in table.items() if r is None and (m, d) in CELL_OPTIONS]
-    lines += [f"{bullet}* {m} on {d}: with " + ", ".join(f"{k}={v}" for k, v in CELL_OPTIONS[m, d].items())
+    lines += [f"{bullet}(*) {m} on {d}: with " + ", ".join(f"{k}={v}" for k, v in CELL_OPTIONS[m, d].items())
               + " on student and teacher" for m, d in starred]
     return "\n".join(lines).rstrip() + "\n"
