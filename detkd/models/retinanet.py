@@ -190,13 +190,14 @@ class RetinaNet(DenseDetector):
         dist = getattr(self.head.regression_head, "bbox_dist", None) if self.config.dist_reg_max else None
         if dist is not None:
             head["box_dist"] = []
+            n = 4 * (self.config.dist_reg_max + 1)
         for lvl in LEVELS:
             cls, taps[f"cls_feat.{lvl}"] = self.head.classification_head(feats[lvl], k)
             box, taps[f"reg_feat.{lvl}"] = self.head.regression_head(feats[lvl], 4)
             head["cls_logits"].append(cls)
             head["box_reg"].append(box)
             if dist is not None:  # same layout as the other predictors: [B, h*w*A, 4 * bins]
-                head["box_dist"].append(flatten_level(dist(taps[f"reg_feat.{lvl}"]), 4 * (self.config.dist_reg_max + 1)))
+                head["box_dist"].append(flatten_level(dist(taps[f"reg_feat.{lvl}"]), n))
         return head, taps
 
     def make_priors(self, height: int, width: int, device: torch.device) -> list[Tensor]:
