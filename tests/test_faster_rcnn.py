@@ -175,7 +175,8 @@ def test_family_defaults():
     assert v.normalize == "caffe" and v.rpn_drop_outside and v.roi_batch == 256 and v.nms_thresh == 0.3
     assert f.normalize == "imagenet" and f.anchor_sizes == [32, 64, 128, 256, 512] and f.roi_batch == 512
     m = lookup("model", "faster_rcnn_vgg")(depth=11, num_classes=20, hidden=64)
-    assert m.channels == {"c5": 512} and m.strides == {"c5": 16}
+    # the RPN's shared conv output is a tap too (TDKD's teacher task feature on Faster R-CNN)
+    assert m.channels == {"c5": 512, "rpn_feat.c5": 512} and m.strides == {"c5": 16, "rpn_feat.c5": 16}
     frozen = [n for n, p in m.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith("backbone.") and int(n.split(".")[1]) < 10 for n in frozen)
 

@@ -28,6 +28,7 @@ PAPER = {  # config: (student depth, teacher depth, classes)
     "ld/ta_r50_r18_voc": (18, 50, 20),
 }
 LITE = {"ld/ld_lite_synthshapes": (18, 0.5), "ld/self_ld_lite_synthshapes": (18, 0.25)}  # teacher depth, width
+RETINA_LITE = "ld/retinanet_lite_synthshapes"  # LD on RetinaNet through its distribution branch
 
 
 def test_paper_ld_settings():
@@ -53,6 +54,9 @@ def test_paper_ld_settings():
         assert cfg.model == load_config("gfl/r18_lite_synthshapes").model
         assert (cfg.distill.teacher.depth, cfg.distill.teacher.width) == (t_depth, t_width)
         assert cfg.distill.teacher.fpn_channels == cfg.model.fpn_channels and cfg.data.name == "synthshapes"
+    cfg = load_config(RETINA_LITE)
+    assert cfg.model.name == cfg.distill.teacher.name == "retinanet" and cfg.distill.teacher.depth == 34
+    assert cfg.model.dist_reg_max == cfg.distill.teacher.dist_reg_max == 16 and cfg.distill.methods == ["ld"]
 
 
 def voc_batch(n: int, short: int):
@@ -110,7 +114,7 @@ def test_paper_ld_config_two_steps_on_voc_mini(name):
     two_distill_steps(name, 160)
 
 
-@pytest.mark.parametrize("name", sorted(LITE))
+@pytest.mark.parametrize("name", [*sorted(LITE), RETINA_LITE])
 def test_lite_synthshapes_ld_configs_build_and_step(name):
     cfg = load_config(name)
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 student's tapped tensors, teacher untouched) or fails at build time with the reason its method declares."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,9 @@ from detkd.distill.matrix import (
 METHODS = ("tdkd", "fgfi", "defeat", "ld", "kd", "feat")
 # cells that are expected NOT to run, with a fragment of the declared reason
 DECLARED = {
-    ("tdkd", "faster_rcnn_vgg"): "two-stage detector",
-    ("tdkd", "faster_rcnn_fpn"): "two-stage detector",
     ("ld", "retinaface_mnet"): "no distribution head key",
     ("ld", "faster_rcnn_vgg"): "no distribution head key",
     ("ld", "faster_rcnn_fpn"): "no distribution head key",
-    ("ld", "retinanet"): "no distribution head key",
 }
 # the ResNet-18 families are the slow ones on 2 shared cores: their cells run in `make test-slow`
 FAST = {"retinaface_mnet", "faster_rcnn_vgg"}
@@ -42,7 +40,7 @@ def test_matrix_covers_every_registered_method():
 
 @pytest.mark.parametrize("method, detector", CELLS)
 def test_cell(method, detector):
-    student, teacher = tiny_pair(detector)
+    student, teacher = tiny_pair(detector, method)
     cfg = matrix_config(method, student)
     if (method, detector) in DECLARED:
         want = f"distill.{method} does not run on .*{DECLARED[method, detector]}"
@@ -165,3 +163,34 @@ def test_tdkd_ranks_negatives_by_the_students_background_loss_without_mining():
     n_loc = sum(int(l.sum()) for _, l in masks)
     n_pos = int(s_out.assign.pos.sum())
     assert 0 < n_loc <= n_pos and n_loc < n_cls <= 4 * n_pos
+
+
+def test_ld_on_retinanet_without_the_branch_names_box_dist_and_the_option():
+    student, teacher = tiny_pair("retinanet")  # the plain cell: no distribution branch
+    with pytest.raises(UnsupportedPairError, match="no distribution head key 'box_dist'.*set the RetinaNet "
+                       "config's dist_reg_max > 0"):
+        build_distill_task(matrix_config("ld", student), student, teacher)
+    with_branch, _ = tiny_pair("retinanet", "ld")  # only the teacher lacks it: the teacher is named
+    with pytest.raises(UnsupportedPairError, match="the teacher \\(RetinaNet\\) has no distribution head key"):
+        build_distill_task(matrix_config("ld", with_branch), with_branch, teacher)
+
+
+def test_tdkd_on_faster_rcnn_reads_the_rpn():
+    from detkd.distill.distiller import DistillContext
+    from detkd.distill.tdkd import level_masks
+
+    student, teacher = tiny_pair("faster_rcnn_vgg")
+    cfg = matrix_config("tdkd", student)
+    task = build_distill_task(cfg, student, teacher)
+    terms = {t.name: (t.student, t.teacher) for t in task.distiller.terms}
+    assert terms == {"cls.c5": ("c5", "rpn_feat.c5"), "loc.c5": ("c5", "rpn_feat.c5"),
+                     "prob": ("head.rpn.objectness", "head.rpn.objectness")}
+    images, targets, _ = tiny_batch(num_classes(student))
+    with torch.no_grad():
+        s_out = student(images, targets)
+        ctx = DistillContext(teacher(images), s_out, targets, 0, teacher_model=teacher)
+        (cls, loc), = level_masks(ctx, replace(cfg.tdkd, logits="rpn.objectness"), "sigmoid")
+    # loc = locations of every matcher positive (labels > 0), not only the RPN loss's sample
+    matched = (s_out.assign.labels > 0).reshape(2, *loc.shape[1:], -1).any(-1)
+    assert torch.equal(loc, matched) and bool(loc.any())
+    assert bool((cls & ~loc).any()) and torch.equal(cls & loc, loc)  # cls adds hard negatives to the positives

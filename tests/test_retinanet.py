@@ -153,3 +153,39 @@ def test_importer_rejects_foreign_layouts(tmp_path):
     torch.save({"foo.weight": torch.zeros(1)}, tmp_path / "y.pth")
     with pytest.raises(ValueError, match="not a torchvision RetinaNet"):
         import_torchvision_retinanet(tmp_path / "y.pth", tmp_path / "o.safetensors")
+
+
+def test_distribution_branch_is_off_by_default_and_trains_with_dfl():
+    from detkd.ops.gfl import bbox2distance, distribution_focal_loss
+
+    plain, branch = light(), light(dist_reg_max=16)
+    assert not any("bbox_dist" in k for k in plain.state_dict())  # torchvision's layout, key for key
+    assert "box_dist" not in plain.head_spec and plain.loss_weights == {}
+    extra = set(branch.state_dict()) - set(plain.state_dict())
+    assert extra == {"head.regression_head.bbox_dist.weight", "head.regression_head.bbox_dist.bias"}
+    spec = branch.head_spec["box_dist"]
+    assert (spec.kind, spec.dim, spec.reg_max) == ("distribution", 68, 16)
+    branch.load_state_dict(plain.state_dict(), strict=False)  # same trunk, towers and predictors
+    x = torch.rand(2, 3, 128, 160) * 255
+    a = plain.train()(x, targets(), decode=True)
+    b = branch.train()(x, targets(), decode=True)
+    assert [t.shape[1:] for t in b.head["box_dist"]] == [(t.shape[1], 68) for t in b.head["box_reg"]]
+    # decoding keeps the deltas: the detections and the torchvision losses are the plain model's
+    for da, db in zip(a.dets, b.dets):
+        assert torch.equal(da["boxes"], db["boxes"]) and torch.equal(da["scores"], db["scores"])
+    for key in ("cls", "box"):
+        assert torch.equal(a.raw_losses[key], b.raw_losses[key])
+    # DFL on the positives, stride units, 0.25 weight, mean over images of sum / 4 / max(1, n_pos)
+    pos = b.assign.pos[0]
+    anchors = torch.cat(b.priors)[pos]
+    stride = torch.cat([torch.full((p.shape[0],), float(s)) for p, s in zip(b.priors, (8, 16, 32, 64, 128))])[pos]
+    gt = targets()[0]["boxes"][b.assign.matched[0][pos]]
+    d = bbox2distance((anchors[:, :2] + anchors[:, 2:]) / 2 / stride[:, None], gt / stride[:, None], 16)
+    logits = b.cat_head("box_dist")[0][pos].reshape(-1, 17)
+    want = distribution_focal_loss(logits, d.reshape(-1)).sum() / 4 / int(pos.sum()) / 2  # image 1 has no GT
+    assert b.raw_losses["dfl"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert b.losses["task.dfl"].item() == pytest.approx(0.25 * want.item(), rel=1e-5)
+    # the per-GT thresholds LD's VLR reads: fg_iou for every GT
+    assert [t.tolist() for t in b.assign.thresholds] == [[0.5, 0.5], []]
+    b.losses["task.dfl"].backward()
+    assert branch.head.regression_head.conv[0][0].weight.grad.abs().sum() > 0  # DFL trains the shared tower

@@ -18,6 +18,16 @@ teacher because the assignment depends on the GT only; ``kd_rows(p, q, T) = T²�
   max over ALL levels' priors, one prior per location) or ``"fitnet"`` locations (prior centre strictly inside a
   GT); a level without positives gives 0.
 
+Generalised beyond GFL (the method × detector matrix): any dense head with a ``"distribution"`` key runs, e.g.
+RetinaNet with its optional distribution branch (``dist_reg_max > 0``: ``4·(reg_max+1)`` logits per ANCHOR, 9
+per location, trained with DFL; see ``detkd.models.retinanet``). Everything above is per prior, so anchors
+replace GFL's points unchanged; the one ATSS-specific input is the VLR's per-GT threshold ``thr_g``, which is
+the threshold the student's own assigner calls positive: GFL's ATSS mean + std, RetinaNet's ``fg_iou`` (0.5) for
+every GT (``Assignment.thresholds``), so the VLR is the anchors with ``alpha·fg_iou ≤ "DIoU" < fg_iou``: the
+"almost positive" ring around each GT, as in GFL. (The ATSS rule itself is not reused on RetinaNet's anchors:
+with 9 anchors per location its 9 closest candidates per level collapse onto one location.) Assigners that
+report no thresholds fall back to the ATSS rule on the priors (``vlr_weights``).
+
 Levels or batches without positives give exact zeros that keep the graph (§3.7). Defaults are the LDHead
 defaults, i.e. what the released VOC "Main LD" and COCO R18/R34 configs really run (§3.11-2).
 
@@ -57,6 +67,13 @@ class LDConfig:
     logits: str = "cls_logits"
 
 
+def _hint(model: nn.Module) -> str:
+    """``"; <how to add the branch>"`` for models that can grow a distribution head (``model.distribution_hint``,
+    e.g. RetinaNet's ``dist_reg_max``), else empty."""
+    hint = getattr(model, "distribution_hint", "")
+    return f"; {hint}" if hint else ""
+
+
 def _spec(model: nn.Module, key: str, kinds: tuple[str, ...], side: str):
     spec = (getattr(model, "head_spec", None) or {}).get(key)
     if spec is None or spec.kind not in kinds:
@@ -64,6 +81,7 @@ def _spec(model: nn.Module, key: str, kinds: tuple[str, ...], side: str):
         raise ValueError(
             f"distill.ld: the {side} ({type(model).__name__}) has no {'/'.join(kinds)} head key {key!r} "
             f"(declared head_spec: {declared or 'none'}); LD needs a distribution head such as GFL's box_dist"
+            f"{_hint(model)}"
         )
     return spec
 
@@ -164,10 +182,10 @@ def imitation_mask(ctx: DistillContext, cfg: LDConfig, level: int) -> Tensor:
 
 
 def supports(student: nn.Module, teacher: nn.Module) -> str | None:
-    """LD runs where both heads predict box distributions (a ``"distribution"`` head key, e.g. GFL's
-    ``box_dist``). Delta regressors (RetinaFace, RetinaNet, Faster R-CNN's RPN) have no distribution to distil;
-    adding a distribution branch to them is a model change, not a method generalisation, so they are declared
-    unsupported."""
+    """LD runs where both heads predict box distributions (a ``"distribution"`` head key: GFL's ``box_dist``, or
+    RetinaNet's with ``dist_reg_max > 0``). Pure delta regressors (RetinaFace, Faster R-CNN's RPN, RetinaNet
+    without the branch) have no distribution to distil; the reason says how to add the branch where the model
+    can (``model.distribution_hint``)."""
     for side, model in (("student", student), ("teacher", teacher)):
         spec = getattr(model, "head_spec", None)
         if not isinstance(spec, dict):
@@ -176,7 +194,7 @@ def supports(student: nn.Module, teacher: nn.Module) -> str | None:
             declared = ", ".join(f"{k}: {v.kind}" for k, v in spec.items()) or "none"
             return (f"the {side} ({type(model).__name__}) has no distribution head key 'box_dist' (nor any "
                     f"'distribution' key; declared head_spec: {declared}): LD distils box-edge distributions, "
-                    "which a head regressing deltas does not predict")
+                    f"which a head regressing deltas does not predict{_hint(model)}")
     return None
 
 

@@ -8,6 +8,9 @@ This module builds the pairs the matrix is made of, from ONE config generator:
   feature term crosses an adapter between different channel counts.
 - ``matrix_section(method, student)``: the method's default config with its tap lists set to the student's neck
   taps (the declared taps without a ``.``: ``p3..p7``, ``c5``, ``p2..p6``) and warm-ups off.
+- ``CELL_OPTIONS``: model options a cell turns on in BOTH models because its method needs them (LD on RetinaNet:
+  the distribution branch ``dist_reg_max``); ``tiny_pair(detector, method)`` applies them, and the printed table
+  marks such cells ``runs (*)`` with the options in a footnote.
 - ``support_table()``: ``{(method, detector): None | reason}``, what ``detkd list methods --matrix`` prints.
 """
 from __future__ import annotations
@@ -29,18 +32,22 @@ TEACHER_WIDER: dict[str, dict] = {
     "retinanet": {"fpn_channels": 32},
     "gfl": {"fpn_channels": 32},
 }
+# (method, detector) -> model options both models of the cell get
+CELL_OPTIONS: dict[tuple[str, str], dict] = {("ld", "retinanet"): {"dist_reg_max": 16}}
 TAP_FIELDS = ("student_taps", "teacher_taps", "levels", "im_taps")  # config fields that list taps
 
 
-def tiny_pair(detector: str) -> tuple[nn.Module, nn.Module]:
-    """``(student, teacher)`` of one family: tiny config (seed 0) and a wider, differently seeded copy (seed 1)."""
+def tiny_pair(detector: str, method: str | None = None) -> tuple[nn.Module, nn.Module]:
+    """``(student, teacher)`` of one family: tiny config (seed 0) and a wider, differently seeded copy (seed 1),
+    both with the ``CELL_OPTIONS`` of ``(method, detector)``."""
     load_all()
     if detector not in TINY_CONFIGS or detector not in MODELS:
         raise KeyError(f"detector {detector!r} has no tiny config (known: {', '.join(sorted(TINY_CONFIGS))})")
+    base = {**TINY_CONFIGS[detector], **CELL_OPTIONS.get((method, detector), {})}
     torch.manual_seed(0)
-    student = MODELS[detector](**TINY_CONFIGS[detector])
+    student = MODELS[detector](**base)
     torch.manual_seed(1)
-    teacher = MODELS[detector](**{**TINY_CONFIGS[detector], **TEACHER_WIDER.get(detector, {})})
+    teacher = MODELS[detector](**{**base, **TEACHER_WIDER.get(detector, {})})
     return student, teacher
 
 
@@ -92,19 +99,21 @@ def num_classes(model: nn.Module) -> int:
 
 
 def support_table(methods=None, detectors=MATRIX_DETECTORS) -> dict[tuple[str, str], str | None]:
-    """``{(method, detector): None (runs) | reason}`` from each method's ``supports`` on ``tiny_pair``."""
+    """``{(method, detector): None (runs) | reason}`` from each method's ``supports`` on ``tiny_pair`` (with the
+    cell's ``CELL_OPTIONS``)."""
     methods = list(methods or method_names())
     table = {}
     for det in detectors:
-        student, teacher = tiny_pair(det)
+        plain = tiny_pair(det)
         for m in methods:
+            student, teacher = tiny_pair(det, m) if (m, det) in CELL_OPTIONS else plain
             table[(m, det)] = method_support(m, student, teacher)
     return table
 
 
 def format_table(table: dict[tuple[str, str], str | None], markdown: bool = False) -> str:
-    """The matrix as text (or a markdown table): one row per method, ``runs`` / ``no (n)`` cells, then the
-    numbered reasons."""
+    """The matrix as text (or a markdown table): one row per method, ``runs`` / ``runs (*)`` (with the cell's
+    ``CELL_OPTIONS``) / ``no (n)`` cells, then the numbered reasons and the options of the starred cells."""
     methods = list(dict.fromkeys(m for m, _ in table))
     dets = list(dict.fromkeys(d for _, d in table))
     reasons: list[str] = []
@@ -114,7 +123,7 @@ def format_table(table: dict[tuple[str, str], str | None], markdown: bool = Fals
         for d in dets:
             r = table[(m, d)]
             if r is None:
-                cells.append("runs")
+                cells.append("runs (*)" if (m, d) in CELL_OPTIONS else "runs")
             else:
                 if r not in reasons:
                     reasons.append(r)
@@ -129,4 +138,7 @@ def format_table(table: dict[tuple[str, str], str | None], markdown: bool = Fals
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     bullet = "- " if markdown else ""
     lines += [""] + [f"{bullet}({i}) {r}" for i, r in enumerate(reasons, 1)]
+    starred = [(m, d) for (m, d), r in table.items() if r is None and (m, d) in CELL_OPTIONS]
+    lines += [f"{bullet}(*) {m} on {d}: with " + ", ".join(f"{k}={v}" for k, v in CELL_OPTIONS[m, d].items())
+              + " on student and teacher" for m, d in starred]
     return "\n".join(lines).rstrip() + "\n"

@@ -26,9 +26,27 @@ Generalised beyond RetinaFace (the method × detector matrix, ``detkd list metho
 detectors with task towers but no hard-negative mining (RetinaNet, GFL: ``levels`` = their ``p3..p7``, teacher
 taps their towers' ``cls_feat.<l>`` / ``reg_feat.<l>``), the negatives of ``M^cls`` are ranked by the student's
 background classification loss (``background_loss_rank``; sigmoid heads: ``Σ_k softplus(z_k)``), and the
-dynamic scale reads the box loss ``raw_losses["box"]`` when the model reports no ``"loc"``. Two-stage detectors
-are declared unsupported (``supports``): their classes exist only for sampled RoIs, so neither the per-prior
-masks nor the probability term are defined.
+dynamic scale reads the box loss ``raw_losses["box"]`` when the model reports no ``"loc"``.
+
+Generalised to Faster R-CNN through its RPN (``logits`` resolves to ``rpn.objectness`` when the models have no
+``cls_logits``): the RPN objectness is a dense per-anchor one-class sigmoid with its own assignment, i.e. the
+face/background classifier of RetinaFace with one sigmoid column instead of a 2-way softmax, so every part of
+TDKD has its counterpart there, while the RoI head's classes (sampled RoIs only) have none:
+
+- positives = every anchor the RPN matcher calls positive (IoU ≥ 0.7 or a GT's best anchor: ``labels > 0``), not
+  the random 256-anchor sample of the RPN loss (a random subset would make the masks random); negatives of
+  ``M^cls`` = the top ``neg_ratio · n_pos`` non-positive, non-ignored anchors ranked by the student's objectness
+  loss as background (``softplus(z)``, ``background_loss_rank``);
+- teacher task features = the RPN's shared 3x3 conv output ``rpn_feat.<level>`` for BOTH tasks (the RPN has no
+  separate towers: its objectness and deltas read the same map); the two student adapters still decouple the
+  tasks, exactly as the reference's student feeds the same SSH map to both (§1.11-2); student taps = the
+  RPN's inputs (``c5`` or ``p2..p6``);
+- probability term over every anchor's objectness sigmoid in the band; dynamic scale from the RPN box loss
+  ``raw_losses["rpn_box"]``.
+
+The teacher's task-feature prefixes are ``cls_feat`` / ``reg_feat`` when it declares them, else ``rpn_feat`` for
+both (``task_prefixes``); ``supports`` declares a pair unsupported when either side has no dense classifier
+(softmax, sigmoid or objectness head key).
 """
 from __future__ import annotations
 
@@ -45,14 +63,16 @@ from detkd.distill.distiller import (
     HEAD_PREFIX,
     DistillContext,
     Term,
-    class_logits_reason,
     class_probability_kind,
     distill_method,
+    head_key,
 )
 from detkd.distill.losses import class_probs, masked_feat_l2, prob_l2_uncertain
 from detkd.distill.masks import tdkd_location_masks
 
 TASKS = (("cls", "cls_feat"), ("loc", "reg_feat"))  # (term name, teacher tap prefix); the mask index follows
+RPN_KEY, RPN_PREFIX = "rpn.objectness", "rpn_feat"  # Faster R-CNN: the RPN's classifier and shared conv output
+DENSE_KINDS = ("softmax", "sigmoid", "objectness")
 
 
 @dataclass
@@ -65,7 +85,7 @@ class TDKDConfig:
     faithful: bool = False  # True: frozen seeded random adapters (released code)
     adapter_seed: int = 0
     levels: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
-    logits: str = "cls_logits"  # class logits (softmax or sigmoid, as the models' head_spec declares)
+    logits: str = "cls_logits"  # class logits (softmax or sigmoid); "rpn.objectness" is used where it is missing
     loc_key: str = "loc"  # student raw_losses key of the unweighted box loss
 
 
@@ -89,6 +109,8 @@ def level_masks(ctx: DistillContext, cfg: TDKDConfig, kind: str = "softmax") -> 
     student's own background classification loss (``background_loss_rank``), the same criterion RetinaFace's
     hard-negative mining uses, and the top ``neg_ratio · n_pos`` of them enter ``M^cls``."""
     inp = ctx.mask_inputs(cfg.levels, what="TDKD masks")
+    if cfg.logits == RPN_KEY:  # every matcher positive, not the RPN loss's random sample (module docstring)
+        inp = replace(inp, assign=replace(inp.assign, pos=inp.assign.labels > 0))
     if inp.assign.neg_rank is None:
         excluded = inp.assign.pos.bool() | inp.assign.ignore.bool()
         rank = background_loss_rank(ctx.student.cat_head(cfg.logits), kind, excluded)
@@ -111,8 +133,8 @@ def prob_loss(s_logits: Tensor, t_logits: Tensor, mask: Tensor | None = None, ba
 def loc_over_feat(l_feat: Tensor, ctx: DistillContext, loc_key: str = "loc") -> Tensor:
     """Dynamic scale ``sg(L_loc) / sg(L_feat)``, 0 when ``L_feat == 0`` (no positives in the batch)."""
     raw = ctx.student.raw_losses
-    if loc_key == "loc" and "loc" not in raw and "box" in raw:
-        loc_key = "box"  # generalisation: RetinaNet / GFL name their unweighted box loss "box"
+    if loc_key == "loc" and "loc" not in raw:  # generalisation: RetinaNet / GFL "box", Faster R-CNN's RPN "rpn_box"
+        loc_key = next((k for k in ("box", "rpn_box") if k in raw), loc_key)
     if loc_key not in raw:
         raise KeyError(
             f"TDKD scale='dynamic' needs the student's unweighted box loss raw_losses[{loc_key!r}] "
@@ -125,9 +147,44 @@ def loc_over_feat(l_feat: Tensor, ctx: DistillContext, loc_key: str = "loc") -> 
 
 
 def supports(student: nn.Module, teacher: nn.Module) -> str | None:
-    """Runs on dense detectors with class logits per prior (softmax or sigmoid ``head_spec`` key); declared
-    unsupported on two-stage detectors, whose class scores exist only for sampled RoIs in the second stage."""
-    return class_logits_reason(student, teacher, "TDKD (masks from the per-prior assignment, probability term)")
+    """Runs where both models have a dense per-prior classifier: class logits (softmax / sigmoid) or, on Faster
+    R-CNN, the RPN objectness (see the module docstring)."""
+    for side, model in (("student", student), ("teacher", teacher)):
+        spec = getattr(model, "head_spec", None)
+        if not isinstance(spec, dict):
+            return None  # not a detector at all: the builder's own start-up check names what is missing
+        if not any(v.kind in DENSE_KINDS for v in spec.values()):
+            declared = ", ".join(f"{k}: {v.kind}" for k, v in spec.items()) or "none"
+            return (f"TDKD (masks from the per-prior assignment, probability term) needs a dense per-prior "
+                    f"classifier (class logits or RPN objectness), and the {side} {type(model).__name__} declares "
+                    f"none; declared head_spec: {declared}")
+    return None
+
+
+def logits_key(cfg: TDKDConfig, student: nn.Module) -> str:
+    """``cfg.logits``, or ``rpn.objectness`` when the default ``cls_logits`` is missing and the RPN's is there."""
+    spec = getattr(student, "head_spec", None) or {}
+    if cfg.logits not in spec and cfg.logits == "cls_logits" and RPN_KEY in spec:
+        return RPN_KEY
+    return cfg.logits
+
+
+def probability_kind(student: nn.Module, teacher: nn.Module, key: str) -> str:
+    """``"softmax"`` / ``"sigmoid"`` of ``head[key]`` on both sides; an RPN objectness (one logit) is a sigmoid."""
+    kinds = {head_key(m, key, side, "distill.tdkd").kind for side, m in (("student", student), ("teacher", teacher))}
+    if kinds == {"objectness"}:
+        return "sigmoid"
+    return class_probability_kind(student, teacher, key, "distill.tdkd")
+
+
+def task_prefixes(teacher: nn.Module, levels: list[str]) -> tuple[str, str]:
+    """The teacher's (cls, loc) task-feature tap prefixes: its towers ``cls_feat`` / ``reg_feat`` where it declares
+    them, else the RPN's shared conv ``rpn_feat`` for both tasks (Faster R-CNN)."""
+    channels = getattr(teacher, "channels", None) or {}
+    tower = tuple(p for _, p in TASKS)
+    if not levels or any(f"{p}.{levels[0]}" in channels for p in tower) or f"{RPN_PREFIX}.{levels[0]}" not in channels:
+        return tower  # towers, or neither (the tap check then names the missing tap)
+    return RPN_PREFIX, RPN_PREFIX
 
 
 @distill_method(TDKDConfig, supports=supports)
@@ -137,11 +194,13 @@ def tdkd(cfg: TDKDConfig, student: nn.Module, teacher: nn.Module) -> list[Term]:
     lo, hi = cfg.prob_band
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"distill.tdkd.prob_band={cfg.prob_band}: need 0 <= lo < hi <= 1")
-    kind = class_probability_kind(student, teacher, cfg.logits, "distill.tdkd")
+    cfg = replace(cfg, logits=logits_key(cfg, student))
+    kind = probability_kind(student, teacher, cfg.logits)
     scale = partial(loc_over_feat, loc_key=cfg.loc_key) if cfg.scale == "dynamic" else None
+    prefixes = task_prefixes(teacher, list(cfg.levels))
     terms = []
     for level, tap in enumerate(cfg.levels):
-        for task, (name, teacher_prefix) in enumerate(TASKS):
+        for task, (name, teacher_prefix) in enumerate(zip((n for n, _ in TASKS), prefixes)):
             adapter = AdapterSpec(
                 key=f"tdkd_{name}_{tap}",
                 kind="conv1x1",

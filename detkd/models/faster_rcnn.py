@@ -7,7 +7,8 @@
   ``(h, w)`` of each image (default: the whole tensor). The model normalises with its own buffers
   (``"imagenet"``: /255, mean/std, RGB, torchvision; ``"caffe"``: BGR minus (102.98, 115.95, 122.77),
   faster-rcnn.pytorch) and zeroes the padded area after normalising, as torchvision pads its normalised image.
-* ``feats``: ``"c5"`` (VGG, stride 16) or ``"p2".."p6"`` (FPN, strides 4..64); ``model.channels`` /
+* ``feats``: ``"c5"`` (VGG, stride 16) or ``"p2".."p6"`` (FPN, strides 4..64), and the RPN's shared 3x3 conv
+  output ``"rpn_feat.<level>"`` (the feature its objectness and deltas both read); ``model.channels`` /
   ``model.strides`` declare them.
 * ``head``: ``"rpn.objectness"`` ``[B, h*w*A, 1]`` and ``"rpn.box_reg"`` ``[B, h*w*A, 4]`` per level;
   ``priors`` the RPN anchors per level ``[h*w*A, 4]`` xyxy input pixels.
@@ -138,6 +139,8 @@ class FasterRCNN(nn.Module):
                                   positive_fraction=cfg.roi_pos_fraction, box_beta=cfg.roi_box_beta,
                                   box_weights=cfg.box_weights, score_thresh=cfg.score_thresh,
                                   nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+        for lvl in list(self.levels):  # the RPN's shared 3x3 conv output per level (TDKD's teacher task feature)
+            self.channels[f"rpn_feat.{lvl}"], self.strides[f"rpn_feat.{lvl}"] = rpn_in, self.strides[lvl]
         self.head_spec = {"rpn.objectness": HeadKey("objectness", 1), "rpn.box_reg": HeadKey("deltas", 4, "rcnn")}
         self.num_classes = cfg.num_classes  # the RoI head's softmax has num_classes + 1 columns (0 = background)
         self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
@@ -198,12 +201,13 @@ class FasterRCNN(nn.Module):
         sizes = check_image_sizes(images, image_sizes)
         feats = self.features(self.normalize(images, sizes))
         rpn_feats = [feats[k] for k in self.levels]
-        objectness, box_reg = self.rpn(rpn_feats)
+        objectness, box_reg, rpn_convs = self.rpn.run(rpn_feats)
         priors = self.rpn.anchors(rpn_feats, (h, w))
         train = targets is not None
         proposals = self.rpn.propose(priors, objectness, box_reg, sizes, train)
-        out = DetOutput(feats=feats, head={"rpn.objectness": objectness, "rpn.box_reg": box_reg}, priors=priors,
-                        image_sizes=sizes)
+        taps = {f"rpn_feat.{lvl}": t for lvl, t in zip(self.levels, rpn_convs)}
+        out = DetOutput(feats={**feats, **taps}, head={"rpn.objectness": objectness, "rpn.box_reg": box_reg},
+                        priors=priors, image_sizes=sizes)
         if train:
             tg = self._targets(targets, b, images.device)
             out.assign, rpn_reg_t = self.rpn.assign(priors, tg, sizes)

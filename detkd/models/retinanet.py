@@ -25,6 +25,17 @@ Conventions:
   anchors) / max(1, n_pos of the image); ``task.box`` = mean over images of L1 on the deltas / max(1, n_pos).
 * Decoding (``postprocess``): per level sigmoid scores > 0.05, top 1000, decode, clip to the image's valid size,
   class-wise NMS 0.5, 300 detections.
+* Optional distribution branch (``dist_reg_max > 0``, default 0 = off, so the state dict, the importer and every
+  output stay torchvision's): ``head.regression_head.bbox_dist``, a 3x3 conv on the regression tower's output,
+  predicts ``4 * (dist_reg_max + 1)`` logits per anchor as ``head["box_dist"]`` (declared ``"distribution"``; edges
+  l, t, r, b; bins 0..dist_reg_max in units of the level's nominal stride 8..128), the head key LD distils. It is
+  trained with GFL's DFL on the positives: targets = the anchor-centre-to-matched-GT-edge distances / stride,
+  clamped to ``[0, dist_reg_max - 0.1]``; ``task.dfl`` = ``dfl_weight`` (0.25, GFL's) x mean over images of
+  ``Σ_pos DFL / 4 / max(1, n_pos)`` (RetinaNet's normalisation, not GFL's ω weighting). Decision: decoding keeps
+  the deltas, so the detector's results (and its ONNX graph) stay RetinaNet's; the branch only shapes the shared
+  regression tower and gives LD something to distil. ``assign`` also fills ``Assignment.thresholds`` with
+  ``fg_iou`` per GT: the IoU above which this assigner calls an anchor positive, which LD's VLR uses where GFL
+  uses its ATSS thresholds.
 """
 from __future__ import annotations
 
@@ -39,10 +50,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import clip_boxes_to_image, sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
-from detkd.models.dense import DenseDetector
+from detkd.models.dense import DenseDetector, flatten_level
 from detkd.models.det_targets import gt_tensors
 from detkd.models.resnet_fpn import LEVELS, STRIDES, freeze_stages, levels_of, resnet_fpn, set_norm_eval
 from detkd.ops.assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, max_iou_match
+from detkd.ops.gfl import bbox2distance, distribution_focal_loss
 from detkd.ops.nms import get_nms
 from detkd.registry import register
 from detkd.structures import Assignment, DetOutput, HeadKey
@@ -71,6 +83,8 @@ class RetinaNetConfig:
     topk_candidates: int = 1000
     detections_per_img: int = 300
     width: float = 1.0  # ResNet channel scale (CPU-sized light variants; 1.0 = torchvision's trunk)
+    dist_reg_max: int = 0  # > 0 adds the box-distribution branch (head key "box_dist", bins 0..dist_reg_max; LD)
+    dfl_weight: float = 0.25  # weight of the branch's DFL (GFL's)
 
 
 def default_anchor_generator(bases) -> AnchorGenerator:
@@ -102,11 +116,19 @@ class Tower(nn.Module):
 
 
 class RetinaNetHead(nn.Module):
-    def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int = 4, prior: float = 0.01):
+    """torchvision's head; ``dist_bins > 0`` adds ``regression_head.bbox_dist``, a 3x3 conv on the regression
+    tower's output predicting ``4 * dist_bins`` distribution logits per anchor (init as the other predictors)."""
+
+    def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int = 4, prior: float = 0.01,
+                 dist_bins: int = 0):
         super().__init__()
         self.classification_head = Tower(channels, num_anchors * num_classes, num_convs, "cls_logits",
                                          -math.log((1 - prior) / prior))
         self.regression_head = Tower(channels, num_anchors * 4, num_convs, "bbox_reg")
+        if dist_bins:
+            self.regression_head.bbox_dist = nn.Conv2d(channels, num_anchors * 4 * dist_bins, 3, 1, 1)
+            nn.init.normal_(self.regression_head.bbox_dist.weight, std=0.01)
+            nn.init.constant_(self.regression_head.bbox_dist.bias, 0.0)
 
 
 class RetinaNet(DenseDetector):
@@ -118,7 +140,11 @@ class RetinaNet(DenseDetector):
         self.backbone = backbone if backbone is not None else resnet_fpn(cfg.depth, cfg.fpn_channels, "p6p7_relu", cfg.width)
         self.anchor_generator = default_anchor_generator(cfg.anchor_base)
         a = self.anchor_generator.num_anchors_per_location()[0]
-        self.head = head if head is not None else RetinaNetHead(cfg.fpn_channels, a, cfg.num_classes, cfg.num_convs)
+        if cfg.dist_reg_max < 0:
+            raise ValueError(f"retinanet: dist_reg_max={cfg.dist_reg_max}; use 0 (no distribution branch) or > 0")
+        bins = cfg.dist_reg_max + 1 if cfg.dist_reg_max else 0
+        self.head = head if head is not None else RetinaNetHead(cfg.fpn_channels, a, cfg.num_classes, cfg.num_convs,
+                                                                dist_bins=bins)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -133,6 +159,11 @@ class RetinaNet(DenseDetector):
             "cls_logits": HeadKey("sigmoid", cfg.num_classes),
             "box_reg": HeadKey("deltas", 4, encoding="rcnn"),
         }
+        if cfg.dist_reg_max:
+            self.head_spec["box_dist"] = HeadKey("distribution", 4 * bins, encoding="ltrb", reg_max=cfg.dist_reg_max)
+            self.loss_weights = {"dfl": cfg.dfl_weight}
+        # how to get the head key LD needs (``detkd.distill.ld`` quotes it when "box_dist" is missing)
+        self.distribution_hint = "set the RetinaNet config's dist_reg_max > 0 (e.g. 16) to add the box_dist branch"
         self.thresholds = {"score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
                            "topk_candidates": cfg.topk_candidates, "max_dets": cfg.detections_per_img,
                            "nms": "greedy"}
@@ -156,11 +187,17 @@ class RetinaNet(DenseDetector):
     def head_forward(self, feats: dict[str, Tensor]) -> tuple[dict[str, list[Tensor]], dict[str, Tensor]]:
         head, taps = {"cls_logits": [], "box_reg": []}, {}
         k = self.config.num_classes
+        dist = getattr(self.head.regression_head, "bbox_dist", None) if self.config.dist_reg_max else None
+        if dist is not None:
+            head["box_dist"] = []
+            n = 4 * (self.config.dist_reg_max + 1)
         for lvl in LEVELS:
             cls, taps[f"cls_feat.{lvl}"] = self.head.classification_head(feats[lvl], k)
             box, taps[f"reg_feat.{lvl}"] = self.head.regression_head(feats[lvl], 4)
             head["cls_logits"].append(cls)
             head["box_reg"].append(box)
+            if dist is not None:  # same layout as the other predictors: [B, h*w*A, 4 * bins]
+                head["box_dist"].append(flatten_level(dist(taps[f"reg_feat.{lvl}"]), n))
         return head, taps
 
     def make_priors(self, height: int, width: int, device: torch.device) -> list[Tensor]:
@@ -186,7 +223,7 @@ class RetinaNet(DenseDetector):
         """torchvision's ``Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)`` per image."""
         cfg = self.config
         anchors = torch.cat(out.priors)  # [P, 4]
-        codes, labels, iou = [], [], []
+        codes, labels, iou, thresholds = [], [], [], []
         for i, t in enumerate(targets):
             boxes, gt_labels = gt_tensors(t, i, cfg.num_classes, cfg.label_base, anchors.device)
             m = max_iou_match(boxes, anchors, cfg.fg_iou, cfg.bg_iou, allow_low_quality=True)
@@ -194,19 +231,26 @@ class RetinaNet(DenseDetector):
             labels.append(torch.where(m.pos, gt_labels[m.matched.clamp(min=0)], 0) if boxes.numel()
                           else torch.zeros_like(m.matched))
             iou.append(m.iou)
+            thresholds.append(torch.full((boxes.shape[0],), float(cfg.fg_iou), device=anchors.device))
         codes = torch.stack(codes)  # [B, P]: gt index, -1 below low, -2 between
         pos = codes >= 0
         return Assignment(labels=torch.stack(labels), matched=torch.where(pos, codes, -1), pos=pos,
                           neg=codes == BELOW_LOW_THRESHOLD, ignore=codes == BETWEEN_THRESHOLDS,
-                          iou=torch.stack(iou))
+                          iou=torch.stack(iou), thresholds=thresholds)
 
     def loss(self, out: DetOutput, targets: list[dict]) -> dict[str, Tensor]:
-        """torchvision's RetinaNet losses (unweighted): ``{"cls": focal, "box": L1}``."""
+        """torchvision's RetinaNet losses (unweighted): ``{"cls": focal, "box": L1}``, plus ``"dfl"`` with the
+        distribution branch."""
         cfg, a = self.config, out.assign
         cls = out.cat_head("cls_logits")  # [B, P, K]
         reg = out.cat_head("box_reg")  # [B, P, 4]
         anchors = torch.cat(out.priors)  # [P, 4]
-        cls_losses, box_losses = [], []
+        dist = out.cat_head("box_dist") if "box_dist" in out.head else None  # [B, P, 4 * bins]
+        if dist is not None:
+            stride = torch.cat([torch.full((p.shape[0],), float(s), device=anchors.device)
+                                for p, s in zip(out.priors, STRIDES)])[:, None]  # [P, 1]
+            centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [P, 2] pixels
+        cls_losses, box_losses, dfl_losses = [], [], []
         for i, t in enumerate(targets):
             boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=cls.device).reshape(-1, 4)
             pos = a.pos[i]
@@ -219,8 +263,16 @@ class RetinaNet(DenseDetector):
                                                  cfg.focal_gamma, reduction="sum") / n)
             target = self.box_coder.encode_single(boxes[a.matched[i][pos]], anchors[pos])
             box_losses.append(F.l1_loss(reg[i][pos].float(), target, reduction="sum") / n)
+            if dist is not None:  # GFL's DFL on the positives, distances in units of the level stride
+                s = stride[pos]
+                d = bbox2distance(centres[pos] / s, boxes[a.matched[i][pos]] / s, cfg.dist_reg_max)  # [n_pos, 4]
+                logits = dist[i][pos].float().reshape(-1, cfg.dist_reg_max + 1)  # [n_pos * 4, bins]
+                dfl_losses.append(distribution_focal_loss(logits, d.reshape(-1)).sum() / 4 / n)
         b = max(1, len(targets))
-        return {"cls": torch.stack(cls_losses).sum() / b, "box": torch.stack(box_losses).sum() / b}
+        raw = {"cls": torch.stack(cls_losses).sum() / b, "box": torch.stack(box_losses).sum() / b}
+        if dist is not None:
+            raw["dfl"] = torch.stack(dfl_losses).sum() / b
+        return raw
 
     def decode(self, out: DetOutput, score_thresh: float, nms_thresh: float, topk_candidates: int,
                max_dets: int, nms: str = "greedy") -> list[dict[str, Tensor]]:
@@ -259,9 +311,11 @@ def retinanet(*, depth: int = 50, num_classes: int = 91, label_base: int = 1, fp
               num_convs: int = 4, anchor_base=(32, 64, 128, 256, 512), fg_iou: float = 0.5, bg_iou: float = 0.4,
               focal_alpha: float = 0.25, focal_gamma: float = 2.0, frozen_stages: int = 0, norm_eval: bool = False,
               score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_candidates: int = 1000,
-              detections_per_img: int = 300, width: float = 1.0) -> RetinaNet:
-    """RetinaNet ResNet-FPN (torchvision ``retinanet_resnet50_fpn`` layout at the defaults; random init)."""
+              detections_per_img: int = 300, width: float = 1.0, dist_reg_max: int = 0,
+              dfl_weight: float = 0.25) -> RetinaNet:
+    """RetinaNet ResNet-FPN (torchvision ``retinanet_resnet50_fpn`` layout at the defaults; random init);
+    ``dist_reg_max > 0`` adds the box-distribution branch (see the module docstring)."""
     return RetinaNet(RetinaNetConfig(
         "retinanet", depth, num_classes, label_base, fpn_channels, num_convs, tuple(anchor_base), fg_iou, bg_iou,
         focal_alpha, focal_gamma, frozen_stages, norm_eval, score_thresh, nms_thresh, topk_candidates,
-        detections_per_img, width))
+        detections_per_img, width, dist_reg_max, dfl_weight))

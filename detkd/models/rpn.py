@@ -6,7 +6,8 @@ hides the anchor assignment; here the same parts (``RPNHead``, ``AnchorGenerator
 intermediate is returned:
 
 * ``head(feats)`` -> per level ``objectness [B, h*w*A, 1]`` and ``box_reg [B, h*w*A, 4]`` (rcnn deltas,
-  weights 1, 1, 1, 1), anchors ordered row-major (y, x) then anchor, as ``DetOutput.priors``.
+  weights 1, 1, 1, 1), anchors ordered row-major (y, x) then anchor, as ``DetOutput.priors``; ``run(feats)``
+  also returns the shared 3x3 conv output of each level.
 * ``anchors(feats, input_hw)`` -> per level ``[h*w*A, 4]`` xyxy input pixels. ``"torchvision"`` anchors are
   ``AnchorGenerator``'s (rounded, zero-centred cells shifted by the stride); ``"jwyang"`` anchors are
   faster-rcnn.pytorch's ``generate_anchors`` (base 16, ratio-major, centre 7.5) shifted by 16 px.
@@ -86,8 +87,16 @@ class RPN(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level ``objectness [B, h*w*A, 1]``, ``box_reg [B, h*w*A, 4]``."""
-        logits, deltas = self.head(feats)
-        return [flatten_level(o, 1) for o in logits], [flatten_level(d, 4) for d in deltas]
+        objectness, box_reg, _ = self.run(feats)
+        return objectness, box_reg
+
+    def run(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """``forward`` plus the shared 3x3 conv's output per level ``[B, C, h, w]`` (the feature both predictors
+        read: TDKD's teacher task feature on Faster R-CNN). ``RPNHead.forward``'s computation, step by step."""
+        convs = [self.head.conv(f) for f in feats]
+        objectness = [flatten_level(self.head.cls_logits(t), 1) for t in convs]
+        box_reg = [flatten_level(self.head.bbox_pred(t), 4) for t in convs]
+        return objectness, box_reg, convs
 
     def anchors(self, feats: list[Tensor], input_hw: tuple[int, int]) -> list[Tensor]:
         """Per level ``[h*w*A, 4]`` float32 xyxy input pixels, cached per (grids, input size, device)."""
