@@ -51,7 +51,10 @@ def _fail(msg: str) -> None:
 @app.command()
 def train(
     config: str = typer.Argument(..., help="config file or name under configs/, e.g. retinaface/mnet025_synthfaces"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, type-checked"),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="a.b=c overrides, type-checked, e.g. train.epochs=3 train.batch_size=8 optim.lr=0.01 "
+        "data.root=DIR train.out_dir=DIR train.seed=1 distill.teacher_weights=FILE; every key of a config: "
+        "`detkd config show CONFIG`"),
     resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly (same config as saved)"),
     overwrite: bool = typer.Option(False, help="replace the run already in the run directory"),
     allow_changed: Optional[List[str]] = typer.Option(
@@ -436,11 +439,20 @@ def import_weights(
 
 
 @data_app.command("synthfaces")
-def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER layout)"), seed: int = 0):
+def data_synthfaces(
+    out: Path = typer.Argument(..., help="output root (WIDER layout)"),
+    seed: int = typer.Option(0, help="every pixel and box is a function of the seed; train on it with "
+                             "data.root=OUT data.data_seed=SEED"),
+    train: int = typer.Option(600, "--train", help="number of train scenes (data.n_train)"),
+    val: int = typer.Option(150, "--val", help="number of val scenes (data.n_val)"),
+):
     """Write SynthFaces: face-detection scenes in WIDER FACE layout with easy/medium/hard .mat subsets."""
     from detkd.data.synthfaces import write_synthfaces
 
-    typer.echo(f"SynthFaces written to {write_synthfaces(out, seed=seed)}")
+    typer.echo(f"SynthFaces written to {write_synthfaces(out, seed=seed, n_train=train, n_val=val)}")
+    keys = [f"data.root={out}", *(f"{k}={v}" for k, v, d in (("data.data_seed", seed, 0), ("data.n_train", train, 600),
+                                                               ("data.n_val", val, 150)) if v != d)]
+    typer.echo(f"train on it with: detkd train retinaface/mnet025_synthfaces {' '.join(keys)}")
 
 
 @data_app.command("synthids")

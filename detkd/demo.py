@@ -91,8 +91,9 @@ def model_cost(model: torch.nn.Module, size: int) -> dict:
     }
 
 
-def evaluate_model(weights: Path, data_root: Path, out: Path, size: int) -> dict:
-    """AP under every protocol of ``PROTOCOLS`` (the first one also at the top level) and the model's cost."""
+def evaluate_model(weights: Path, data_root: Path, out: Path, size: int, label: str = "") -> dict:
+    """AP under every protocol of ``PROTOCOLS`` (the first one also at the top level) and the model's cost;
+    a progress bar per protocol labelled ``eval <label> <protocol>``."""
     from detkd.experiment import evaluate_widerface
     from detkd.models.weights import load_model_file
 
@@ -100,7 +101,7 @@ def evaluate_model(weights: Path, data_root: Path, out: Path, size: int) -> dict
     res = {}
     for protocol in PROTOCOLS:
         res[protocol] = evaluate_widerface(model, data_root / "val" / "images", data_root / "val" / "gt",
-                                           protocol, plot_dir=out / protocol, progress=False)
+                                           protocol, plot_dir=out / protocol, desc=f"eval {label} {protocol}")
     return {**res[PROTOCOLS[0]], **res, **model_cost(model, size)}
 
 
@@ -218,7 +219,9 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
 
     # 4. evaluate everything, one table
     size = base.data.img_size
-    results = {name: evaluate_model(w, data_root, out_dir / name / "eval", size) for name, w in exports.items()}
+    results = {}
+    for k, (name, w) in enumerate(exports.items(), 1):
+        results[name] = evaluate_model(w, data_root, out_dir / name / "eval", size, f"{name} ({k}/{len(exports)})")
     table = write_table(results, out_dir / "results.md")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     plot_all(out_dir, list(exports))
