@@ -218,7 +218,7 @@ def eval_detector(
 ):
     """Score a detector: WIDER easy/medium/hard AP (--images-dir/--gt-dir), or VOC07 mAP and COCO AP of an
     object detector on a VOC root (--voc-root/--split) or a COCO JSON (--coco-ann/--coco-images)."""
-    from detkd.engine.checkpoint import expect_model_kind
+    from detkd.engine.checkpoint import describe_model, expect_model_kind, model_kind, weights_model_name
     from detkd.infer import with_nms
     from detkd.runtime import load_inference_model
 
@@ -228,6 +228,14 @@ def eval_detector(
     if not generic and (images_dir is None or gt_dir is None):
         _fail("give --images-dir and --gt-dir (WIDER), --voc-root DIR [--split S], or --coco-ann F --coco-images D")
     expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
+    name = weights_model_name(weights) if weights.suffix != ".onnx" else None
+    kind = model_kind(name) if name else None
+    if generic and kind == "face detector":
+        _fail(f"--weights {weights} is {describe_model(name)}: score it on WIDER-layout data with --images-dir "
+              "and --gt-dir; --voc-root / --coco-ann score object detectors")
+    if not generic and kind == "detector":
+        _fail(f"--weights {weights} is {describe_model(name)}: --images-dir / --gt-dir score face detectors on "
+              "WIDER FACE; give --voc-root DIR [--split S] or --coco-ann F --coco-images D")
     try:
         proto = with_nms(protocol or ("torchvision" if generic else "biubug6-origin"), nms)
         model, card = load_inference_model(weights, backend, kind="detector")
@@ -411,9 +419,15 @@ def import_weights(
     task_convs: bool = typer.Option(False, help="retinaface-biubug6: per-task conv blocks (TDKD teacher)"),
 ):
     """Convert a foreign checkpoint into detkd's safetensors + model card, with a strict key check."""
+    from detkd.engine.checkpoint import describe_model, model_kind, weights_model_name
     from detkd.models import rcnn_weights
     from detkd.models.import_onestage import IMPORTERS
     from detkd.models.weights import import_retinaface_biubug6
+
+    name = weights_model_name(src) if src.suffix == ".safetensors" else None  # read from its card, if any
+    if name is not None and model_kind(name) != "model":  # a registered detkd model
+        _fail(f"{src} is already a detkd model file ({describe_model(name)}, card {src.with_suffix('.json')}); "
+              "import-weights converts foreign checkpoints: use this file as it is")
 
     if kind in IMPORTERS:
         try:
