@@ -149,7 +149,9 @@ def main() -> None:
            # with --baseline-weights the baseline was trained elsewhere: its epochs are known only if given
            "schedule": {"baseline_epochs": args.baseline_epochs if args.baseline_weights else sched.baseline_epochs,
                         "extra_epochs": sched.extra_epochs},
-           "baseline_weights": args.baseline_weights}
+           "baseline_weights": args.baseline_weights,
+           # one seed's numbers change with the thread count (summation order), so the record says which
+           "threads": torch.get_num_threads(), "teacher_epochs": sched.teacher_epochs}
     if args.baseline_weights and "{seed}" not in args.baseline_weights:
         source = f"one converged baseline for every seed ({args.baseline_weights}; seeds vary the fine-tunes only)"
     elif args.baseline_weights:
@@ -159,7 +161,7 @@ def main() -> None:
     if args.baseline_weights and args.baseline_epochs:
         source += f", trained {args.baseline_epochs} epochs"
     lines = [f"TDKD on SynthFaces, {len(seeds)} seeds, {source}, then {sched.extra_epochs} epochs of each "
-             "fine-tune (AP %, mean ± std over seeds; WIDER evaluation).", ""]
+             f"fine-tune (AP %, mean ± std over seeds; WIDER evaluation; torch threads {torch.get_num_threads()}).", ""]
     for p in PROTOCOLS:
         lines += table(per_proto[p], f"Test protocol `{p}`" + (" (headline)" if p == head else ""))
     lines += [f"Distillation step / (student step + teacher forward): {timing['ratio']:.3f} "

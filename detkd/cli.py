@@ -51,7 +51,10 @@ def _fail(msg: str) -> None:
 @app.command()
 def train(
     config: str = typer.Argument(..., help="config file or name under configs/, e.g. retinaface/mnet025_synthfaces"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="a.b=c overrides, type-checked"),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="a.b=c overrides, type-checked, e.g. train.epochs=3 train.batch_size=8 optim.lr=0.01 "
+        "data.root=DIR train.out_dir=DIR train.seed=1 distill.teacher_weights=FILE; every key of a config: "
+        "`detkd config show CONFIG`"),
     resume: bool = typer.Option(False, help="continue from <run dir>/last.pt exactly (same config as saved)"),
     overwrite: bool = typer.Option(False, help="replace the run already in the run directory"),
     allow_changed: Optional[List[str]] = typer.Option(
@@ -215,7 +218,7 @@ def eval_detector(
 ):
     """Score a detector: WIDER easy/medium/hard AP (--images-dir/--gt-dir), or VOC07 mAP and COCO AP of an
     object detector on a VOC root (--voc-root/--split) or a COCO JSON (--coco-ann/--coco-images)."""
-    from detkd.engine.checkpoint import expect_model_kind
+    from detkd.engine.checkpoint import describe_model, expect_model_kind, model_kind, weights_model_name
     from detkd.infer import with_nms
     from detkd.runtime import load_inference_model
 
@@ -225,6 +228,14 @@ def eval_detector(
     if not generic and (images_dir is None or gt_dir is None):
         _fail("give --images-dir and --gt-dir (WIDER), --voc-root DIR [--split S], or --coco-ann F --coco-images D")
     expect_model_kind(weights, ("face detector", "detector"), "--weights")  # names both kinds
+    name = weights_model_name(weights) if weights.suffix != ".onnx" else None
+    kind = model_kind(name) if name else None
+    if generic and kind == "face detector":
+        _fail(f"--weights {weights} is {describe_model(name)}: score it on WIDER-layout data with --images-dir "
+              "and --gt-dir; --voc-root / --coco-ann score object detectors")
+    if not generic and kind == "detector":
+        _fail(f"--weights {weights} is {describe_model(name)}: --images-dir / --gt-dir score face detectors on "
+              "WIDER FACE; give --voc-root DIR [--split S] or --coco-ann F --coco-images D")
     try:
         proto = with_nms(protocol or ("torchvision" if generic else "biubug6-origin"), nms)
         model, card = load_inference_model(weights, backend, kind="detector")
@@ -410,9 +421,15 @@ def import_weights(
     task_convs: bool = typer.Option(False, help="retinaface-biubug6: per-task conv blocks (TDKD teacher)"),
 ):
     """Convert a foreign checkpoint into detkd's safetensors + model card, with a strict key check."""
+    from detkd.engine.checkpoint import describe_model, model_kind, weights_model_name
     from detkd.models import rcnn_weights
     from detkd.models.import_onestage import IMPORTERS
     from detkd.models.weights import import_retinaface_biubug6
+
+    name = weights_model_name(src) if src.suffix == ".safetensors" else None  # read from its card, if any
+    if name is not None and model_kind(name) != "model":  # a registered detkd model
+        _fail(f"{src} is already a detkd model file ({describe_model(name)}, card {src.with_suffix('.json')}); "
+              "import-weights converts foreign checkpoints: use this file as it is")
 
     if kind in IMPORTERS:
         try:
@@ -438,11 +455,20 @@ def import_weights(
 
 
 @data_app.command("synthfaces")
-def data_synthfaces(out: Path = typer.Argument(..., help="output root (WIDER layout)"), seed: int = 0):
+def data_synthfaces(
+    out: Path = typer.Argument(..., help="output root (WIDER layout)"),
+    seed: int = typer.Option(0, help="every pixel and box is a function of the seed; train on it with "
+                             "data.root=OUT data.data_seed=SEED"),
+    train: int = typer.Option(600, "--train", help="number of train scenes (data.n_train)"),
+    val: int = typer.Option(150, "--val", help="number of val scenes (data.n_val)"),
+):
     """Write SynthFaces: face-detection scenes in WIDER FACE layout with easy/medium/hard .mat subsets."""
     from detkd.data.synthfaces import write_synthfaces
 
-    typer.echo(f"SynthFaces written to {write_synthfaces(out, seed=seed)}")
+    typer.echo(f"SynthFaces written to {write_synthfaces(out, seed=seed, n_train=train, n_val=val)}")
+    keys = [f"data.root={out}", *(f"{k}={v}" for k, v, d in (("data.data_seed", seed, 0), ("data.n_train", train, 600),
+                                                               ("data.n_val", val, 150)) if v != d)]
+    typer.echo(f"train on it with: detkd train retinaface/mnet025_synthfaces {' '.join(keys)}")
 
 
 @data_app.command("synthids")

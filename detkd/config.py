@@ -3,7 +3,9 @@
 A config file defines ``def config() -> ExperimentConfig``. ``load_config("configs/x/y.py", ["optim.lr=0.1"])``
 imports it, applies the overrides with type checks, range-checks the values (``validate_config``) and returns
 the dataclass. Unknown keys raise a ``ConfigError`` that names the close matches; every ``ConfigError`` is a
-``detkd.errors.UserError`` naming the key.
+``detkd.errors.UserError`` naming the key. A string value may hold ``{train.out_dir}`` (e.g. a teacher trained
+by another config of the same recipe: ``{train.out_dir}/teacher/final.pt``); it is replaced after the overrides,
+so that ``train.out_dir=elsewhere`` moves those paths too.
 """
 from __future__ import annotations
 
@@ -100,6 +102,19 @@ class DetDataConfig:
 
 
 @dataclass
+class SynthFacesDataConfig(DetDataConfig):
+    """SynthFaces (``detkd.data.synthfaces``): generated under ``root`` on first use with ``data_seed`` and
+    ``n_train`` / ``n_val`` scenes (a root remembers them and refuses other values). Data written by
+    ``detkd data synthfaces DIR --seed N`` trains with ``data.root=DIR data.data_seed=N``."""
+
+    name: str = "synthfaces"
+    root: str = "data/synthfaces"
+    data_seed: int = 0  # the scenes' generator seed
+    n_train: int = 600
+    n_val: int = 150
+
+
+@dataclass
 class SynthShapesDataConfig(DetDataConfig):
     """SynthShapes (``detkd.data.synthshapes``): generated under ``root`` on first use with ``data_seed``,
     ``n_train`` / ``n_val`` scenes (a root remembers them and refuses other values)."""
@@ -184,8 +199,25 @@ def load_config(name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: defines no `config()` function")
     cfg = module.config()
     apply_overrides(cfg, overrides)
+    if dataclasses.is_dataclass(getattr(cfg, "train", None)):
+        fill_out_dir(cfg, str(cfg.train.out_dir))
     validate_config(cfg)
     return cfg
+
+
+OUT_DIR = "{train.out_dir}"
+
+
+def fill_out_dir(obj: Any, out_dir: str) -> None:
+    """Replace ``{train.out_dir}`` by ``out_dir`` in every string value (and list of strings) of the config."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, str) and OUT_DIR in value:
+            setattr(obj, f.name, value.replace(OUT_DIR, out_dir))
+        elif isinstance(value, list) and any(isinstance(v, str) and OUT_DIR in v for v in value):
+            setattr(obj, f.name, [v.replace(OUT_DIR, out_dir) if isinstance(v, str) else v for v in value])
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fill_out_dir(value, out_dir)
 
 
 # ------------------------------------------------------------------------------------------ overrides

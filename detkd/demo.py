@@ -91,8 +91,9 @@ def model_cost(model: torch.nn.Module, size: int) -> dict:
     }
 
 
-def evaluate_model(weights: Path, data_root: Path, out: Path, size: int) -> dict:
-    """AP under every protocol of ``PROTOCOLS`` (the first one also at the top level) and the model's cost."""
+def evaluate_model(weights: Path, data_root: Path, out: Path, size: int, label: str = "") -> dict:
+    """AP under every protocol of ``PROTOCOLS`` (the first one also at the top level) and the model's cost;
+    a progress bar per protocol labelled ``eval <label> <protocol>``."""
     from detkd.experiment import evaluate_widerface
     from detkd.models.weights import load_model_file
 
@@ -100,7 +101,7 @@ def evaluate_model(weights: Path, data_root: Path, out: Path, size: int) -> dict
     res = {}
     for protocol in PROTOCOLS:
         res[protocol] = evaluate_widerface(model, data_root / "val" / "images", data_root / "val" / "gt",
-                                           protocol, plot_dir=out / protocol, progress=False)
+                                           protocol, plot_dir=out / protocol, desc=f"eval {label} {protocol}")
     return {**res[PROTOCOLS[0]], **res, **model_cost(model, size)}
 
 
@@ -218,7 +219,9 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
 
     # 4. evaluate everything, one table
     size = base.data.img_size
-    results = {name: evaluate_model(w, data_root, out_dir / name / "eval", size) for name, w in exports.items()}
+    results = {}
+    for k, (name, w) in enumerate(exports.items(), 1):
+        results[name] = evaluate_model(w, data_root, out_dir / name / "eval", size, f"{name} ({k}/{len(exports)})")
     table = write_table(results, out_dir / "results.md")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     plot_all(out_dir, list(exports))
@@ -226,4 +229,87 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
           f"(and {PROTOCOLS[1]} in brackets), seed {seed}:\n{table}")
     print(f"\nwritten under {out_dir}: results.md, results.json, pr_curves.png, loss_curves.png, "
           f"one directory per model ({time.time() - t_start:.0f}s in all)")
+    print("\n" + "\n".join(gain_summary(results, seed, benchmark_results_dir())))
     return results
+
+
+def _gain_line(per_seed: list[float]) -> str:
+    """``+3.0 (per seed +2.6, +3.8, +2.6)``: mean TDKD − control hard AP with its per-seed values."""
+    mean = sum(per_seed) / len(per_seed)
+    if len(per_seed) == 1:
+        return f"{mean:+.1f}"
+    return f"{mean:+.1f} (per seed " + ", ".join(f"{g:+.1f}" for g in per_seed) + ")"
+
+
+def benchmark_results_dir() -> Path | None:
+    """``benchmarks/results`` of the repo checkout detkd runs from (editable install or PYTHONPATH), or None
+    where detkd runs from an installed copy that has no benchmarks beside it."""
+    from detkd.reporting import REPO_ROOT
+
+    d = REPO_ROOT / "benchmarks" / "results"
+    return d if d.is_dir() else None
+
+
+def benchmark_gains(path: Path) -> dict | None:
+    """The paired hard-AP gains (TDKD − control, AP %) of one ``benchmarks/kd_gain_tdkd.py`` result file, per
+    protocol, with what the file says about how it was run; None for a quick (smoke) run or a file of another
+    shape. ``threads`` is the torch thread count: the file's ``threads`` key, else the ``_threadsN`` of its tag,
+    else None (not recorded)."""
+    import re
+
+    try:
+        d = json.loads(path.read_text())
+        protos = d.get("protocols") or {d["protocol"]: d["models"]}
+        gains = {p: [100 * (t - c) for t, c in zip(m["tdkd"]["hard"], m["baseline_extra"]["hard"])]
+                 for p, m in protos.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if d.get("quick") or not all(gains.values()):
+        return None
+    threads = d.get("threads")
+    tag = re.search(r"_threads(\d+)$", path.stem)
+    if threads is None and tag:
+        threads = int(tag.group(1))
+    return {"gains": gains, "seeds": d.get("seeds", list(range(len(next(iter(gains.values())))))),
+            "threads": threads, "schedule": d.get("schedule", {}), "teacher_epochs": d.get("teacher_epochs"),
+            "baseline_weights": d.get("baseline_weights"), "commit": str(d.get("commit", "unknown"))[:8]}
+
+
+def gain_summary(results: dict, seed: int, results_dir: Path | None) -> list[str]:
+    """This run's TDKD − control hard AP, labelled as one seed, beside every paired benchmark of
+    ``results_dir/tdkd_synthfaces*.json`` (nothing about benchmarks when ``results_dir`` is None).
+
+    One seed's number depends on the machine and the torch thread count (floating-point summation order
+    changes the fine-tunes from their first steps), so it is printed as one sample, not as the result."""
+    import torch
+
+    lines = [f"Hard AP, TDKD − control (baseline_extra), this run: one seed ({seed}), machine- and "
+             f"thread-dependent (torch threads: {torch.get_num_threads()}):"]
+    lines += [f"  {p}: {_gain_line([100 * (results['tdkd'][p]['hard'] - results['baseline_extra'][p]['hard'])])}"
+              for p in PROTOCOLS]
+    files = sorted(results_dir.glob("tdkd_synthfaces*.json")) if results_dir is not None else []
+    shown = False
+    for f in files:
+        b = benchmark_gains(f)
+        if b is None:
+            continue
+        sched = b["schedule"]
+        setup = [f"seeds {', '.join(map(str, b['seeds']))}",
+                 f"torch threads: {b['threads'] if b['threads'] is not None else 'not recorded'}"]
+        if b["baseline_weights"]:
+            setup.append(f"baselines from {b['baseline_weights']}")
+        elif sched.get("baseline_epochs"):
+            setup.append(f"baseline {sched['baseline_epochs']} epochs per seed")
+        if sched.get("extra_epochs"):
+            setup.append(f"{sched['extra_epochs']}-epoch fine-tunes")
+        if b["teacher_epochs"] is not None:
+            setup.append(f"teacher {b['teacher_epochs']} epochs"
+                         + ("" if b["teacher_epochs"] == DemoSchedule.teacher_epochs else ", not the demo's"))
+        setup.append(f"commit {b['commit']}")
+        lines += [f"{len(b['seeds'])}-seed paired benchmark ({f.parent.parent.name}/{f.parent.name}/{f.name}: "
+                  + "; ".join(setup) + "):"]
+        lines += [f"  {p}: {_gain_line(g)}" for p, g in b["gains"].items()]
+        shown = True
+    if shown:
+        lines.append("Read the paired benchmark as the result and this run as one sample of it (README, `make demo`).")
+    return lines

@@ -43,9 +43,30 @@ def build_train_set(cfg: ExperimentConfig):
     import dataclasses
 
     seed = cfg.data.seed if cfg.data.seed >= 0 else cfg.train.seed
-    kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
-              if f.name != "name" and f.name not in COLLATE_FIELDS}
-    return lookup("dataset", cfg.data.name)(**{**kwargs, "split": "train", "seed": seed})
+    return lookup("dataset", cfg.data.name)(**{**dataset_kwargs(cfg), "split": "train", "seed": seed})
+
+
+def dataset_kwargs(cfg: ExperimentConfig) -> dict:
+    """The ``data`` fields that go to the data set builder ``cfg.data.name``. A field the builder does not take
+    (``data.data_seed`` of a SynthFaces config switched to ``data.name=widerface``) is left out while it keeps
+    its default, and refused when it was set: it would otherwise be ignored without a word."""
+    import inspect
+
+    builder = lookup("dataset", cfg.data.name)
+    params = inspect.signature(builder).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {}
+    for f in dataclasses.fields(cfg.data):
+        if f.name == "name" or f.name in COLLATE_FIELDS:
+            continue
+        value = getattr(cfg.data, f.name)
+        if takes_all or f.name in params:
+            kwargs[f.name] = value
+        elif f.default is dataclasses.MISSING or value != f.default:
+            raise UserError(f"data.{f.name}={value!r}: the {cfg.data.name!r} data set (data.name) has no such "
+                            f"setting; leave it at its default ({f.default!r}) or choose a data set that takes it",
+                            key=f"data.{f.name}")
+    return kwargs
 
 
 def build_collate(cfg: ExperimentConfig):
@@ -60,9 +81,7 @@ def build_val_set(cfg: ExperimentConfig):
     ``eval.gt_dir`` go to the data set builder when set."""
     ev = cfg.eval or DetEvalConfig()
     extra = {k: v for k, v in (("images_dir", ev.images_dir), ("gt_dir", ev.gt_dir)) if v}
-    kwargs = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)
-              if f.name != "name" and f.name not in COLLATE_FIELDS}
-    return lookup("dataset", cfg.data.name)(**{**kwargs, **extra, "split": "val"})
+    return lookup("dataset", cfg.data.name)(**{**dataset_kwargs(cfg), **extra, "split": "val"})
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -70,7 +89,7 @@ def build_val_set(cfg: ExperimentConfig):
 
 def evaluate_detector(model: nn.Module, dataset, evaluator, protocol: str = "biubug6-origin", *,
                       max_images: int = 0, batch_size: int = 1, num_workers: int = 0,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, desc: str = "eval") -> dict:
     """Detect on ``dataset`` (``(image uint8 [H, W, 3], meta)`` samples) with the test ``protocol`` and evaluate.
 
     Batched through a ``DataLoader`` and ``detkd.eval.base.inference_on_dataset``; under DDP each rank takes a
@@ -92,7 +111,7 @@ def evaluate_detector(model: nn.Module, dataset, evaluator, protocol: str = "biu
         ims, metas = batch
         return metas, detect_batch(m, ims, metas, proto)
 
-    return inference_on_dataset(model, loader, evaluator, predict, progress=progress)
+    return inference_on_dataset(model, loader, evaluator, predict, progress=progress, desc=desc)
 
 
 def evaluate_widerface(
@@ -105,11 +124,12 @@ def evaluate_widerface(
     plot_dir=None,
     progress: bool = True,
     batch_size: int = 1,
+    desc: str = "eval",
 ) -> dict:
     """Detect on every GT image of a WIDER-layout val set, evaluate with the WIDER protocol; rank-aware.
 
     Returns ``{"easy", "medium", "hard"}`` AP on rank 0 (empty dict on other ranks). ``plot_dir``: PR curves
-    (``pr_curves.png`` / ``.npz``); ``pred_dir``: the standard txt files.
+    (``pr_curves.png`` / ``.npz``); ``pred_dir``: the standard txt files; ``desc``: the progress bar's label.
     """
     from detkd.data.widerface import WiderFaceVal
     from detkd.eval.base import build_evaluator
@@ -117,7 +137,7 @@ def evaluate_widerface(
     val = WiderFaceVal(images_dir, gt_dir)
     evaluator = build_evaluator("widerface", dataset=val, max_images=max_images, pred_dir=pred_dir)
     ap = evaluate_detector(model, val, evaluator, protocol, max_images=max_images, batch_size=batch_size,
-                           progress=progress)
+                           progress=progress, desc=desc)
     if not ap:
         return {}
     if plot_dir is not None:

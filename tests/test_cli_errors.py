@@ -91,7 +91,44 @@ def make_inputs(root: Path) -> dict[str, Path]:
     p["resumed"] = resumed
     p["file"] = root / "a_file"
     p["file"].write_text("not a directory\n")
+    make_detection_inputs(root, p)
     return p
+
+
+def make_detection_inputs(root: Path, p: dict[str, Path]) -> None:
+    """Generic-detection inputs: VOC roots with a broken annotation, a results file with a bad line, COCO files
+    with an unknown image / no images, an object detector, a face recognizer's bare state dict."""
+    import shutil
+
+    from synthetic_voc import make_random_voc, write_xml
+
+    from detkd.data.voc_gt import VOC_CLASSES
+    from detkd.models.facerec import mobilefacenet
+    from detkd.models.weights import save_model_file
+    from detkd.registry import TINY_CONFIGS, load_all, lookup
+
+    make_random_voc(root / "VOC", root / "voc_pred", 3, VOC_CLASSES, seed=0)
+    ids = (root / "VOC" / "ImageSets" / "Main" / "test.txt").read_text().split()
+    for name in ("VOCbadxml", "VOCbadclass", "VOCmissing"):
+        shutil.copytree(root / "VOC", root / name)
+    (root / "VOCbadxml" / "Annotations" / f"{ids[1]}.xml").write_text("<annotation><size>")
+    write_xml(root / "VOCbadclass" / "Annotations" / f"{ids[1]}.xml", 100, 100, [("unicorn", (1, 1, 10, 10), False)])
+    (root / "VOCmissing" / "Annotations" / f"{ids[2]}.xml").unlink()
+    shutil.copytree(root / "voc_pred", root / "voc_pred_bad")
+    first = sorted((root / "voc_pred_bad").iterdir())[0]
+    first.write_text(first.read_text() + f"{ids[0]} 0.5 1 2 three 4\n")
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 50, "height": 50}], "annotations": [],
+          "categories": [{"id": 1, "name": "x"}]}
+    (root / "coco_gt.json").write_text(json.dumps(gt))
+    (root / "coco_res_unknown.json").write_text(
+        json.dumps([{"image_id": 7, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.5}]))
+    (root / "coco_noimages.json").write_text(json.dumps({"annotations": [], "categories": []}))
+    load_all()
+    torch.manual_seed(0)
+    p["objdet"] = root / "retinanet.safetensors"
+    save_model_file(lookup("model", "retinanet")(**TINY_CONFIGS["retinanet"]), p["objdet"])
+    p["facerec_sd"] = root / "mfn_state.pth"
+    torch.save(mobilefacenet(input_size=32).state_dict(), p["facerec_sd"])
 
 
 def tiny(p, out: Path | str, *extra: str) -> list[str]:
@@ -167,6 +204,47 @@ def cases(p: dict[str, Path]) -> list[Case]:
         Case("import_pickle", "`import-weights` of a pickle holding Python objects",
              ["import-weights", "retinaface-biubug6", str(p["pickle"]), "--activation", "relu", "--out",
               str(r / "imp.safetensors")], expect=("pickled.pt", "refusing to unpickle")),
+        Case("voc_bad_xml", "a VOC annotation that is not valid XML",
+             ["eval", "voc", "--root", str(r / "VOCbadxml"), "--split", "test", "--pred-dir", str(r / "voc_pred")],
+             expect=("VOCbadxml/Annotations/000001.xml", "not valid XML")),
+        Case("voc_bad_class", "a VOC object of a class outside the class list",
+             ["eval", "voc", "--root", str(r / "VOCbadclass"), "--split", "test", "--pred-dir", str(r / "voc_pred")],
+             expect=("000001.xml: object 1", "'unicorn' is not in the class list")),
+        Case("voc_missing_ann", "a listed VOC id without its annotation file",
+             ["eval", "voc", "--root", str(r / "VOCmissing"), "--split", "test", "--pred-dir", str(r / "voc_pred")],
+             expect=("test.txt:3", "'000002' is listed", "000002.xml is missing")),
+        Case("voc_bad_result", "a VOC results line with a non-numeric coordinate",
+             ["eval", "voc", "--root", str(r / "VOC"), "--split", "test", "--pred-dir", str(r / "voc_pred_bad")],
+             expect=("comp4_det_test_aeroplane.txt:", "non-numeric value")),
+        Case("coco_unknown_image", "a COCO result of an image id the annotations lack",
+             ["eval", "coco", "--ann", str(r / "coco_gt.json"), "--pred", str(r / "coco_res_unknown.json")],
+             expect=("coco_res_unknown.json", "unknown image id 7")),
+        Case("coco_no_images", "a COCO annotation file without `images`",
+             ["eval", "coco", "--ann", str(r / "coco_noimages.json"), "--pred", str(r / "coco_res_unknown.json")],
+             expect=("coco_noimages.json", "missing list 'images'")),
+        Case("import_text", "`import-weights` of a file that is not a checkpoint",
+             ["import-weights", "torchvision-retinanet", str(p["file"]), "--out", str(r / "i1.safetensors")],
+             expect=("a_file", "not a torch checkpoint")),
+        Case("import_missing", "`import-weights` of a missing file",
+             ["import-weights", "mmdet-gfl", str(r / "nope.pth"), "--out", str(r / "i2.safetensors")],
+             expect=("nope.pth", "not found")),
+        Case("import_detkd_file", "`import-weights` of a detkd model file (it has a card)",
+             ["import-weights", "retinaface-biubug6", str(p["facerec"]), "--activation", "relu", "--out",
+              str(r / "i3.safetensors")], expect=("mfn.safetensors is already a detkd model file",
+                                                   "a face recognizer (mobilefacenet)")),
+        Case("import_wrong_model", "`import-weights retinaface-biubug6` of another model's state dict",
+             ["import-weights", "retinaface-biubug6", str(p["facerec_sd"]), "--activation", "relu", "--out",
+              str(r / "i4.safetensors")], expect=("mfn_state.pth", "does not fit RetinaFace", "missing keys")),
+        Case("import_wrong_kind", "`import-weights torchvision-fasterrcnn` of another model's state dict",
+             ["import-weights", "torchvision-fasterrcnn", str(p["facerec_sd"]), "--out", str(r / "i5.safetensors")],
+             expect=("mfn_state.pth", "not a torchvision Faster R-CNN")),
+        Case("eval_det_face_on_voc", "a face detector given to `eval detector` with a VOC root",
+             ["eval", "detector", "--weights", str(p["detector"]), "--voc-root", str(r / "VOC")],
+             expect=("is a face detector (retinaface_mnet)", "--images-dir and --gt-dir")),
+        Case("eval_det_obj_on_wider", "an object detector given to `eval detector` with WIDER data",
+             ["eval", "detector", "--weights", str(p["objdet"]), "--images-dir", str(p["data"] / "val" / "images"),
+              "--gt-dir", str(p["data"] / "val" / "gt")],
+             expect=("is a detector (retinanet)", "score face detectors", "--voc-root")),
         Case("config_show_unknown", "`config show` of an unknown config", ["config", "show", "nope/nope"],
              expect=("nope/nope", "not found")),
         Case("version", "`--version`", ["--version"], rc=0, one_line=False),
@@ -195,14 +273,17 @@ def run_all(p: dict[str, Path], jobs: int = 4, only=None) -> dict[str, tuple[int
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """``(inputs, get)``: ``get(case_id)`` runs the case's group (quick or not) once, all at a time."""
+def results(tmp_path_factory, request):
+    """``(inputs, get)``: ``get(case_id)`` runs the case's group (quick, or the other selected ones) once, all at
+    a time; only the cases this session collected (``-k`` narrows them) run."""
     p = make_inputs(tmp_path_factory.mktemp("clierr"))
     done: dict[str, tuple] = {}
+    selected = {item.callspec.params["case_id"] for item in request.session.items
+                if "case_id" in getattr(getattr(item, "callspec", None), "params", {})}
 
     def get(case_id: str):
         if case_id not in done:
-            group = QUICK if case_id in QUICK else {c.id for c in cases(p)} - QUICK - set(done)
+            group = QUICK if case_id in QUICK else (selected | {case_id}) - QUICK - set(done)
             done.update(run_all(p, only=group))
         return done[case_id]
 
@@ -212,7 +293,8 @@ def results(tmp_path_factory):
 def _params():
     with tempfile.TemporaryDirectory() as d:
         ids = [c.id for c in cases({k: Path(d) for k in ("root", "data", "bad_label", "detector", "facerec",
-                                                         "pickle", "nan_run", "runs", "resumed", "file")})]
+                                                         "pickle", "nan_run", "runs", "resumed", "file", "objdet",
+                                                         "facerec_sd")})]
     return [pytest.param(i, marks=() if i in QUICK else pytest.mark.slow) for i in ids]
 
 
@@ -235,12 +317,15 @@ def test_bad_input_gives_one_line_error(results, case_id):
         assert "train.batch_size = 16  (int)" in so and "distill = None" in so
 
 
-def markdown_table() -> str:
+def markdown_table(only=None) -> str:
+    """The docs table: every case, or the rows of the case ids in ``only``."""
     with tempfile.TemporaryDirectory() as d:
         p = make_inputs(Path(d))
-        res = run_all(p)
+        res = run_all(p, only=only)
         rows = ["| input | command | exit | message (stderr) |", "|---|---|---|---|"]
         for c in cases(p):
+            if c.id not in res:
+                continue
             rc, so, se, _ = res[c.id]
             cmd = " ".join(["detkd", *c.args[:2]]).replace(d, "…")
             err = next((ln for ln in se.splitlines() if ln.startswith("error:")), (so.splitlines() or [""])[0])
@@ -250,5 +335,5 @@ def markdown_table() -> str:
         return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    print(markdown_table())
+if __name__ == "__main__":  # python tests/test_cli_errors.py [CASE_ID ...]
+    print(markdown_table(set(sys.argv[1:]) or None))

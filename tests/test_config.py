@@ -58,3 +58,19 @@ def test_config_file_without_config_function(tmp_path):
     p.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="config\\(\\)"):
         load_config(p)
+
+
+def test_out_dir_override_moves_the_paths_under_it():
+    """Issue 18: `train.out_dir=elsewhere` moves a face-recognition student's teacher, cache and init paths."""
+    cfg = load_config("facerec/margin_distillation_mobilefacenet_synthids", ["train.out_dir=/tmp/elsewhere"])
+    assert cfg.distill.teacher_weights == "/tmp/elsewhere/teacher_iresnet18_synthids/final.pt"
+    assert cfg.distill.cache_path == "/tmp/elsewhere/teacher_cache_synthids.pt"
+    cfg = load_config("facerec/triplet_cos_mobilefacenet_synthids", ["train.out_dir=o"])
+    assert cfg.train.init_weights == "o/arcface_mobilefacenet_synthids/final.pt"
+    assert load_config("facerec/arcface_mobilefacenet_synthids").train.out_dir == "runs/facerec"
+    assert load_config("tdkd/retinaface_mnet075_to_mnet025_widerface", ["train.out_dir=o"]).distill.teacher_weights \
+        == "o/mnet075_tasks_widerface/student.safetensors"
+    # a path given explicitly stays as given
+    cfg = load_config("facerec/margin_distillation_mobilefacenet_synthids",
+                      ["train.out_dir=o", "distill.teacher_weights=t/final.pt"])
+    assert cfg.distill.teacher_weights == "t/final.pt"

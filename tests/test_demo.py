@@ -64,3 +64,36 @@ def test_demo_missing_baseline_weights_fails_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_demo(tmp_path / "demo", quick=True, baseline_weights=missing)
     assert not (tmp_path / "demo").exists()
+
+
+def _bench_file(path: Path, tdkd_hard, ctl_hard, **extra):
+    models = {"tdkd": {"hard": tdkd_hard}, "baseline_extra": {"hard": ctl_hard}}
+    path.write_text(json.dumps({"protocols": {p: models for p in PROTOCOLS}, "seeds": list(range(len(tdkd_hard))),
+                                "commit": "abcdef0123456789", "schedule": {"baseline_epochs": 30, "extra_epochs": 10},
+                                **extra}))
+
+
+def test_demo_prints_one_seed_beside_the_paired_benchmarks(tmp_path):
+    from detkd.demo import benchmark_results_dir, gain_summary
+
+    assert benchmark_results_dir() == ROOT / "benchmarks" / "results"  # the checkout detkd runs from
+    run = {m: {p: {"hard": h} for p in PROTOCOLS} for m, h in (("tdkd", 0.45), ("baseline_extra", 0.40))}
+    _bench_file(tmp_path / "tdkd_synthfaces.json", [0.51, 0.52, 0.47], [0.48, 0.48, 0.48], threads=2,
+                teacher_epochs=90)
+    _bench_file(tmp_path / "tdkd_synthfaces_threads1.json", [0.50, 0.50], [0.49, 0.51])  # old writer: no keys
+    _bench_file(tmp_path / "tdkd_synthfaces_quick.json", [0.5], [0.4], quick=True)  # a smoke run: not shown
+    (tmp_path / "tdkd_synthfaces_broken.json").write_text("{not json")  # unreadable: not shown
+    out = "\n".join(gain_summary(run, 0, tmp_path))
+    assert "this run: one seed (0), machine- and thread-dependent" in out
+    assert f"  {PROTOCOLS[0]}: +5.0\n" in out  # one seed: the number alone
+    assert "3-seed paired benchmark (" in out and "tdkd_synthfaces.json: seeds 0, 1, 2; torch threads: 2;" in out
+    assert "teacher 90 epochs; commit abcdef01" in out
+    assert "+2.0 (per seed +3.0, +4.0, -1.0)" in out
+    # the file's tag gives the thread count the old writer did not record
+    assert "2-seed paired benchmark (" in out and "tdkd_synthfaces_threads1.json: seeds 0, 1; torch threads: 1;" in out
+    assert "+0.0 (per seed +1.0, -1.0)" in out
+    assert "quick" not in out and "broken" not in out
+    assert out.count("paired benchmark (") == 2
+    # no benchmarks directory (an installed copy): this run only, nothing about benchmarks
+    alone = gain_summary(run, 3, None)
+    assert len(alone) == 1 + len(PROTOCOLS) and "benchmark" not in "\n".join(alone)

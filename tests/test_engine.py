@@ -180,6 +180,17 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="pickled.pt: refusing to unpickle.*import-weights"):
         load_checkpoint(tmp_path / "pickled.pt")
     assert load_checkpoint(tmp_path / "pickled.pt", trusted=True)["obj"].a == 1
+    # files that are no torch checkpoint at all are not called pickles of Python objects (issue 18)
+    from detkd.models.weights import load_state_file
+
+    (tmp_path / "notes.pt").write_text("not a directory\n")  # weights_only unpickler: "Unsupported operand"
+    (tmp_path / "hello.pth").write_text("hello, not a checkpoint\n")  # torch's legacy reader: KeyError
+    for name in ("notes.pt", "hello.pth"):
+        for load in (load_checkpoint, load_state_file):
+            with pytest.raises(ValueError, match=rf"{name}: not a torch checkpoint \(\w+Error: [^\n]*\)$"):
+                load(tmp_path / name)
+    with pytest.raises(ValueError, match="pickled.pt: refusing to unpickle"):
+        load_state_file(tmp_path / "pickled.pt")
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from detkd.data import synthfaces as S
+from detkd.errors import UserError
 from detkd.data.widerface import WiderFaceTrain, WiderFaceVal, read_label_txt
 from detkd.data.widerface import load_gt
 from detkd.registry import lookup
@@ -94,5 +95,26 @@ def test_registered_builder_writes_once_and_refuses_other_parameters(tmp_path):
                 image_size=128)
     assert isinstance(val, WiderFaceVal) and len(val) == 6
     assert (root / "synthfaces.json").stat().st_mtime_ns == stamp  # not rewritten
-    with pytest.raises(FileExistsError, match="other parameters"):
+    with pytest.raises(UserError, match=r"data.n_train: 6 there, 7 asked\); set data.n_train=6 to train on it"):
         build(root=str(root), img_size=64, split="train", n_train=7, n_val=6, image_size=128)
+    # a field no config key sets: no hint, only another root
+    with pytest.raises(UserError, match=r"image_size: 128 there, 320 asked\); choose another data.root"):
+        build(root=str(root), img_size=64, split="train", n_train=6, n_val=6)
+
+
+def test_data_made_with_a_seed_trains_with_data_seed(tmp_path):
+    """`detkd data synthfaces DIR --seed 5` data: the SynthFaces configs train on it with data.data_seed=5."""
+    from detkd.config import load_config
+    from detkd.experiment import build_train_set, build_val_set
+
+    root = S.write_synthfaces(tmp_path / "sf5", seed=5, n_train=4, n_val=2)
+    keys = [f"data.root={root}", "data.n_train=4", "data.n_val=2"]
+    cfg = load_config("tdkd/retinaface_mnet075_to_mnet025_synthfaces", [*keys, "data.data_seed=5"])
+    assert len(build_train_set(cfg)) == 4 and len(build_val_set(cfg)) == 2
+    with pytest.raises(UserError, match="data.data_seed: 5 there, 0 asked"):
+        build_train_set(load_config("retinaface/mnet025_synthfaces", keys))
+    # the same data read as plain WIDER layout: data_seed is not a WIDER setting, refused when set
+    wider = [f"data.root={root}", "data.name=widerface"]
+    assert len(build_train_set(load_config("retinaface/mnet025_synthfaces", wider))) == 4
+    with pytest.raises(UserError, match="data.data_seed=5: the 'widerface' data set"):
+        build_train_set(load_config("retinaface/mnet025_synthfaces", [*wider, "data.data_seed=5"]))

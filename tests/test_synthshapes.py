@@ -8,6 +8,7 @@ from detkd.data.coco import read_coco
 from detkd.data.synthshapes import (DISTRACTORS, SYNTHSHAPES_CLASSES, SynthShapesConfig, ensure_synthshapes,
                                     rasterize, render_scene, shape_parts, write_synthshapes)
 from detkd.data.voc import read_voc
+from detkd.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_no_objects_means_no_annotations():
 
 def test_ensure_reuses_or_refuses(small_set):
     assert ensure_synthshapes(small_set, seed=3, n_train=40, n_val=12) == small_set
-    with pytest.raises(FileExistsError, match="other parameters"):
+    with pytest.raises(UserError, match=r"other parameters .*data.data_seed: 3 there, 4 asked\); set data.data_seed=3"):
         ensure_synthshapes(small_set, seed=4, n_train=40, n_val=12)
     info = json.loads((small_set / "synthshapes.json").read_text())
     assert info["counts"]["val"]["images"] == 12

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detkd.config import ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig
+from detkd.config import OUT_DIR, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig
 from detkd.distill.facerec_objectives import FaceKDConfig
 from detkd.experiment_facerec import FaceDataConfig
 from detkd.models.facerec import FaceModelConfig
@@ -38,8 +38,8 @@ def synthids_experiment(method: str, *, teacher: bool = False, img_size: int = 4
         if triplet:  # small bags: 16 identities × 8 images, 20 triplets (60 images) per step
             distill = dict(dict(imgs_per_id=8, bag_size=128, triplets_per_batch=20), **distill)
         kd = FaceKDConfig(method=method, teacher=teacher_cfg,
-                          teacher_weights=f"{out_dir}/{teacher_name}/final.pt",
-                          cache_path=f"{out_dir}/teacher_cache_synthids.pt", **distill)
+                          teacher_weights=f"{OUT_DIR}/{teacher_name}/final.pt",
+                          cache_path=f"{OUT_DIR}/teacher_cache_synthids.pt", **distill)
     sched = ScheduleConfig(name="step", warmup_iters=20, milestones=[0.6 * epochs, 0.85 * epochs], gamma=0.1)
     if triplet:  # fine-tune of the ArcFace student at a constant small lr (§5.6)
         sched = ScheduleConfig(name="constant")
@@ -53,7 +53,7 @@ def synthids_experiment(method: str, *, teacher: bool = False, img_size: int = 4
         train=TrainConfig(
             epochs=epochs, batch_size=(kd.bag_size // kd.imgs_per_id) if triplet else 64, out_dir=out_dir,
             amp=False, log_every=10,
-            init_weights=f"{out_dir}/arcface_mobilefacenet_synthids/final.pt" if triplet else "",
+            init_weights=f"{OUT_DIR}/arcface_mobilefacenet_synthids/final.pt" if triplet else "",
         ),
         distill=kd,
     )
@@ -77,8 +77,8 @@ def ms1m_experiment(method: str, *, teacher: bool = False, root: str = "data/fac
     kd = None
     if not teacher:
         kd = FaceKDConfig(method=method, teacher=teacher_cfg,
-                          teacher_weights=f"{out_dir}/teacher_iresnet100_ms1m/final.pt",
-                          cache_path=f"{out_dir}/teacher_cache_ms1m.pt", **distill)
+                          teacher_weights=f"{OUT_DIR}/teacher_iresnet100_ms1m/final.pt",
+                          cache_path=f"{OUT_DIR}/teacher_cache_ms1m.pt", **distill)
     milestones = [round(it / iters_per_epoch, 4) for it in (100_000, 160_000, 220_000)]
     return ExperimentConfig(
         name=name,
@@ -90,7 +90,7 @@ def ms1m_experiment(method: str, *, teacher: bool = False, root: str = "data/fac
         train=TrainConfig(
             epochs=12, batch_size=(kd.bag_size // kd.imgs_per_id) if triplet else 256, num_workers=8,
             out_dir=out_dir, log_every=100, eval_every=1,
-            init_weights=f"{out_dir}/arcface_mobilefacenet_ms1m/final.pt" if triplet else "",
+            init_weights=f"{OUT_DIR}/arcface_mobilefacenet_ms1m/final.pt" if triplet else "",
         ),
         distill=kd,
     )

@@ -18,7 +18,7 @@ def config():
     teacher = load_config("retinaface/mnet075_tasks_widerface").model
     cfg.distill = DistillConfig(
         teacher=teacher,
-        teacher_weights="runs/mnet075_tasks_widerface/student.safetensors",
+        teacher_weights="{train.out_dir}/mnet075_tasks_widerface/student.safetensors",
         methods=["tdkd"],
         tdkd=TDKDConfig(feat_weight=1.0, prob_weight=50.0, scale="dynamic", neg_ratio=3),
     )

@@ -3,7 +3,7 @@ keep-ratio resize / flip / multi-scale augmentation, and the dataset that turns 
 
 Box convention: detkd boxes are **continuous** pixel coordinates ``x1, y1, x2, y2`` (a box covering pixel
 columns ``c0..c1`` of the image, 0-based and inclusive, is ``[c0, ., c1 + 1, .]``; its width is the pixel count).
-Each reader documents how its file format maps onto this (VOC: ``docs`` of :mod:`detkd.data.voc`).
+Each reader documents how its file format maps onto this (VOC: the docstring of :mod:`detkd.data.voc_gt`).
 
 Sample (what ``DetectionDataset[i]`` returns):
 ``(image float32 [3, h, w] RGB 0..255, target, meta)`` with
@@ -20,12 +20,13 @@ Augmentation randomness is a pure function of ``(seed, epoch, index)``: call ``s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from detkd.data.det_record import DetRecord
 from detkd.data.image import read_image
 from detkd.data.transforms import keep_ratio_scale, resize_keep_ratio  # noqa: F401  (keep_ratio_scale re-exported)
 
@@ -37,37 +38,6 @@ def collapsed_free(boxes: np.ndarray, min_side: float = MIN_BOX_SIDE) -> np.ndar
     """Bool mask ``[N]`` of boxes ``[N, 4]`` xyxy whose width and height are both at least ``min_side``."""
     boxes = np.asarray(boxes).reshape(-1, 4)
     return ((boxes[:, 2] - boxes[:, 0]) >= min_side) & ((boxes[:, 3] - boxes[:, 1]) >= min_side)
-
-
-@dataclass
-class DetRecord:
-    """One annotated image. ``boxes [n,4]`` float64 continuous xyxy in original pixels, ``labels [n]`` int64
-    (1..K), ``difficult [n]`` bool, ``crowd [n]`` bool (an ignore region, never a training object),
-    ``truncated [n]`` bool. ``image_id`` is the VOC file stem or the COCO integer id."""
-
-    image_id: str | int
-    path: Path
-    width: int
-    height: int
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-    crowd: np.ndarray
-    truncated: np.ndarray = field(default=None)
-
-    def __post_init__(self):
-        n = len(self.labels)
-        self.boxes = np.asarray(self.boxes, np.float64).reshape(n, 4)
-        self.labels = np.asarray(self.labels, np.int64).reshape(n)
-        self.difficult = np.asarray(self.difficult, bool).reshape(n)
-        self.crowd = np.asarray(self.crowd, bool).reshape(n)
-        self.truncated = np.zeros(n, bool) if self.truncated is None else np.asarray(self.truncated, bool).reshape(n)
-
-    def split(self, train_difficult: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(boxes [N,4], labels [N], ignore_boxes [M,4])``: crowd regions always go to ``ignore_boxes``,
-        difficult objects too unless ``train_difficult``."""
-        ignore = self.crowd | (self.difficult & (not train_difficult))
-        return self.boxes[~ignore], self.labels[~ignore], self.boxes[ignore]
 
 
 @dataclass

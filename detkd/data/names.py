@@ -12,7 +12,7 @@ def dataset_class_names(data_cfg: dict | None) -> tuple[str, ...] | None:
 
         return tuple(SYNTHSHAPES_CLASSES)
     if name == "voc":
-        from detkd.data.voc import VOC_CLASSES
+        from detkd.data.voc_gt import VOC_CLASSES
 
         return tuple(data_cfg.get("class_names") or VOC_CLASSES)
     return None
@@ -21,7 +21,7 @@ def dataset_class_names(data_cfg: dict | None) -> tuple[str, ...] | None:
 def named_class_list(spec: str) -> tuple[str, ...]:
     """``--classes`` values: ``voc``, ``synthshapes`` or a comma list ``a,b,c``."""
     if spec == "voc":
-        from detkd.data.voc import VOC_CLASSES
+        from detkd.data.voc_gt import VOC_CLASSES
 
         return tuple(VOC_CLASSES)
     if spec == "synthshapes":

@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detkd.errors import UserError
 from detkd.registry import register
 
 CROP = 25
@@ -468,8 +469,24 @@ def ensure_synthfaces(root: str | Path, seed: int = 0, n_train: int = 600, n_val
     if stamp.is_file() and json.loads(stamp.read_text()) == info:
         return root
     if stamp.is_file():
-        raise FileExistsError(f"{root} holds SynthFaces with other parameters ({stamp}); use another root")
+        raise UserError(stamp_mismatch("SynthFaces", stamp, json.loads(stamp.read_text()), info), key="data.root",
+                        path=root)
     return write_synthfaces(root, seed, n_train, n_val, image_size)
+
+
+# the config keys (``SynthFacesDataConfig`` / ``SynthShapesDataConfig``) behind a generated set's stamp fields
+STAMP_KEYS = {"seed": "data.data_seed", "n_train": "data.n_train", "n_val": "data.n_val"}
+
+
+def stamp_mismatch(what: str, stamp: Path, have: dict, want: dict) -> str:
+    """One line: the generated data at ``stamp.parent`` was made with other parameters than the config asks
+    for; names each differing field by its config key and, when those keys explain it all, how to train on it."""
+    diff = [k for k in want if have.get(k) != want[k]]
+    parts = [f"{STAMP_KEYS.get(k, k)}: {have.get(k)!r} there, {want[k]!r} asked" for k in diff]
+    fix = " ".join(f"{STAMP_KEYS[k]}={have.get(k)}" for k in diff if k in STAMP_KEYS)
+    hint = f"set {fix} to train on it, or " if all(k in STAMP_KEYS for k in diff) else ""
+    return (f"{stamp.parent} holds {what} made with other parameters ({stamp}: {'; '.join(parts)}); "
+            f"{hint}choose another data.root")
 
 
 @register("dataset")

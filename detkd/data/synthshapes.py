@@ -39,7 +39,10 @@ import cv2
 import numpy as np
 
 from detkd.data.detection import ResizeConfig
-from detkd.data.synthfaces import BACKGROUND_PHOTOS, _noise, _photos, _procedural  # SynthFaces photos, textures
+from detkd.data.synthfaces import (  # SynthFaces photos, textures; the stamp check
+    BACKGROUND_PHOTOS, _noise, _photos, _procedural, stamp_mismatch,
+)
+from detkd.errors import UserError
 from detkd.registry import register
 
 SYNTHSHAPES_CLASSES = ("circle", "ring", "square", "frame", "triangle", "star5", "star6", "cross", "hexagon",
@@ -445,7 +448,8 @@ def ensure_synthshapes(root: str | Path, seed: int = 0, n_train: int = 1500, n_v
         have.pop("counts", None)
         if have == _info(seed, n_train, n_val, cfg):
             return root
-        raise FileExistsError(f"{root} holds SynthShapes with other parameters ({stamp}); use another root")
+        raise UserError(stamp_mismatch("SynthShapes", stamp, have, _info(seed, n_train, n_val, cfg)),
+                        key="data.root", path=root)
     return write_synthshapes(root, seed, n_train, n_val, cfg)
 
 

@@ -7,14 +7,14 @@
   on these equals VOC's "+1" IoU on the XML boxes, so the same detections match the same GT under both.
 * category ids 1..K in class-list order; ``area = w * h``.
 * difficult objects get ``iscrowd = 1`` (COCO evaluation then ignores them, as VOC does) and ``difficult = 1``
-  (so that :func:`detkd.data.coco.read_coco` restores them as difficult, not as crowd).
+  (so that :func:`detkd.data.coco_gt.read_coco` restores them as difficult, not as crowd).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-from detkd.data.detection import DetRecord
-from detkd.data.voc import VOC_CLASSES, read_voc
+from detkd.data.det_record import DetRecord
+from detkd.data.voc_gt import VOC_CLASSES, read_voc
 
 
 def coco_image_ids(voc_ids: Sequence[str]) -> list[int]:

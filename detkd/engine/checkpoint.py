@@ -149,6 +149,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", trusted: bool =
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not holds_python_objects(e):  # not a pickle of tensors at all (a text file, another format)
+            raise UserError(f"{path}: not a torch checkpoint ({load_error_detail(e)})", path=path) from None
         if not trusted:
             found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the first non-tensor class it met
             what = f", e.g. {found.group(1)}" if found else ""
@@ -159,7 +161,25 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", trusted: bool =
             ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})", path=path) from None
+    except (KeyError, ValueError, TypeError) as e:  # torch's legacy reader on a file of another format
+        raise UserError(f"{path}: not a torch checkpoint ({load_error_detail(e)})", path=path) from None
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def holds_python_objects(e: pickle.UnpicklingError) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused a pickle because it holds Python objects (torch names
+    the class: ``GLOBAL types.SimpleNamespace``), rather than because the file is no pickle of tensors at all."""
+    return "GLOBAL" in str(e)
+
+
+def load_error_detail(e: Exception) -> str:
+    """The informative part of a ``torch.load`` failure, on one line (``UnpicklingError: Unsupported operand
+    110``), without torch's paragraphs of advice about ``weights_only``."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 # -------------------------------------------------------------------------------------------- RNG state

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detkd.data.coco import CocoCategories, categories_of, check_coco, load_coco_json
+from detkd.data.coco_gt import CocoCategories, categories_of, check_coco, load_coco_json
 from detkd.eval.base import DatasetEvaluator
 from detkd.registry import register
 

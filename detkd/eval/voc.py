@@ -3,7 +3,7 @@
 Conventions
 -----------
 * Everything here works in **VOC pixels**: 1-based inclusive ``xmin, ymin, xmax, ymax``, as in the XML files
-  and in the VOC results files (see :mod:`detkd.data.voc` for the exact map from detkd's continuous xyxy).
+  and in the VOC results files (see :mod:`detkd.data.voc_gt` for the exact map from detkd's continuous xyxy).
   IoU uses the "+1" convention: ``iw = max(min(x2, x2') - max(x1, x1') + 1, 0)``, areas ``(x2-x1+1)(y2-y1+1)``.
 * Per class: detections of all images are sorted by score, descending (stable, so equal scores keep input
   order; py-faster-rcnn's unstable quicksort may order ties differently: results are identical whenever
@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detkd.data.voc import VOC_CLASSES, read_voc, to_voc_pixels
+from detkd.data.voc_gt import VOC_CLASSES, read_voc, to_voc_pixels
 from detkd.eval.ap import voc_ap as area_ap
 from detkd.eval.base import DatasetEvaluator
 from detkd.registry import register

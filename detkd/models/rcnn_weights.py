@@ -134,8 +134,8 @@ def import_jwyang_fasterrcnn(src, out, **overrides) -> dict:
     if src.suffix != ".safetensors":
         try:
             obj = torch.load(src, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{src}: cannot be read as a torch checkpoint with weights_only=True ({e})") from e
+        except Exception:  # load_state_file below names what is wrong with the file
+            obj = None
         if isinstance(obj, dict):
             meta = {k: obj[k] for k in ("pooling_mode", "class_agnostic") if isinstance(obj.get(k), (str, bool))}
     sd, kw, dropped = jwyang_fasterrcnn_state(load_state_file(src), src)

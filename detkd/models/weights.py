@@ -76,17 +76,19 @@ def load_state_file(path) -> dict[str, Tensor]:
             return strip_prefix(load_file(str(path)))
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    from detkd.engine.checkpoint import holds_python_objects, load_error_detail
+    from detkd.errors import UserError
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # holds Python objects: unpickling them could run code
-        from detkd.errors import UserError
-
-        raise UserError(f"{path}: refusing to unpickle it (it holds Python objects, not only tensors; loading it "
-                        "could run arbitrary code); re-save its state_dict with torch.save or as .safetensors",
-                        path=path) from None
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint with weights_only=True ({first})") from e
+    except pickle.UnpicklingError as e:
+        if holds_python_objects(e):  # unpickling them could run code
+            raise UserError(f"{path}: refusing to unpickle it (it holds Python objects, not only tensors; loading "
+                            "it could run arbitrary code); re-save its state_dict with torch.save or as .safetensors",
+                            path=path) from None
+        raise UserError(f"{path}: not a torch checkpoint ({load_error_detail(e)})", path=path) from None
+    except Exception as e:  # torch's readers raise many types on a file of another format
+        raise UserError(f"{path}: not a torch checkpoint ({load_error_detail(e)})", path=path) from None
     return _unwrap(obj, path)
 
 
@@ -104,8 +106,8 @@ def check_state(model: nn.Module, sd: dict[str, Tensor], source, allow_missing: 
         parts = []
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
             if items:
-                more = f" ... (+{len(items) - 12} more)" if len(items) > 12 else ""
-                parts.append(f"{label} ({len(items)}): {', '.join(items[:12])}{more}")
+                more = f" ... (+{len(items) - 4} more)" if len(items) > 4 else ""
+                parts.append(f"{label} ({len(items)}): {', '.join(items[:4])}{more}")
         raise ValueError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(parts))
 
 
