@@ -80,8 +80,11 @@ def train_export(config: str, name: str, out_dir: Path, overrides: list[str], di
     return Model(name, export, command, run_dir / "metrics.jsonl", distils), summary
 
 
-def shipped(asset: Path, dest: Path, name: str, recipe: str) -> Model:
-    """Copy a shipped model file (weights and its card) to ``dest``; ``recipe`` says how it was made."""
+def shipped(asset: Path, dest: Path, name: str, recipe: str | None = None) -> Model:
+    """Copy a shipped model file (weights and its card) to ``dest``; ``recipe`` says how it was made (default:
+    the provenance its card records)."""
+    from detkd.models.weights import read_card
+
     card = asset.with_suffix(".json")
     if not card.is_file():
         raise FileNotFoundError(f"{card} not found: {name} weights need the model card that `detkd export` "
@@ -90,7 +93,11 @@ def shipped(asset: Path, dest: Path, name: str, recipe: str) -> Model:
     shutil.copy(asset, dest)
     shutil.copy(card, dest.with_suffix(".json"))
     print(f"[demo] {name}: shipped checkpoint {asset}", flush=True)
-    return Model(name, dest, f"# shipped {asset.relative_to(ASSETS.parent.parent)}; made with: {recipe}")
+    where = asset.resolve()
+    repo = ASSETS.parent.parent
+    shown = where.relative_to(repo) if where.is_relative_to(repo) else where
+    made = recipe or f"the run its card names: {json.dumps(read_card(asset).get('source') or {})}"
+    return Model(name, dest, f"# shipped {shown}; made with: {made}")
 
 
 def card_overrides(card_model: dict, config_model, prefix: str) -> list[str]:

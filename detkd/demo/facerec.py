@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from detkd.demo.common import ASSETS, Model, PartResult, loss_figure, shipped, train_export
+from detkd.demo.common import ASSETS, PartResult, loss_figure, shipped, train_export
 
 TEACHER_ASSET = ASSETS / "synthids_teacher_iresnet18.safetensors"
 TEACHER_CFG = "facerec/teacher_iresnet18_synthids"
@@ -87,7 +87,8 @@ def run_facerec(out_dir: Path, quick: bool = False, seed: int = 0, schedule: Fac
         teacher = shipped(teacher_asset, out_dir / "teacher" / "student.safetensors", "teacher",
                           f"detkd train {TEACHER_CFG} (8 epochs, about 10 min on 2 cores)")
     else:
-        teacher, _ = train_export(TEACHER_CFG, "teacher", out_dir, [*data, *epochs_overrides(sched.teacher_epochs, True)])
+        teacher, _ = train_export(TEACHER_CFG, "teacher", out_dir,
+                                  [*data, *epochs_overrides(sched.teacher_epochs, True)])
     kd = [f"distill.teacher_weights={teacher.weights}", f"distill.cache_path={out_dir / 'teacher_cache.pt'}",
           f"distill.teacher.num_classes={n_ids}"]
     models = [teacher]

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from detkd.config import DetEvalConfig, load_config
-from detkd.demo.common import ASSETS, Model, PartResult, card_overrides, draw_gallery, loss_figure, shipped, train_export
+from detkd.demo.common import (ASSETS, Model, PartResult, card_overrides, draw_gallery, loss_figure, shipped,
+                               train_export)
 
 FAMILIES = ("faster_rcnn_vgg", "retinanet", "gfl")
 
@@ -92,10 +93,8 @@ def run_pair(pair: Pair, out_dir: Path, data: list[str], seed: int, sched: Shape
     model_ovr = card_overrides(read_card(b_asset)["model"], student.model, "model")
     teacher_ovr = card_overrides(read_card(t_asset)["model"], load_config(pair.distill).distill.teacher,
                                  "distill.teacher")
-    teacher = shipped(t_asset, out_dir / "teacher" / "student.safetensors", "teacher",
-                      f"the {pair.family} teacher of benchmarks/synthshapes_capacity.py")
-    baseline = shipped(b_asset, out_dir / "baseline" / "student.safetensors", "baseline",
-                       f"the {pair.family} student of benchmarks/synthshapes_capacity.py")
+    teacher = shipped(t_asset, out_dir / "teacher" / "student.safetensors", "teacher")
+    baseline = shipped(b_asset, out_dir / "baseline" / "student.safetensors", "baseline")
     ft = [*data, *model_ovr, f"train.seed={seed}", f"train.epochs={sched.epochs}", f"train.max_iters={sched.max_iters}",
           f"train.init_weights={baseline.weights}", "sched.warmup_iters=0", *sched.overrides]
     control, _ = train_export(pair.student, "control", out_dir, ft)
@@ -169,7 +168,8 @@ def run_shapes(out_dir: Path, quick: bool = False, seed: int = 0, schedule: Shap
                f"VOC07 mAP@0.5 and COCO AP (in %) on the first {sched.val_images} val scenes; one seed of a short "
                "schedule: it shows the pipeline, the paired multi-seed benchmarks give the verdict."),
         header=["pair", "model", "VOC07 mAP", "COCO AP", "COCO AP50"], rows=rows, commands=commands,
-        figures=figures, gallery=pics, gallery_models=["teacher", "baseline", "distilled"], notes=notes, wall_s=time.time() - t_start,
+        figures=figures, gallery=pics, gallery_models=["teacher", "baseline", "distilled"], notes=notes,
+        wall_s=time.time() - t_start,
     ).save(out_dir)
     if not results:
         print("[demo] shapes: no pair has both shipped assets; nothing was run", flush=True)
