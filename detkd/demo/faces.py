@@ -47,10 +47,11 @@ class DemoSchedule:
     extra_epochs: int = 10
     teacher_epochs: int = 90
     max_iters: int = 0  # >0: stop every run after this many iterations (smoke test)
+    val_images: int = 0  # >0: evaluate on the first N val images only (smoke test; 0 = all 150)
 
     @classmethod
     def quick(cls):
-        return cls(baseline_epochs=1, extra_epochs=1, teacher_epochs=1, max_iters=3)
+        return cls(baseline_epochs=1, extra_epochs=1, teacher_epochs=1, max_iters=3, val_images=10)
 
 
 # The headline protocol is TDKD's own upscaled test at SynthFaces' scale; the original-size one is reported too.
@@ -59,8 +60,9 @@ PROTOCOLS = ("tdkd-640", "biubug6-origin")
 
 
 
-def evaluate_model(weights: Path, data_root: Path, out: Path, size: int) -> dict:
-    """AP under every protocol of ``PROTOCOLS`` (the first one also at the top level) and the model's cost."""
+def evaluate_model(weights: Path, data_root: Path, out: Path, size: int, max_images: int = 0) -> dict:
+    """AP under every protocol of ``PROTOCOLS`` (the first one also at the top level) and the model's cost;
+    ``max_images`` > 0: the first N val images only."""
     from detkd.experiment import evaluate_widerface
     from detkd.models.weights import load_model_file
 
@@ -68,7 +70,8 @@ def evaluate_model(weights: Path, data_root: Path, out: Path, size: int) -> dict
     res = {}
     for protocol in PROTOCOLS:
         res[protocol] = evaluate_widerface(model, data_root / "val" / "images", data_root / "val" / "gt",
-                                           protocol, plot_dir=out / protocol, progress=False)
+                                           protocol, max_images=max_images, plot_dir=out / protocol,
+                                           progress=False)
     return {**res[PROTOCOLS[0]], **res, **model_cost(model, size)}
 
 
@@ -183,7 +186,8 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
 
     # 4. evaluate everything, one table, figures and the same val scenes for teacher / baseline / TDKD
     size = base.data.img_size
-    results = {m.name: evaluate_model(m.weights, data_root, out_dir / m.name / "eval", size) for m in models}
+    results = {m.name: evaluate_model(m.weights, data_root, out_dir / m.name / "eval", size, sched.val_images)
+               for m in models}
     table = write_table(results, out_dir / "results.md")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     figures = [plot_pr(out_dir, [m.name for m in models])]
