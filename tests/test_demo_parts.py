@@ -75,6 +75,28 @@ def test_card_overrides_rebuild_the_card_model():
         card_overrides({**card, "bogus": 1}, cfg.model, "model")
 
 
+def test_pooled_pr_curve(tmp_path):
+    """GT boxes as detections: recall reaches 1 at precision 1; labels moved to another class: recall 0."""
+    import numpy as np
+
+    from detkd.data.synthshapes import write_synthshapes
+    from detkd.demo.shapes import pooled_pr
+    from detkd.eval.base import build_evaluator
+    from detkd.registry import lookup
+
+    write_synthshapes(tmp_path / "ss", seed=0, n_train=2, n_val=3, workers=1)
+    val = lookup("dataset", "synthshapes")(root=str(tmp_path / "ss"), split="val", n_train=2, n_val=3)
+    for shift, recall in ((0, 1.0), (1, 0.0)):
+        ev = build_evaluator("voc", dataset=val)
+        ev.reset()
+        ev.process([{"image_id": r.image_id} for r in val.records],
+                   [{"boxes": r.boxes, "scores": np.linspace(1, 0.5, len(r.labels)),
+                     "labels": (np.asarray(r.labels) - 1 + shift) % 12 + 1} for r in val.records])
+        rec, prec = pooled_pr(ev)
+        assert len(rec) == sum(len(r.labels) for r in val.records)
+        assert rec[-1] == pytest.approx(recall) and prec[-1] == pytest.approx(recall)
+
+
 def test_shapes_skips_pairs_without_assets(tmp_path):
     assets = tmp_path / "assets"
     assets.mkdir()

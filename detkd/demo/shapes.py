@@ -70,22 +70,49 @@ class ShapesSchedule:
         return cls(finetune_images=8, val_images=4, gallery_images=1, max_iters=2)
 
 
-def evaluate(weights: Path, cfg) -> dict:
-    """VOC07 mAP@0.5 and COCO AP on ``cfg``'s val split (one inference pass, the config's test protocol)."""
+def pooled_pr(voc) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision over every class pooled (IoU 0.5, VOC matching, difficult objects ignored) of what
+    the ``VOCEvaluator`` ``voc`` processed: one curve per model for the page."""
+    from detkd.eval.voc import ClassDetections, match_class
+
+    records = voc.gathered() or []
+    if not records:
+        return np.zeros(0), np.zeros(0)
+    image = np.concatenate([np.full(len(r[3]), r[0], np.int64) for r in records])
+    boxes = np.concatenate([r[1] for r in records]).reshape(-1, 4)
+    scores = np.concatenate([r[2] for r in records])
+    labels = np.concatenate([r[3] for r in records])
+    npos, ranked, tps, fps = 0, [], [], []
+    for c in range(len(voc.gt.class_names)):
+        m = labels == c + 1
+        n, [(tp, fp)] = match_class(voc.gt, c, ClassDetections(image[m], scores[m], boxes[m]), [0.5])
+        npos += n
+        ranked.append(-np.sort(-scores[m], kind="stable"))  # match_class's descending-score order
+        tps.append(tp)
+        fps.append(fp)
+    order = np.argsort(-np.concatenate(ranked), kind="stable")
+    tp, fp = np.cumsum(np.concatenate(tps)[order]), np.cumsum(np.concatenate(fps)[order])
+    return tp / max(npos, 1), tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+
+
+def evaluate(weights: Path, cfg) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """VOC07 mAP@0.5 and COCO AP on ``cfg``'s val split (one inference pass, the config's test protocol), and
+    the pooled precision-recall curve."""
     from detkd.experiment import build_evaluators, build_val_set, evaluate_detector
     from detkd.models.weights import load_model_file
 
     model, _ = load_model_file(weights)
     val = build_val_set(cfg)
-    res = evaluate_detector(model, val, build_evaluators(DetEvalConfig(evaluator="voc", also=["coco"]), val),
-                            cfg.eval.protocol, progress=False)
-    return {"voc07_map": float(res["mAP"]), "coco_ap": float(res["coco/AP"]), "coco_ap50": float(res["coco/AP50"])}
+    group = build_evaluators(DetEvalConfig(evaluator="voc", also=["coco"]), val)
+    res = evaluate_detector(model, val, group, cfg.eval.protocol, progress=False)
+    scores = {"voc07_map": float(res["mAP"]), "coco_ap": float(res["coco/AP"]), "coco_ap50": float(res["coco/AP50"])}
+    return scores, pooled_pr(group.members[""])
 
 
 def run_pair(pair: Pair, out_dir: Path, data: list[str], seed: int, sched: ShapesSchedule,
-             assets: Path) -> tuple[list[Model], dict, object]:
-    """Teacher and baseline (shipped), control and method fine-tunes; returns the models, their scores and the
-    student config (for the val set)."""
+             assets: Path) -> tuple[list[Model], dict, dict, object]:
+    """Teacher and baseline (shipped), control and method fine-tunes; returns the models, their scores, their
+    precision-recall curves and the student config (for the val set)."""
     from detkd.models.weights import read_card
 
     t_asset, b_asset = asset("teacher", pair.family, assets), asset("baseline", pair.family, assets)
@@ -103,7 +130,8 @@ def run_pair(pair: Pair, out_dir: Path, data: list[str], seed: int, sched: Shape
                              distils=True)
     cfg = load_config(pair.student, [*data, *model_ovr, *sched.overrides])
     models = [teacher, baseline, control, method]
-    return models, {m.name: evaluate(m.weights, cfg) for m in models}, cfg
+    evals = {m.name: evaluate(m.weights, cfg) for m in models}
+    return models, {k: v[0] for k, v in evals.items()}, {k: v[1] for k, v in evals.items()}, cfg
 
 
 def gallery(models: list[Model], cfg, out_dir: Path, n_images: int) -> dict[str, list[Path]]:
@@ -125,6 +153,7 @@ def run_shapes(out_dir: Path, quick: bool = False, seed: int = 0, schedule: Shap
     """Run every pair whose two assets exist under ``out_dir`` (one directory per pair); returns
     ``{"<method>/<family>": {model: scores}}`` and writes ``results.json`` and ``part.json``."""
     from detkd.data.synthshapes import ensure_synthshapes
+    from detkd.eval.plots import plot_pr_curves
 
     t_start = time.time()
     out_dir = Path(out_dir)
@@ -148,8 +177,10 @@ def run_shapes(out_dir: Path, quick: bool = False, seed: int = 0, schedule: Shap
     for pair in runnable:
         key = f"{pair.method}/{pair.family}"
         pair_dir = out_dir / f"{pair.method}_{pair.family}"
-        models, scores, cfg = run_pair(pair, pair_dir, data, seed, sched, assets)
+        models, scores, curves, cfg = run_pair(pair, pair_dir, data, seed, sched, assets)
         results[key] = scores
+        pr = plot_pr_curves(curves, pair_dir / "pr_curves.png", f"SynthShapes {key}: all classes pooled, IoU 0.5")
+        figures.append(str(pr.relative_to(out_dir)))
         for m in models:
             s = scores[m.name]
             rows.append([key, m.name, f"{100 * s['voc07_map']:.1f}", f"{100 * s['coco_ap']:.1f}",
