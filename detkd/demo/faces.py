@@ -4,8 +4,9 @@ teacher (shipped checkpoint, or trained) -> baseline student, 30 epochs from scr
 trained) -> three fine-tunes of that baseline with the same 10 extra epochs: no distillation (the
 schedule-matched control), TDKD, and the generic `feat` baseline. Every model is evaluated with the WIDER
 evaluation under two test protocols (``tdkd-640``, TDKD's upscaled test at SynthFaces' scale, and the
-original-size ``biubug6-origin``); one table (AP, params, FLOPs, latency), PR curves and loss curves are written
-under one directory.
+original-size ``biubug6-origin``); one table (AP, params, FLOPs, latency), PR curves, loss curves and the
+teacher / baseline / TDKD detections on the same val scenes are written under one directory, with the
+``part.json`` of the demo page.
 """
 from __future__ import annotations
 
@@ -159,7 +160,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
     ensure_synthfaces(data_root)
     common = [f"data.root={data_root}", f"train.seed={seed}", f"train.max_iters={sched.max_iters}"]
 
-    # 1. teacher: the shipped checkpoint (trained by `detkd demo --retrain-teacher`), else train it here
+    # 1. teacher: the shipped checkpoint (trained by `detkd demo faces --retrain-teacher`), else train it here
     if TEACHER_ASSET.is_file() and not retrain_teacher and not quick:
         teacher = shipped(TEACHER_ASSET, out_dir / "teacher" / "student.safetensors", "teacher", TEACHER_RECIPE)
     else:
