@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from detkd.config import load_config
-from detkd.demo import FINETUNE_CFGS, PROTOCOLS, DemoSchedule, run_demo
+from detkd.demo.faces import FINETUNE_CFGS, PROTOCOLS, DemoSchedule, run_demo
 from detkd.reporting import git_commit, kd_gain_table, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -126,7 +126,7 @@ def main() -> None:
     per_proto = {p: {m: {"easy": [], "medium": [], "hard": []} for m in MODELS} for p in PROTOCOLS}
     for seed in seeds:
         done = args.out / f"seed{seed}" / "results.json"
-        if args.reuse and done.is_file():  # e.g. seed 0 = a `detkd demo --out-dir <out>/seed0` run
+        if args.reuse and done.is_file():  # e.g. seed 0 = a copy of runs/demo/faces
             res = json.loads(done.read_text())
             print(f"reusing {done}")
         else:

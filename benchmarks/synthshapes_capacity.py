@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from detkd.config import load_config
-from detkd.demo import model_cost
+from detkd.demo.common import model_cost
 from detkd.experiment import train
 from detkd.registry import build_model
 from detkd.reporting import git_commit, markdown_table, write_results

@@ -1,34 +1,35 @@
-"""``detkd demo``: the whole distillation story on SynthFaces, on CPU, in minutes.
+"""``detkd demo faces``: the face-detection story on SynthFaces, on CPU, in minutes.
 
 teacher (shipped checkpoint, or trained) -> baseline student, 30 epochs from scratch (shipped for seed 0, or
 trained) -> three fine-tunes of that baseline with the same 10 extra epochs: no distillation (the
 schedule-matched control), TDKD, and the generic `feat` baseline. Every model is evaluated with the WIDER
 evaluation under two test protocols (``tdkd-640``, TDKD's upscaled test at SynthFaces' scale, and the
-original-size ``biubug6-origin``); one table (AP, params, FLOPs, latency), PR curves and loss curves are written
-under one directory.
+original-size ``biubug6-origin``); one table (AP, params, FLOPs, latency), PR curves, loss curves and the
+teacher / baseline / TDKD detections on the same val scenes are written under one directory, with the
+``part.json`` of the demo page.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from detkd.config import load_config
-
-ASSETS = Path(__file__).resolve().parent / "assets"
+from detkd.demo.common import ASSETS, Model, PartResult, draw_gallery, loss_figure, model_cost, shipped, train_export
 # Re-create with: detkd train retinaface/mnet075_tasks_synthfaces train.epochs=90   (about 40 min on 2 cores)
 #                 detkd export runs/mnet075_tasks_synthfaces --out detkd/assets/synthfaces_teacher_mnet075.safetensors
 # (or `detkd demo --retrain-teacher`). 90 epochs, not the student's 30: with 30 the students caught up with it
 # (benchmarks/results/tdkd_synthfaces_investigation.md, cause 3).
 TEACHER_ASSET = ASSETS / "synthfaces_teacher_mnet075.safetensors"
+TEACHER_RECIPE = "detkd train retinaface/mnet075_tasks_synthfaces train.epochs=90 (about 40 min on 2 cores)"
 # The seed-0 baseline of `python benchmarks/kd_gain_tdkd.py` (runs/kd_gain/seed0/baseline/student.*), shipped so that
 # `make demo` fits in 15 minutes; `detkd demo --retrain-baseline` trains it again with the same recipe
 BASELINE_ASSET = ASSETS / "synthfaces_baseline_mnet025.safetensors"
+BASELINE_RECIPE = ("detkd train retinaface/mnet025_synthfaces train.epochs=30 train.seed=0 (the seed-0 baseline of "
+                   "benchmarks/kd_gain_tdkd.py; `detkd demo faces --retrain-baseline` trains it here)")
 
 STUDENT_CFG = "retinaface/mnet025_synthfaces"
 TEACHER_CFG = "retinaface/mnet075_tasks_synthfaces"
@@ -47,53 +48,23 @@ class DemoSchedule:
     extra_epochs: int = 10
     teacher_epochs: int = 90
     max_iters: int = 0  # >0: stop every run after this many iterations (smoke test)
+    val_images: int = 0  # >0: evaluate on the first N val images only (smoke test; 0 = all 150)
 
     @classmethod
     def quick(cls):
-        return cls(baseline_epochs=1, extra_epochs=1, teacher_epochs=1, max_iters=3)
+        return cls(baseline_epochs=1, extra_epochs=1, teacher_epochs=1, max_iters=3, val_images=10)
 
 
 # The headline protocol is TDKD's own upscaled test at SynthFaces' scale; the original-size one is reported too.
 PROTOCOLS = ("tdkd-640", "biubug6-origin")
 
 
-def _run(config: str, name: str, out_dir: Path, overrides: list[str]) -> Path:
-    from detkd.engine.checkpoint import export_student
-    from detkd.experiment import train
-
-    cfg = load_config(config, [f"name={name}", f"train.out_dir={out_dir}", *overrides])
-    t0 = time.time()
-    train(cfg, evaluate=False)
-    export = out_dir / name / "student.safetensors"
-    export_student(out_dir / name, export)
-    print(f"[demo] {name}: trained in {time.time() - t0:.0f}s -> {export}")
-    return export
 
 
-def model_cost(model: torch.nn.Module, size: int) -> dict:
-    """Parameters, forward FLOPs (torch's FlopCounterMode) and median CPU latency at ``size``×``size``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.rand(1, 3, size, size) * 255
-    model.eval()
-    with torch.no_grad():
-        with FlopCounterMode(display=False) as fc:
-            model(x)
-        times = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "gflops": fc.get_total_flops() / 1e9,
-        "latency_ms": 1000 * float(np.median(times[2:])),
-    }
-
-
-def evaluate_model(weights: Path, data_root: Path, out: Path, size: int, label: str = "") -> dict:
+def evaluate_model(weights: Path, data_root: Path, out: Path, size: int, max_images: int = 0,
+                   label: str = "") -> dict:
     """AP under every protocol of ``PROTOCOLS`` (the first one also at the top level) and the model's cost;
-    a progress bar per protocol labelled ``eval <label> <protocol>``."""
+    ``max_images`` > 0: the first N val images only; a progress bar per protocol labelled ``eval <label> <protocol>``."""
     from detkd.experiment import evaluate_widerface
     from detkd.models.weights import load_model_file
 
@@ -101,30 +72,34 @@ def evaluate_model(weights: Path, data_root: Path, out: Path, size: int, label: 
     res = {}
     for protocol in PROTOCOLS:
         res[protocol] = evaluate_widerface(model, data_root / "val" / "images", data_root / "val" / "gt",
-                                           protocol, plot_dir=out / protocol, desc=f"eval {label} {protocol}")
+                                           protocol, max_images=max_images, plot_dir=out / protocol,
+                                           desc=f"eval {label} {protocol}")
     return {**res[PROTOCOLS[0]], **res, **model_cost(model, size)}
 
 
-def write_table(results: dict, path: Path) -> str:
-    head, origin = PROTOCOLS
-    lines = [
-        f"| model | easy AP | medium AP | hard AP | ({origin}: easy / medium / hard) | params | GFLOPs | "
-        "CPU latency (ms) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (AP in %)."""
+    origin = PROTOCOLS[1]
+    header = ["model", "easy AP", "medium AP", "hard AP", f"({origin}: easy / medium / hard)", "params", "GFLOPs",
+              "CPU latency (ms)"]
+    rows = []
     for name, r in results.items():
         o = " / ".join(f"{100 * r[origin][s]:.1f}" for s in ("easy", "medium", "hard"))
-        lines.append(
-            f"| {name} | {100 * r['easy']:.1f} | {100 * r['medium']:.1f} | {100 * r['hard']:.1f} | {o} | "
-            f"{r['params'] / 1e6:.3f}M | {r['gflops']:.2f} | {r['latency_ms']:.1f} |"
-        )
-    table = "\n".join(lines)
+        rows.append([name, f"{100 * r['easy']:.1f}", f"{100 * r['medium']:.1f}", f"{100 * r['hard']:.1f}", o,
+                     f"{r['params'] / 1e6:.3f}M", f"{r['gflops']:.2f}", f"{r['latency_ms']:.1f}"])
+    return header, rows
+
+
+def write_table(results: dict, path: Path) -> str:
+    from detkd.reporting import markdown_table
+
+    table = "\n".join(markdown_table(*table_rows(results)))
     path.write_text(table + "\n")
     return table
 
 
-def plot_all(out_dir: Path, names: list[str]) -> None:
-    """PR curves of every model on one figure per subset, and the loss curves of every training run."""
+def plot_pr(out_dir: Path, names: list[str]) -> Path:
+    """PR curves of every model on one figure per subset (headline protocol)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,41 +114,34 @@ def plot_all(out_dir: Path, names: list[str]) -> None:
         for ax, sub in zip(axes, ("easy", "medium", "hard")):
             ax.plot(c[f"{sub}_rec"], c[f"{sub}_prec"], label=name)
     for ax, sub in zip(axes, ("easy", "medium", "hard")):
-        ax.set(title=f"SynthFaces {sub} ({PROTOCOLS[0]})", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
+        ax.set(title=f"SynthFaces {sub} ({PROTOCOLS[0]})", xlabel="recall", ylabel="precision", xlim=(0, 1),
+               ylim=(0, 1.01))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(out_dir / "pr_curves.png", dpi=110)
     plt.close(fig)
-
-    from detkd.eval.plots import plot_loss_curves
-
-    # a distillation run logs loss = task + distillation, the others the task loss only: the legend says which
-    def label(n: str) -> str:
-        distils = FINETUNE_CFGS.get(n, STUDENT_CFG) != STUDENT_CFG
-        return f"{n} (task + distillation)" if distils else f"{n} (task)"
-
-    logs = {label(n): out_dir / n / "metrics.jsonl" for n in names if (out_dir / n / "metrics.jsonl").is_file()}
-    if logs:
-        plot_loss_curves(logs, out_dir / "loss_curves.png")
+    return out_dir / "pr_curves.png"
 
 
-def _shipped(asset: Path, dest: Path, what: str, source: str = "shipped checkpoint") -> Path:
-    """Copy an exported model (weights and its .json model config) to ``dest``."""
-    if not asset.with_suffix(".json").is_file():
-        raise FileNotFoundError(f"{asset.with_suffix('.json')} not found: {what} weights need the model config "
-                                "that `detkd export` writes beside them")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(asset, dest)
-    shutil.copy(asset.with_suffix(".json"), dest.with_suffix(".json"))
-    print(f"[demo] {what}: {source} {asset}")
-    return dest
+def gallery(models: list[Model], data_root: Path, out_dir: Path, n_images: int) -> dict[str, list[Path]]:
+    """The first ``n_images`` val scenes with the detections of each model (headline protocol, score >= 0.5)."""
+    from detkd.data.widerface import WiderFaceVal
+    from detkd.infer import detect_image
+
+    val = WiderFaceVal(data_root / "val" / "images", data_root / "val" / "gt")
+    images = []
+    for i in range(min(n_images, len(val))):
+        image, meta = val[i]
+        xywh = np.asarray(meta["boxes"], np.float64).reshape(-1, 4)
+        images.append((Path(meta["image_id"]).name, image, np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)))
+    return draw_gallery(models, images, lambda m, im: detect_image(m, im, PROTOCOLS[0]), out_dir, min_score=0.5)
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher: bool = False,
              shipped_baseline: bool = True, schedule: DemoSchedule | None = None,
              baseline_weights: Path | None = None) -> dict:
-    """Run the demo under ``out_dir`` and return {model: results}.
+    """Run the face part under ``out_dir`` and return {model: results}; also writes ``part.json`` for the page.
 
     ``baseline_weights``: an exported student to fine-tune instead of the shipped or trained baseline (then the
     seed only changes the three fine-tunes: data order, augmentation, adapter initialisation).
@@ -193,38 +161,53 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, retrain_teacher:
     ensure_synthfaces(data_root)
     common = [f"data.root={data_root}", f"train.seed={seed}", f"train.max_iters={sched.max_iters}"]
 
-    # 1. teacher: the shipped checkpoint (trained by `detkd demo --retrain-teacher`), else train it here
-    teacher = out_dir / "teacher" / "student.safetensors"
+    # 1. teacher: the shipped checkpoint (trained by `detkd demo faces --retrain-teacher`), else train it here
     if TEACHER_ASSET.is_file() and not retrain_teacher and not quick:
-        _shipped(TEACHER_ASSET, teacher, "teacher")
+        teacher = shipped(TEACHER_ASSET, out_dir / "teacher" / "student.safetensors", "teacher", TEACHER_RECIPE)
     else:
-        teacher = _run(TEACHER_CFG, "teacher", out_dir, [*common, f"train.epochs={sched.teacher_epochs}"])
+        teacher, _ = train_export(TEACHER_CFG, "teacher", out_dir, [*common, f"train.epochs={sched.teacher_epochs}"])
 
     # 2. baseline student, 3. three schedule-matched fine-tunes of it
     if baseline_weights is not None:
-        baseline = _shipped(Path(baseline_weights), out_dir / "baseline" / "student.safetensors", "baseline",
-                            "given checkpoint")
+        baseline = shipped(Path(baseline_weights), out_dir / "baseline" / "student.safetensors", "baseline",
+                           f"given checkpoint {baseline_weights}")
     elif shipped_baseline and BASELINE_ASSET.is_file() and seed == 0 and not quick:
-        baseline = _shipped(BASELINE_ASSET, out_dir / "baseline" / "student.safetensors", "baseline")
+        baseline = shipped(BASELINE_ASSET, out_dir / "baseline" / "student.safetensors", "baseline",
+                           BASELINE_RECIPE)
     else:
-        baseline = _run(STUDENT_CFG, "baseline", out_dir, [*common, f"train.epochs={sched.baseline_epochs}"])
-    exports = {"teacher": teacher, "baseline": baseline}
+        baseline, _ = train_export(STUDENT_CFG, "baseline", out_dir,
+                                   [*common, f"train.epochs={sched.baseline_epochs}"])
+    models = [teacher, baseline]
     for name, config in FINETUNE_CFGS.items():
         # identical schedule for all three (no warm-up: they continue a trained model), only the loss differs
-        extra = [*common, f"train.epochs={sched.extra_epochs}", f"train.init_weights={baseline}",
+        extra = [*common, f"train.epochs={sched.extra_epochs}", f"train.init_weights={baseline.weights}",
                  "sched.warmup_iters=0"]
         if name != "baseline_extra":
-            extra.append(f"distill.teacher_weights={teacher}")
-        exports[name] = _run(config, name, out_dir, extra)
+            extra.append(f"distill.teacher_weights={teacher.weights}")
+        models.append(train_export(config, name, out_dir, extra, distils=name != "baseline_extra")[0])
 
-    # 4. evaluate everything, one table
+    # 4. evaluate everything, one table, figures and the same val scenes for teacher / baseline / TDKD
     size = base.data.img_size
-    results = {}
-    for k, (name, w) in enumerate(exports.items(), 1):
-        results[name] = evaluate_model(w, data_root, out_dir / name / "eval", size, f"{name} ({k}/{len(exports)})")
+    results = {m.name: evaluate_model(m.weights, data_root, out_dir / m.name / "eval", size, sched.val_images,
+                                      f"{m.name} ({k}/{len(models)})") for k, m in enumerate(models, 1)}
     table = write_table(results, out_dir / "results.md")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_all(out_dir, list(exports))
+    figures = [plot_pr(out_dir, [m.name for m in models])]
+    loss = loss_figure(models, out_dir / "loss_curves.png")
+    figures += [loss] if loss is not None else []
+    shown = [teacher, baseline, next(m for m in models if m.name == "tdkd")]
+    pics = gallery(shown, data_root, out_dir / "gallery", 1 if quick else 3)
+    header, rows = table_rows(results)
+    PartResult(
+        key="faces", title="Face detection: RetinaFace on SynthFaces (TDKD)",
+        intro=(f"Teacher (MobileNet-0.75 with task blocks) and the 0.25 baseline student, then {sched.extra_epochs} "
+               "more epochs of the baseline three ways: no distillation (baseline_extra, the control), TDKD and "
+               f"feat. WIDER evaluation, AP in % under {PROTOCOLS[0]} (and {PROTOCOLS[1]}); seed {seed}."),
+        header=header, rows=rows, commands=[m.command for m in models],
+        figures=[str(f.relative_to(out_dir)) for f in figures],
+        gallery={k: [str(p.relative_to(out_dir)) for p in v] for k, v in pics.items()},
+        gallery_models=[m.name for m in shown], wall_s=time.time() - t_start,
+    ).save(out_dir)
     print(f"\nSynthFaces validation, WIDER evaluation, test protocol {PROTOCOLS[0]} "
           f"(and {PROTOCOLS[1]} in brackets), seed {seed}:\n{table}")
     print(f"\nwritten under {out_dir}: results.md, results.json, pr_curves.png, loss_curves.png, "
