@@ -74,7 +74,7 @@ def _bench_file(path: Path, tdkd_hard, ctl_hard, **extra):
 
 
 def test_demo_prints_one_seed_beside_the_paired_benchmarks(tmp_path):
-    from detkd.demo import benchmark_results_dir, gain_summary
+    from detkd.demo.faces import benchmark_results_dir, gain_summary
 
     assert benchmark_results_dir() == ROOT / "benchmarks" / "results"  # the checkout detkd runs from
     run = {m: {p: {"hard": h} for p in PROTOCOLS} for m, h in (("tdkd", 0.45), ("baseline_extra", 0.40))}

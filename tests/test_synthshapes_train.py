@@ -173,7 +173,7 @@ def test_capacity_benchmark_pairs_and_table():
     for student, teacher in bench.FAMILIES.values():
         s, t = load_config(student), load_config(teacher)
         assert (s.data, s.optim, s.sched, s.train, s.eval) == (t.data, t.optim, t.sched, t.train, t.eval)
-        assert s.eval.also == ["coco"] and s.eval.protocol == "torchvision-320" and s.model != t.model
+        assert s.eval.also == ["coco"] and s.eval.protocol == f"torchvision-{s.data.img_size}" and s.model != t.model
     rows = [{"family": "gfl", "role": r, "model": m, "epochs": 2, "voc07_map": v, "coco_ap": v / 2,
              "params": p, "train_s": 10.0, "_gflops": 1.0, "_latency_ms": 5.0}
             for r, m, v, p in (("student", "gfl", 0.40, 10**6), ("teacher", "gfl", 0.47, 3 * 10**6))]
