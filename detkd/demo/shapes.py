@@ -152,7 +152,7 @@ def run_shapes(out_dir: Path, quick: bool = False, seed: int = 0, schedule: Shap
                assets: Path = ASSETS) -> dict:
     """Run every pair whose two assets exist under ``out_dir`` (one directory per pair); returns
     ``{"<method>/<family>": {model: scores}}`` and writes ``results.json`` and ``part.json``."""
-    from detkd.data.synthshapes import ensure_synthshapes
+    from detkd.data.synthshapes import ensure_synthshapes, preset_config
     from detkd.eval.plots import plot_pr_curves
 
     t_start = time.time()
@@ -170,13 +170,16 @@ def run_shapes(out_dir: Path, quick: bool = False, seed: int = 0, schedule: Shap
             print(f"[demo] {notes[-1]}", flush=True)
         else:
             runnable.append(pair)
-    data_root = out_dir / "synthshapes"
-    if runnable:
-        ensure_synthshapes(data_root, n_train=sched.finetune_images, n_val=sched.val_images)
-    data = [f"data.root={data_root}", f"data.n_train={sched.finetune_images}", f"data.n_val={sched.val_images}"]
     for pair in runnable:
         key = f"{pair.method}/{pair.family}"
         pair_dir = out_dir / f"{pair.method}_{pair.family}"
+        # one data root per generator preset: each student config names the preset it was sized for
+        preset = getattr(load_config(pair.student).data, "preset", "full")
+        data_root = out_dir / f"synthshapes_{preset}"
+        ensure_synthshapes(data_root, n_train=sched.finetune_images, n_val=sched.val_images,
+                           cfg=preset_config(preset))
+        data = [f"data.root={data_root}", f"data.n_train={sched.finetune_images}", f"data.n_val={sched.val_images}",
+                f"data.preset={preset}"]
         models, scores, curves, cfg = run_pair(pair, pair_dir, data, seed, sched, assets)
         results[key] = scores
         pr = plot_pr_curves(curves, pair_dir / "pr_curves.png", f"SynthShapes {key}: all classes pooled, IoU 0.5")
