@@ -253,7 +253,7 @@ def main(argv=None) -> dict:
     base = f"the baseline {args.baseline_weights}" if args.baseline_weights else "each seed's baseline"
     lines = ["# LD on SynthShapes (GFL R18 half width -> R18 quarter width)", "",
              f"seeds {seeds}; fine-tunes of {args.epochs} epoch(s) from {base}; "
-             f"max_iters {args.max_iters}, n_train {args.n_train}, n_val {args.n_val}, img {args.img_size}.", "",
+             f"max_iters {args.max_iters}, n_train {args.n_train}, n_val {args.n_val}, img {args.img_size or 'as configured'}.", "",
              *kd_gain_table(per_model, ("coco_ap", "ap50", "ap75", "voc07_map"),
                             metric_titles=("AP", "AP50", "AP75", "VOC07 mAP")), "",
              "mean ± population std over seeds, in %; `self_ld` is taught by the seed's own baseline, `ta` by the "

@@ -38,19 +38,21 @@ class CocoCategories:
         return {c: i + 1 for i, c in enumerate(self.cat_ids)}
 
 
+def read_json_file(path: str | Path, what: str) -> tuple[object, str]:
+    """``(parsed JSON, path as str)``; a missing file or invalid JSON fails naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text()), str(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
 def load_coco_json(path_or_dict: str | Path | dict) -> tuple[dict, str]:
     """``(dataset dict, source name)``; the file must exist and hold ``images``, ``annotations``, ``categories``."""
-    if isinstance(path_or_dict, dict):
-        data, src = path_or_dict, "<COCO dict>"
-    else:
-        path = Path(path_or_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        src = str(path)
+    data, src = (path_or_dict, "<COCO dict>") if isinstance(path_or_dict, dict) else \
+        read_json_file(path_or_dict, "COCO annotation file")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{src}: missing list {key!r} (a COCO instances file has images, annotations, categories)")

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detkd.data.coco_gt import CocoCategories, categories_of, check_coco, load_coco_json
+from detkd.data.coco_gt import CocoCategories, categories_of, check_coco, load_coco_json, read_json_file
 from detkd.eval.base import DatasetEvaluator
 from detkd.registry import register
 
@@ -23,17 +23,8 @@ STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", 
 def load_results(path_or_list: str | Path | list, gt: dict) -> list[dict]:
     """Read and check a results list against the GT dict. Raises ``ValueError`` naming the file and entry for
     an unknown image id or category id, a malformed bbox or a non-finite score."""
-    if isinstance(path_or_list, list):
-        results, src = path_or_list, "<results>"
-    else:
-        path = Path(path_or_list)
-        if not path.is_file():
-            raise FileNotFoundError(f"COCO results file not found: {path}")
-        try:
-            results = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        src = str(path)
+    results, src = (path_or_list, "<results>") if isinstance(path_or_list, list) else \
+        read_json_file(path_or_list, "COCO results file")
     if not isinstance(results, list):
         raise ValueError(f"{src}: a COCO results file is a JSON list of detections")
     images = {im["id"] for im in gt["images"]}
