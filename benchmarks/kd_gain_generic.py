@@ -2,18 +2,23 @@
 
     python benchmarks/kd_gain_generic.py --method fgfi --detector faster_rcnn_vgg \\
         --teacher-weights T.safetensors [--seeds 0 1 2] [--baseline-epochs 12] [--finetune-epochs 4] \\
-        [--data-root data/synthshapes] [--out runs/kd_gain_generic] [--results-dir benchmarks/results]
+        [--baseline-weights B.safetensors] [--finetune-iters N] [--seed-list 0 1 | --reuse]
+        [--data-root DIR] [--out runs/kd_gain_generic] [--results-dir benchmarks/results]
     python benchmarks/kd_gain_generic.py --method defeat --detector retinanet --timing-only   # step ratio only
     python benchmarks/kd_gain_generic.py --method fgfi --detector faster_rcnn_vgg --smoke --results-dir /tmp/x
 
 Pairs (method, detector) → (student config, distillation config):
-``fgfi/faster_rcnn_vgg`` (VGG-16 → VGG-11 lite, C4), ``fgfi/faster_rcnn_fpn`` and ``defeat/faster_rcnn_fpn``
-(R34 → R18 lite FPN), ``defeat/retinanet`` (R34 → R18 lite RetinaNet); see ``configs/{fgfi,defeat}/*_synthshapes.py``.
+``fgfi/faster_rcnn_vgg`` (VGG-16 ×0.375 → VGG-11 ×0.25, C4), ``fgfi/faster_rcnn_fpn`` and ``defeat/faster_rcnn_fpn``
+(R18 ×0.5 → R18 ×0.25 FPN), ``defeat/retinanet`` (R18 ×0.5 → R18 ×0.25 RetinaNet): the capacity benchmark's
+teachers and students; see ``configs/{fgfi,defeat}/*_synthshapes.py``.
 
-Per seed: one baseline student trained from scratch (``--baseline-epochs``), then identical fine-tunes of it
+Per seed: one baseline student trained from scratch (``--baseline-epochs``; or one shared ``--baseline-weights``
+export, e.g. the shipped baseline), then identical fine-tunes of it
 (``--finetune-epochs``, no warm-up, same seed): ``control`` (no distillation, the schedule-matched control),
 ``distilled`` (the method's config as it is, with ``--method-override`` applied) and ``feat`` (FitNets hints on
-the method's taps, unmasked, 1×1 adapters). Each model is scored on the val split with VOC07 mAP@0.5
+the method's taps, unmasked, 1×1 adapters). Seeds can run in separate processes (``--seed-list 0 1`` and
+``--seed-list 2`` with the same ``--out``, each saving ``seed<k>/records.json``), then one call with ``--seeds 0 1 2
+--reuse`` merges them, measures the step ratio and writes the results. Each model is scored on the val split with VOC07 mAP@0.5
 (11-point, the config's test protocol) and COCO AP (one inference pass feeds both evaluators).
 
 The step-time ratio is time(distillation step) / (time(student-only step) + time(teacher forward)), medians
@@ -65,18 +70,21 @@ class Data:
     root: Path
     n_train: int = 1500
     n_val: int = 500
-    max_long: int = 512
+    max_long: int = 0  # 0: the config's data.max_long
+    preset: str = "cpu"  # the generator preset of the pair's configs (a root remembers it)
 
     def train_set(self, cfg: ExperimentConfig):
         from detkd.data.synthshapes import synthshapes
 
-        return synthshapes(root=str(self.root), split="train", img_size=cfg.data.img_size, max_long=self.max_long,
-                           seed=cfg.train.seed, n_train=self.n_train, n_val=self.n_val)
+        return synthshapes(root=str(self.root), split="train", img_size=cfg.data.img_size,
+                           max_long=self.max_long or cfg.data.max_long, seed=cfg.train.seed, n_train=self.n_train,
+                           n_val=self.n_val, preset=self.preset)
 
     def val_set(self):
         from detkd.data.synthshapes import synthshapes
 
-        return synthshapes(root=str(self.root), split="val", n_train=self.n_train, n_val=self.n_val)
+        return synthshapes(root=str(self.root), split="val", n_train=self.n_train, n_val=self.n_val,
+                           preset=self.preset)
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -282,6 +290,37 @@ def markdown(res: dict, baseline: dict, timing: dict, schedule: str, smoke: bool
 # ----------------------------------------------------------------------------------------------- main
 
 
+def run_seed(args, pair: Pair, data: Data, seed: int, teacher: Path, size: list[str], protocol: str) -> dict:
+    """One seed: the baseline (trained, or ``--baseline-weights``) and the three fine-tunes, each evaluated. The
+    scores are saved as ``<out>/seed<k>/records.json`` and read back instead with ``--reuse``."""
+    import json
+
+    out = args.out / f"{args.method}_{args.detector}" / f"seed{seed}"
+    path = out / "records.json"
+    if args.reuse and path.is_file():
+        print(f"[kd_gain] seed {seed}: reusing {path}", flush=True)
+        return json.loads(path.read_text())
+    if args.baseline_weights:
+        baseline = args.baseline_weights
+    else:
+        base_cfg = load_config(pair.student, [*common_overrides(out, seed, size), "name=baseline",
+                                              *([] if args.smoke else [f"train.epochs={args.baseline_epochs}"])])
+        baseline = train_export(base_cfg, data)
+    exports = {"baseline": baseline}
+    ft_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
+    if args.finetune_iters and not args.smoke:
+        ft_len.append(f"train.max_iters={args.finetune_iters}")
+    for name, cfg in finetune_configs(pair, out, seed, baseline, teacher, [*size, *ft_len],
+                                      args.method_override).items():
+        exports[name] = train_export(cfg, data)
+    record = {name: evaluate(w, protocol, data) for name, w in exports.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return record
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", required=True, choices=sorted({m for m, _ in PAIRS}))
@@ -289,7 +328,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--teacher-weights", type=Path, help="the shipped SynthShapes teacher export (required, except "
                     "with --smoke, which trains a 2-iteration teacher, and --timing-only)")
-    ap.add_argument("--data-root", type=Path, default=Path("data/synthshapes"))
+    ap.add_argument("--seed-list", type=int, nargs="+", help="run only these seeds and save their records (one "
+                    "process per core); a last call with --seeds ... --reuse merges them and writes the results")
+    ap.add_argument("--reuse", action="store_true", help="read <out>/<method>_<detector>/seed<k>/records.json "
+                    "where it exists")
+    ap.add_argument("--baseline-weights", type=Path, default=None, help="one trained baseline export (e.g. the "
+                    "shipped detkd/assets/synthshapes_baseline_<detector>.safetensors) fine-tuned by every seed, "
+                    "instead of a baseline trained per seed")
+    ap.add_argument("--finetune-iters", type=int, default=0, help=">0: every fine-tune stops after N iterations "
+                    "(the cosine schedule still spans --finetune-epochs)")
+    ap.add_argument("--data-root", type=Path, default=None, help="SynthShapes root (default: the configs' own)")
     ap.add_argument("--n-train", type=int, default=1500)
     ap.add_argument("--n-val", type=int, default=500)
     ap.add_argument("--baseline-epochs", type=int, default=12)
@@ -310,9 +358,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke and args.results_dir.resolve() == RESULTS.resolve():
         ap.error("--smoke results must not go to benchmarks/results: give --results-dir")
     t_start = time.time()
-    data = Data(args.data_root, args.n_train, args.n_val)
+    scfg = load_config(pair.student).data
+    data = Data(args.data_root or Path(scfg.root), args.n_train, args.n_val, preset=scfg.preset)
     if args.smoke:
-        data = Data(args.out / "synthshapes", n_train=8, n_val=4, max_long=224)
+        data = Data(args.out / "synthshapes", n_train=8, n_val=4, max_long=224, preset=scfg.preset)
     if args.timing_only:
         timing = step_time_ratio(pair, data, args.teacher_weights, args.timing_repeats)
         print(f"{args.method}/{args.detector}: step ratio {timing['ratio']:.3f} {timing}")
@@ -322,35 +371,35 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke and teacher is None:  # a 2-iteration teacher: the pipeline needs one, its quality is irrelevant
         tcfg = load_config(pair.student, [*common_overrides(args.out, 0, size), "name=smoke_teacher"])
         tcfg.model = load_config(pair.distill).distill.teacher
-        teacher = train_export(tcfg, data)
+        made = tcfg.run_dir / "student.safetensors"
+        teacher = made if made.is_file() else train_export(tcfg, data)  # a --reuse call keeps the first one
     if teacher is None or not Path(teacher).is_file():
         ap.error(f"--teacher-weights {teacher}: not a file (the benchmark needs the shipped SynthShapes teacher)")
     protocol = load_config(pair.student).eval.protocol
     scores = {r: {"voc07_map": [], "coco_ap": []} for r in ("baseline", *RUNS)}
-    for seed in args.seeds:
-        out = args.out / f"{args.method}_{args.detector}" / f"seed{seed}"
-        base_cfg = load_config(pair.student, [*common_overrides(out, seed, size), "name=baseline",
-                                              *([] if args.smoke else [f"train.epochs={args.baseline_epochs}"])])
-        baseline = train_export(base_cfg, data)
-        exports = {"baseline": baseline}
-        ft_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
-        for name, cfg in finetune_configs(pair, out, seed, baseline, teacher, [*size, *ft_len],
-                                          args.method_override).items():
-            exports[name] = train_export(cfg, data)
-        for name, w in exports.items():
-            res = evaluate(w, protocol, data)
+    seeds = args.seed_list or args.seeds
+    for seed in seeds:
+        record = run_seed(args, pair, data, seed, teacher, size, protocol)
+        for name, res in record.items():
             for k, v in res.items():
                 scores[name][k].append(v)
+    if args.seed_list and not args.reuse:
+        print(f"[kd_gain] seeds {seeds} done; merge with --seeds ... --reuse", file=sys.stderr)
+        return {}
     timing = step_time_ratio(pair, data, teacher, 2 if args.smoke else args.timing_repeats,
                              *((2, 160) if args.smoke else ()))
-    result = {"method": args.method, "detector": args.detector, "metric": "voc07_map", "seeds": list(args.seeds),
+    result = {"method": args.method, "detector": args.detector, "metric": "voc07_map", "seeds": list(seeds),
               "control": scores["control"]["voc07_map"], "distilled": scores["distilled"]["voc07_map"],
               "feat": scores["feat"]["voc07_map"],
               "coco_ap": {r: scores[r]["coco_ap"] for r in RUNS},
               "step_ratio": timing["ratio"], "wall_s": time.time() - t_start}
+    base = (f"the baseline {args.baseline_weights} (shared by every seed)" if args.baseline_weights else
+            f"baseline {args.baseline_epochs} epochs from scratch per seed")
+    length = (f"{args.finetune_iters} iterations of a {args.finetune_epochs}-epoch cosine schedule"
+              if args.finetune_iters else f"{args.finetune_epochs} epochs")
     schedule = ("smoke: 2 iterations per stage" if args.smoke else
-                f"baseline {args.baseline_epochs} epochs from scratch per seed, then {args.finetune_epochs} epochs "
-                "per fine-tune" + (f", distilled run with {args.method_override}" if args.method_override else ""))
+                f"{base}, then {length} per fine-tune (no warm-up), data {data.root} (preset {data.preset})"
+                + (f", distilled run with {args.method_override}" if args.method_override else ""))
     lines = markdown(result, scores["baseline"], timing, schedule, args.smoke)
     js, md = write_results(args.results_dir, f"kd_gain_{args.method}_{args.detector}", result, lines)
     print("\n".join(lines))

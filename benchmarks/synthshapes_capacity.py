@@ -28,9 +28,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # family -> (student config, teacher config); cheapest family first
 FAMILIES = {
     "faster_rcnn_vgg": ("faster_rcnn/vgg_lite_synthshapes", "faster_rcnn/vgg16_teacher_synthshapes"),
-    "retinanet": ("retinanet/r18_lite_synthshapes", "retinanet/r50_teacher_synthshapes"),
+    "retinanet": ("retinanet/r18_lite_synthshapes", "retinanet/r18_half_teacher_synthshapes"),
     "gfl": ("gfl/r18_lite_synthshapes", "gfl/r18_half_teacher_synthshapes"),
-    "faster_rcnn_fpn": ("faster_rcnn/fpn_lite_synthshapes", "faster_rcnn/fpn_r50_teacher_synthshapes"),
+    "faster_rcnn_fpn": ("faster_rcnn/fpn_lite_synthshapes", "faster_rcnn/fpn_r18_half_teacher_synthshapes"),
 }
 ROW_KEYS = ("family", "role", "model", "epochs", "voc07_map", "coco_ap", "params", "train_s")
 

@@ -125,7 +125,7 @@ class SynthShapesDataConfig(DetDataConfig):
     n_train: int = 1500
     n_val: int = 500
     max_long: int = 512  # training: long side cap after resizing the short side to img_size
-    preset: str = "full"  # generator knob set (detkd.data.synthshapes.PRESETS: full | cpu)
+    preset: str = "full"  # generator knob set (detkd.data.synthshapes.PRESETS: full | cpu | easy)
 
 
 @dataclass

@@ -149,7 +149,37 @@ def test_presets_and_unknown_names():
     assert preset_config("full") == SynthShapesConfig()
     cpu = preset_config("cpu", {"objects": [1, 3]})
     assert cpu.side_range == PRESETS["cpu"]["side_range"] and cpu.objects == (1, 3) and cpu.size_min == 12.0
-    with pytest.raises(ValueError, match="unknown preset 'tiny'; known: full, cpu"):
+    with pytest.raises(ValueError, match="unknown preset 'tiny'; known: full, cpu, easy"):
         preset_config("tiny")
     with pytest.raises(ValueError, match=r"unknown knob\(s\) \['colour'\]"):
         preset_config("cpu", {"colour": 1})
+
+
+def test_fill_and_background_knobs():
+    """Flat fills only on a plain background: an opaque, unblurred, outline-free shape is one colour inside."""
+    cfg = SynthShapesConfig(objects=(1, 1), distractors=(0, 0), p_crowd=0.0, p_outline=0.0, p_blur=0.0,
+                            opacity=(1.0, 1.0), p_border=0.0, size_min=60.0, size_max_frac=0.3,
+                            fill_weights=(1.0, 0.0, 0.0, 0.0, 0.0), p_plain_background=1.0)
+    for seed in range(4):
+        image, objects = render_scene(np.random.default_rng(seed), cfg)
+        x0, y0, x1, y1 = objects[0]["box"].astype(int)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2  # every class but ring / frame / crescent covers its centre
+        if SYNTHSHAPES_CLASSES[objects[0]["label"] - 1] not in ("ring", "frame", "crescent", "pacman"):
+            patch = image[cy - 2 : cy + 3, cx - 2 : cx + 3].reshape(-1, 3)
+            assert (patch.max(0) - patch.min(0)).max() <= 1
+    # the knobs at their defaults draw nothing extra: the default scene is the one of an explicit default config
+    a = render_scene(np.random.default_rng(9))
+    b = render_scene(np.random.default_rng(9), SynthShapesConfig(fill_weights=(0.35, 0.2, 0.15, 0.18, 0.12)))
+    assert (a[0] == b[0]).all()
+
+
+def test_stamp_written_before_a_knob_existed_is_reused(small_set, tmp_path):
+    import shutil
+
+    root = tmp_path / "old"
+    shutil.copytree(small_set, root)
+    info = json.loads((root / "synthshapes.json").read_text())
+    for k in ("fill_weights", "p_plain_background"):
+        del info["config"][k]
+    (root / "synthshapes.json").write_text(json.dumps(info))
+    assert ensure_synthshapes(root, seed=3, n_train=40, n_val=12) == root

@@ -39,7 +39,8 @@ def shapes(tmp_path_factory):
 
 
 def data_args(root):
-    return [f"data.root={root}", "data.n_train=4", "data.n_val=3", "data.img_size=128", "data.max_long=160"]
+    return [f"data.root={root}", "data.preset=full", "data.n_train=4", "data.n_val=3", "data.img_size=128",
+            "data.max_long=160"]  # the fixture is written with the full preset
 
 
 def test_voc_and_coco_from_one_pass(shapes):
