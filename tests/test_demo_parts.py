@@ -14,7 +14,7 @@ from detkd.errors import UserError
 
 # per family: overrides of the student config that make the model tiny (same architecture, fewer channels)
 TINY = {
-    "faster_rcnn_vgg": ["model.width=0.125", "model.hidden=32"],
+    "faster_rcnn_fpn": ["model.fpn_channels=16", "model.hidden=32"],
     "retinanet": ["model.fpn_channels=16", "model.num_convs=1"],
     "gfl": ["model.fpn_channels=16", "model.stacked_convs=1", "model.gn_groups=8"],
 }
@@ -152,7 +152,7 @@ def test_all_parts_quick_and_the_page(tmp_path):
         assert set(scores) == {"teacher", "baseline", "control", pair.method}
         assert all(0 <= s["voc07_map"] <= 1 and 0 <= s["coco_ap"] <= 1 for s in scores.values())
         cfg = json.loads((demo / "shapes" / f"{pair.method}_{pair.family}" / pair.method / "config.json").read_text())
-        assert cfg["model"]["fpn_channels" if pair.family != "faster_rcnn_vgg" else "hidden"] in (16, 32)
+        assert cfg["model"]["fpn_channels"] == 16
     face = run_facerec(demo / "facerec", quick=True)
     assert list(face) == ["teacher", *STUDENTS] and all(0 <= r["acc"] <= 1 for r in face.values())
     run_demo(demo / "faces", quick=True)
