@@ -1,7 +1,7 @@
 """Does capacity matter on SynthShapes? Per detector family, a teacher and a student with the same recipe.
 
     python benchmarks/synthshapes_capacity.py [--families retinanet gfl ...] [--epochs N] [--img-size S]
-        [--n-train N --n-val N] [--data DIR] [--runs DIR] [--stem synthshapes_capacity]
+        [--n-train N --n-val N] [--data DIR] [--runs DIR] [--stem synthshapes_capacity] [--report-only]
 
 For each family the student config (the ``*_lite_synthshapes`` one) and the teacher config (same data, optimiser,
 schedule and epochs; a bigger trunk, FPN and head) are trained with ``detkd.experiment.train`` unless their run
@@ -53,12 +53,15 @@ def overrides(args, name: str) -> list[str]:
     return out + list(args.set)
 
 
-def run_one(args, family: str, role: str, config: str) -> dict:
+def run_one(args, family: str, role: str, config: str) -> dict | None:
+    """The row of one run (trained here unless done; ``None`` with ``--report-only`` when it was never run)."""
     name = f"{family}_{role}"
     cfg = load_config(config, overrides(args, name) + (list(args.teacher_set) if role == "teacher" else []))
     summary = cfg.run_dir / "summary.json"
     done = summary.is_file() and json.loads((cfg.run_dir / "config.json").read_text()).get("train", {}).get(
         "epochs") == cfg.train.epochs
+    if not done and args.report_only:
+        return None
     if not done or args.retrain:
         cfg.train.overwrite = True  # this benchmark's own run directory: a stale or partial run is replaced
         train(cfg)
@@ -116,16 +119,22 @@ def main() -> None:
     ap.add_argument("--teacher-set", nargs="*", default=[], help="a.b=c overrides for the teachers only (e.g. a "
                     "narrower teacher for a calibration run: model.width=0.25)")
     ap.add_argument("--retrain", action="store_true", help="train even when a summary.json exists")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that exist and "
+                    "name the missing ones in the md")
     ap.add_argument("--note", default="", help="a line for the md on how the runs were made (threads, load)")
     args = ap.parse_args()
-    rows = [run_one(args, fam, role, FAMILIES[fam][0 if role == "student" else 1])
-            for fam in args.families for role in args.roles]
+    asked = [(fam, role) for fam in args.families for role in args.roles]
+    found = [run_one(args, fam, role, FAMILIES[fam][0 if role == "student" else 1]) for fam, role in asked]
+    rows = [r for r in found if r is not None]
+    missing = [f"{fam} {role}" for (fam, role), r in zip(asked, found) if r is None]
     settings = {"commit": git_commit(), "img_size": sorted({r["_img_size"] for r in rows}),
                 "max_long": args.max_long or "config", "n_train": args.n_train,
                 "protocol": sorted({r["_protocol"] for r in rows}), "n_val": args.n_val, "epochs": args.epochs or "config",
                 "batch_size": args.batch_size or "config", "extra": args.set,
                 "teacher_extra": args.teacher_set}
     lines = table(rows, settings) + ([""] + [f"Note: {args.note}"] if args.note else [])
+    if missing:
+        lines += ["", "Not run (no row): " + ", ".join(missing) + "."]
     write_results(args.out_dir, args.stem, {"rows": [{k: r[k] for k in ROW_KEYS} for r in rows]}, lines)
     print("\n".join(lines))
 
