@@ -437,7 +437,7 @@ def write_synthshapes(out_dir: str | Path, seed: int = 0, n_train: int = 1500, n
         if workers > 1 and n > 50:
             import multiprocessing as mp
 
-            with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers, _worker_init) as pool:
+            with mp.get_context("spawn").Pool(workers, _worker_init) as pool:
                 scenes = pool.map(_make_scene, jobs, chunksize=16)
         else:
             scenes = [_make_scene(j) for j in jobs]
