@@ -35,6 +35,7 @@ a 2-iteration teacher) to prove the pipeline; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -293,8 +294,6 @@ def markdown(res: dict, baseline: dict, timing: dict, schedule: str, smoke: bool
 def run_seed(args, pair: Pair, data: Data, seed: int, teacher: Path, size: list[str], protocol: str) -> dict:
     """One seed: the baseline (trained, or ``--baseline-weights``) and the three fine-tunes, each evaluated. The
     scores are saved as ``<out>/seed<k>/records.json`` and read back instead with ``--reuse``."""
-    import json
-
     out = args.out / f"{args.method}_{args.detector}" / f"seed{seed}"
     path = out / "records.json"
     if args.reuse and path.is_file():

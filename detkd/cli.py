@@ -494,7 +494,8 @@ def data_synthshapes(
     val: int = typer.Option(500, "--val", help="number of val scenes"),
     preset: str = typer.Option("full", help="knob set: full (as designed: tiny objects, crowds) or cpu (fewer, "
                                "larger objects in 256-320 px scenes: what the CPU-sized *_lite_synthshapes configs "
-                               "train on, data.preset=cpu)"),
+                               "train on, data.preset=cpu) or easy (cpu with plain fills, half the backgrounds "
+                               "plain, no blur or crowds: a diagnostic set)"),
 ):
     """Write SynthShapes: multi-class shape scenes in VOC layout and as COCO instances JSON."""
     from detkd.data.synthshapes import preset_config, write_synthshapes
