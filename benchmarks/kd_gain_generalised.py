@@ -1,34 +1,42 @@
 """Do the generalised matrix cells help? TDKD on GFL and LD on RetinaNet on SynthShapes, paired fine-tunes per seed.
 
     python benchmarks/kd_gain_generalised.py [--cells tdkd/gfl ld/retinanet] [--seeds 0 1 2]
-        [--teacher-weights tdkd/gfl=T.safetensors ...] [--teacher-epochs 12] [--baseline-epochs 12]
-        [--finetune-epochs 4] [--data-root data/synthshapes] [--out runs/kd_gain_generalised]
-        [--results-dir benchmarks/results]
+        [--teacher-weights CELL=T.safetensors ...] [--baseline-weights CELL=B.safetensors ...]
+        [--finetune-epochs 4] [--finetune-iters N] [--branch-iters 300] [--seed-list 0 1 | --reuse]
+        [--teacher-epochs 12] [--baseline-epochs 12] [--data-root DIR] [--out runs/kd_gain_generalised]
     python benchmarks/kd_gain_generalised.py --smoke --results-dir /tmp/x   # toy sizes, pipeline check only
 
-Cells (method/detector -> student config, distillation config, model options of every model of the cell):
+Cells (method/detector -> student config, distillation config, model options of every student of the cell):
 
-* ``tdkd/gfl``: ``gfl/r18_lite_synthshapes`` <- ``tdkd/gfl_lite_synthshapes`` (lite GFL R34 teacher; TDKD's
-  generalisation to towers without hard-negative mining, ``detkd.distill.tdkd``);
-* ``ld/retinanet``: ``retinanet/r18_lite_synthshapes`` <- ``ld/retinanet_lite_synthshapes`` (lite RetinaNet R34
-  teacher); teacher, baseline and every fine-tune carry the distribution branch (``model.dist_reg_max=16``), so
-  the control differs from the distilled run by the distillation alone.
+* ``tdkd/gfl``: ``gfl/r18_lite_synthshapes`` <- ``tdkd/gfl_lite_synthshapes`` (the half-width GFL R18 teacher,
+  shipped as ``detkd/assets/synthshapes_teacher_gfl``; TDKD's generalisation to towers without hard-negative
+  mining, ``detkd.distill.tdkd``);
+* ``ld/retinanet``: ``retinanet/r18_lite_synthshapes`` <- ``ld/retinanet_lite_synthshapes`` (the half-width
+  RetinaNet R18 teacher, shipped as ``detkd/assets/synthshapes_teacher_retinanet``); teacher, baseline and every
+  fine-tune carry the distribution branch (``model.dist_reg_max=16``), so the control differs from the distilled
+  run by the distillation alone. A given teacher without the branch gets it added and trained alone
+  (``--branch-iters`` SGD steps on its DFL, the rest frozen and in eval mode: its detections stay the given
+  model's); a given baseline without it gets it added at its fresh init (decoding keeps RetinaNet's deltas, so
+  the baseline's detections are unchanged and every fine-tune starts from the same weights).
 
-Per cell and seed, the shape of ``benchmarks/kd_gain_ld.py``: one baseline trained from scratch
-(``--baseline-epochs``), then identical fine-tunes of it (``--finetune-epochs``, no warm-up, same seed):
-``control`` (no distillation), ``distilled`` (the cell's config) and ``feat`` (FitNets hints on p3-p7, 1x1
-adapters, unmasked, same teacher). Every model is scored on the val split with the student config's test
-protocol: COCO AP / AP75 and VOC07 mAP@0.5 from one inference pass. The teacher is ``--teacher-weights`` for the
-cell or trained here (``--teacher-epochs``, seed 100). Also the step-time ratio distill / (student step +
-teacher forward), medians of interleaved rounds on one batch (``kd_gain_generic.step_time_ratio``).
+Per cell and seed, the shape of ``benchmarks/kd_gain_ld.py``: one baseline (trained from scratch for
+``--baseline-epochs``, or the cell's ``--baseline-weights`` shared by every seed), then identical fine-tunes of
+it (``--finetune-epochs``, optionally cut at ``--finetune-iters``, no warm-up, same seed): ``control`` (no
+distillation), ``distilled`` (the cell's config) and ``feat`` (FitNets hints on p3-p7, 1x1 adapters, unmasked,
+same teacher). Every model (and the teacher) is scored on the val split with the student config's test
+protocol: COCO AP / AP75 and VOC07 mAP@0.5 from one inference pass. The teacher is the cell's
+``--teacher-weights`` or trained here (``--teacher-epochs``, seed 100). Seeds can run in separate processes
+(``--seed-list``, each saving ``<out>/<cell>/seed<k>/records.json``); a last call with ``--reuse`` merges them.
+Also the step-time ratio distill / (student step + teacher forward), medians of interleaved rounds on one batch
+(``kd_gain_generic.step_time_ratio``).
 
 Writes ``<results-dir>/kd_gain_generalised.{json,md}``: ``{"metric": "coco_ap", "seeds": [...], "cells":
 {"tdkd/gfl": {"control": [...], "distilled": [...], "feat": [...], "ap75": {<same keys>}, "voc07_map": {<same
-keys>}, "baseline": {coco_ap, ap75, voc07_map}, "verdict": ..., "step_ratio": ...}, "ld/retinanet": ...},
-"wall_s": ...}`` (fractions, lists in seed order). The verdict is the issue's bar on COCO AP: mean paired gain
-over the control above twice the sample std of the per-seed gains, every seed gains, not below ``feat``.
-``--smoke`` runs every stage at toy size (8 training images, 2 iterations, 2-iteration teachers); its numbers
-mean nothing and it refuses to write into benchmarks/results.
+keys>}, "baseline": {coco_ap, ap75, voc07_map}, "teacher": {...}, "verdict": ..., "step_ratio": ...},
+"ld/retinanet": ...}, "wall_s": ...}`` (fractions, lists in seed order). The verdict is the issue's bar on COCO
+AP: mean paired gain over the control above twice the sample std of the per-seed gains, every seed gains, not
+below ``feat``. ``--smoke`` runs every stage at toy size (8 training images, 2 iterations, 2-iteration teachers);
+its numbers mean nothing and it refuses to write into benchmarks/results.
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from detkd.config import ExperimentConfig, load_config
 from detkd.reporting import git_commit, markdown_table, write_results
@@ -122,33 +132,128 @@ def finetunes(cell: Cell, out: Path, seed: int, baseline: Path, teacher: Path, e
     return {"control": control, "distilled": distilled, "feat": feat}
 
 
-def run_cell(name: str, cell: Cell, args, data, size: list[str]) -> dict:
-    out = args.out / name.replace("/", "_")
+def with_branch(src: Path, model_cfg, out: Path) -> Path:
+    """``src`` (an export trained without the cell's added branch, e.g. a shipped model) rebuilt as ``model_cfg``:
+    every trained weight loaded, the keys that only ``model_cfg`` has (the branch) at their fresh init. An export
+    that already fits is returned as it is."""
+    from detkd.models.weights import check_state, load_state_file, save_model_file
+    from detkd.registry import build_model
+
+    model = build_model(model_cfg)
+    sd = load_state_file(src)
+    added = tuple(k for k in model.state_dict() if k not in sd)
+    if not added:
+        return src
+    check_state(model, sd, src, allow_missing=added)  # anything else missing, unexpected or misshapen: refuse
+    model.load_state_dict(sd, strict=False)
+    save_model_file(model, out, source={"from": str(src), "added_keys": list(added)})
+    print(f"[kd_gain_generalised] {src} + {len(added)} fresh branch tensors -> {out}", flush=True)
+    return out
+
+
+def train_branch(weights: Path, cfg: ExperimentConfig, data, iters: int, out: Path) -> Path:
+    """Train only the parameters ``weights`` lacks a trained value for (the added ``bbox_dist`` branch) for
+    ``iters`` SGD steps on the branch's own loss (``task.dfl``), everything else frozen and in eval mode (BN
+    statistics kept), so the teacher's detections stay exactly those of the shipped model."""
+    from itertools import cycle
+
+    from torch.utils.data import DataLoader
+
+    from detkd.data.loader import batch_image_sizes
+    from detkd.experiment import build_collate
+    from detkd.models.weights import load_model_file, read_card, save_model_file
+
+    if out.is_file():
+        return out
+    model, _ = load_model_file(weights)
+    added = tuple(read_card(weights).get("source", {}).get("added_keys", []))
+    model.requires_grad_(False)
+    params = [p for n, p in model.named_parameters() if n in added]
+    if not params:
+        raise ValueError(f"{weights}: no added branch parameters to train")
+    for q in params:
+        q.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9)
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    loader = DataLoader(data.train_set(cfg), batch_size=cfg.train.batch_size, shuffle=True, generator=g,
+                        collate_fn=build_collate(cfg))
+    t0 = time.time()
+    for it, batch in zip(range(iters), cycle(loader)):
+        images, targets, _ = batch
+        loss = model(images, targets, image_sizes=batch_image_sizes(batch)).losses["task.dfl"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % 50 == 0 or it == iters - 1:
+            print(f"[kd_gain_generalised] branch {it + 1}/{iters}: task.dfl {loss.item():.4f}", flush=True)
+    save_model_file(model.eval(), out, source={"from": str(weights), "branch_iters": iters})
+    print(f"[kd_gain_generalised] branch trained in {time.time() - t0:.0f}s -> {out}", flush=True)
+    return out
+
+
+def cell_teacher(name: str, cell: Cell, args, data, size: list[str], out: Path) -> Path:
+    """The cell's teacher: ``--teacher-weights`` (its added branch trained here when it lacks one) or trained here."""
     teacher = args.teacher_weights.get(name)
     if teacher is None:
         t_len = [] if args.smoke else [f"train.epochs={args.teacher_epochs}"]
-        teacher = G.train_export(teacher_config(cell, [*G.common_overrides(out / "teacher", 100, [*size, *t_len]),
-                                                       "name=teacher"]), data)
-    protocol = load_config(cell.student).eval.protocol
-    scores = {r: {m: [] for m in METRICS} for r in ("baseline", *RUNS)}
-    for seed in args.seeds:
-        s_out = out / f"seed{seed}"
+        return G.train_export(teacher_config(cell, [*G.common_overrides(out / "teacher", 100, [*size, *t_len]),
+                                                    "name=teacher"]), data)
+    tcfg = load_config(cell.distill, [*G.common_overrides(out / "teacher", 100, size)])
+    branched = with_branch(teacher, tcfg.distill.teacher, out / "teacher" / "with_branch.safetensors")
+    if branched == teacher:
+        return teacher
+    iters = 2 if args.smoke else args.branch_iters
+    return train_branch(branched, tcfg, data, iters, out / "teacher" / f"branch{iters}.safetensors")
+
+
+def run_seed(name: str, cell: Cell, args, data, size: list[str], seed: int, teacher: Path, protocol: str) -> dict:
+    """One seed of a cell: the baseline (trained, or the cell's ``--baseline-weights`` with any added branch
+    fresh) and the three fine-tunes, each evaluated; saved as ``seed<k>/records.json``, read back with --reuse."""
+    s_out = args.out / name.replace("/", "_") / f"seed{seed}"
+    path = s_out / "records.json"
+    if args.reuse and path.is_file():
+        print(f"[kd_gain_generalised] {name} seed {seed}: reusing {path}", flush=True)
+        return json.loads(path.read_text())
+    given = args.baseline_weights.get(name)
+    if given is not None:
+        baseline = with_branch(given, load_config(cell.student, cell.model).model, s_out / "baseline_with_branch.safetensors")
+    else:
         b_len = [] if args.smoke else [f"train.epochs={args.baseline_epochs}"]
         baseline = G.train_export(load_config(cell.student, [*G.common_overrides(s_out, seed, [*size, *b_len]),
                                                              *cell.model, "name=baseline"]), data)
-        exports = {"baseline": baseline}
-        f_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
-        for row, cfg in finetunes(cell, s_out, seed, baseline, teacher, [*size, *f_len]).items():
-            exports[row] = G.train_export(cfg, data)
-        for row, w in exports.items():
-            for k, v in evaluate(w, protocol, data).items():
+    exports = {"baseline": baseline}
+    f_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
+    if args.finetune_iters and not args.smoke:
+        f_len.append(f"train.max_iters={args.finetune_iters}")
+    for row, cfg in finetunes(cell, s_out, seed, baseline, teacher, [*size, *f_len]).items():
+        exports[row] = G.train_export(cfg, data)
+    record = {row: evaluate(w, protocol, data) for row, w in exports.items()}
+    s_out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return record
+
+
+def run_cell(name: str, cell: Cell, args, data, size: list[str]) -> dict | None:
+    out = args.out / name.replace("/", "_")
+    teacher = cell_teacher(name, cell, args, data, size, out)
+    protocol = load_config(cell.student).eval.protocol
+    scores = {r: {m: [] for m in METRICS} for r in ("baseline", *RUNS)}
+    for seed in args.seed_list or args.seeds:
+        for row, res in run_seed(name, cell, args, data, size, seed, teacher, protocol).items():
+            for k, v in res.items():
                 scores[row][k].append(v)
+    if args.seed_list and not args.reuse:
+        return None
     timing_pair = G.Pair(cell.student, cell.distill)
     timing = G.step_time_ratio(timing_pair, data, teacher, 2 if args.smoke else args.timing_repeats,
                                *((2, 160) if args.smoke else ()))
     res = {r: scores[r]["coco_ap"] for r in RUNS}
     res.update({m: {r: scores[r][m] for r in RUNS} for m in ("ap75", "voc07_map")})
     res["baseline"] = scores["baseline"]
+    res["teacher"] = evaluate(teacher, protocol, data)
+    res["teacher_weights"] = str(teacher)
     res["verdict"] = G.verdict(*(scores[r]["coco_ap"] for r in RUNS))
     res["step_ratio"], res["step_times"] = timing["ratio"], timing
     return res
@@ -169,7 +274,10 @@ def markdown(result: dict, schedule: str, smoke: bool) -> list[str]:
         rows.append(["mean", *(G.fmt(res[r]) for r in RUNS), *(G.fmt(res["ap75"][r]) for r in RUNS),
                      *(G.fmt(res["voc07_map"][r]) for r in RUNS)])
         m = name.split("/")[0]
-        lines += [f"## {name}", "", *markdown_table(
+        t, b = res["teacher"], res["baseline"]
+        lines += [f"## {name}", "", f"Teacher `{res['teacher_weights']}`: AP {100 * t['coco_ap']:.2f}, VOC07 mAP "
+                  f"{100 * t['voc07_map']:.2f}; baseline AP {G.fmt(b['coco_ap'])}, mAP {G.fmt(b['voc07_map'])}.", "",
+                  *markdown_table(
             ["seed", "control AP", f"{m} AP", "feat AP", "control AP75", f"{m} AP75", "feat AP75",
              "control mAP", f"{m} mAP", "feat mAP"], rows)]
         v = res["verdict"]
@@ -183,7 +291,7 @@ def markdown(result: dict, schedule: str, smoke: bool) -> list[str]:
     return lines
 
 
-def _teacher_arg(text: str) -> tuple[str, Path]:
+def _cell_path(text: str) -> tuple[str, Path]:
     cell, sep, path = text.partition("=")
     if not sep or cell not in CELLS:
         raise argparse.ArgumentTypeError(f"{text!r}: use CELL=PATH with CELL one of {', '.join(CELLS)}")
@@ -194,11 +302,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--teacher-weights", type=_teacher_arg, nargs="*", default=[], metavar="CELL=PATH")
+    ap.add_argument("--seed-list", type=int, nargs="+", help="run only these seeds of the cells and save their "
+                    "records (one process per core); a last call with --seeds ... --reuse merges and writes")
+    ap.add_argument("--reuse", action="store_true", help="read <out>/<cell>/seed<k>/records.json where it exists")
+    ap.add_argument("--teacher-weights", type=_cell_path, nargs="*", default=[], metavar="CELL=PATH",
+                    help="a trained teacher export per cell (e.g. the shipped one); a branch the cell adds "
+                    "(ld/retinanet's box_dist) is trained here for --branch-iters steps, the rest frozen")
+    ap.add_argument("--baseline-weights", type=_cell_path, nargs="*", default=[], metavar="CELL=PATH",
+                    help="one trained baseline export per cell fine-tuned by every seed (e.g. the shipped one; "
+                    "an added branch starts at its fresh init in every run), instead of a baseline per seed")
+    ap.add_argument("--branch-iters", type=int, default=300, help="steps training a given teacher's added branch")
     ap.add_argument("--teacher-epochs", type=int, default=12)
     ap.add_argument("--baseline-epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
-    ap.add_argument("--data-root", type=Path, default=Path("data/synthshapes"))
+    ap.add_argument("--finetune-iters", type=int, default=0, help=">0: every fine-tune stops after N iterations "
+                    "(the cosine schedule still spans --finetune-epochs)")
+    ap.add_argument("--data-root", type=Path, default=None, help="SynthShapes root (default: the configs' own)")
     ap.add_argument("--n-train", type=int, default=1500)
     ap.add_argument("--n-val", type=int, default=500)
     ap.add_argument("--timing-repeats", type=int, default=10)
@@ -207,23 +326,34 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="toy sizes end to end (pipeline check; meaningless numbers)")
     args = ap.parse_args(argv)
     args.teacher_weights = dict(args.teacher_weights)
-    for cell, path in args.teacher_weights.items():
-        if not path.is_file():
-            ap.error(f"--teacher-weights {cell}={path}: not a file")
+    args.baseline_weights = dict(args.baseline_weights)
+    for flag, given in (("--teacher-weights", args.teacher_weights), ("--baseline-weights", args.baseline_weights)):
+        for cell, path in given.items():
+            if not path.is_file():
+                ap.error(f"{flag} {cell}={path}: not a file")
     if args.smoke and args.results_dir.resolve() == RESULTS.resolve():
         ap.error("--smoke results must not go to benchmarks/results: give --results-dir")
     t0 = time.time()
-    data = G.Data(args.data_root, args.n_train, args.n_val)
+    scfg = load_config(CELLS[args.cells[0]].student).data
+    data = G.Data(args.data_root or Path(scfg.root), args.n_train, args.n_val, preset=scfg.preset)
     size: list[str] = []
     if args.smoke:
-        data = G.Data(args.out / "synthshapes", n_train=8, n_val=4, max_long=224)
+        data = G.Data(args.out / "synthshapes", n_train=8, n_val=4, max_long=224, preset=scfg.preset)
         size = ["data.img_size=160", "train.batch_size=2", "train.max_iters=2", "train.log_every=1"]
     cells = {name: run_cell(name, CELLS[name], args, data, size) for name in args.cells}
+    if args.seed_list and not args.reuse:
+        print(f"[kd_gain_generalised] seeds {args.seed_list} done; merge with --seeds ... --reuse", file=sys.stderr)
+        return {}
     result = {"metric": "coco_ap", "seeds": list(args.seeds), "cells": cells, "wall_s": time.time() - t0,
               "commit": git_commit()}
+    base = ("the given baselines (" + ", ".join(f"{c}: {p}" for c, p in args.baseline_weights.items()) + ")"
+            if args.baseline_weights else f"baseline {args.baseline_epochs} epochs from scratch per seed")
+    length = (f"{args.finetune_iters} iterations of a {args.finetune_epochs}-epoch cosine schedule"
+              if args.finetune_iters else f"{args.finetune_epochs} epochs")
     schedule = ("smoke: 2 iterations per stage" if args.smoke else
-                f"teachers {args.teacher_epochs} epochs (unless given), baseline {args.baseline_epochs} epochs from "
-                f"scratch per seed, then {args.finetune_epochs} epochs per fine-tune")
+                f"teachers {args.teacher_epochs} epochs unless given (a given teacher's added branch trained "
+                f"{args.branch_iters} steps), {base}, then {length} per fine-tune (no warm-up), data {data.root} "
+                f"(preset {data.preset})")
     lines = markdown(result, schedule, args.smoke)
     js, md = write_results(args.results_dir, "kd_gain_generalised", result, lines)
     print("\n".join(lines))

@@ -43,3 +43,40 @@ def test_cells_name_matching_configs(tmp_path):
 def test_smoke_refuses_the_shipped_results_dir():
     with pytest.raises(SystemExit):
         bench().main(["--smoke"])
+
+
+def test_shipped_models_get_the_ld_branch(tmp_path):
+    """A RetinaNet export without the distribution branch (the shipped ones) gets it added at its fresh init with
+    every trained weight kept; training the branch alone changes nothing else, so detections stay the same."""
+    import torch
+
+    from detkd.models.weights import load_model_file, load_state_file, save_model_file
+    from detkd.registry import build_model
+
+    b = bench()
+    cell = b.CELLS["ld/retinanet"]
+    plain_cfg = load_config(cell.student, ["data.img_size=160", "train.batch_size=2"])
+    assert plain_cfg.model.dist_reg_max == 0
+    torch.manual_seed(0)
+    plain = save_model_file(build_model(plain_cfg.model), tmp_path / "plain.safetensors")
+    assert plain
+    want = load_config(cell.student, cell.model).model
+    out = b.with_branch(tmp_path / "plain.safetensors", want, tmp_path / "branched.safetensors")
+    assert out == tmp_path / "branched.safetensors"
+    before, after = load_state_file(tmp_path / "plain.safetensors"), load_state_file(out)
+    added = sorted(set(after) - set(before))
+    assert added and all(k.startswith("head.regression_head.bbox_dist") for k in added)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert b.with_branch(out, want, tmp_path / "again.safetensors") == out  # already fits: returned as is
+    with pytest.raises(ValueError, match="does not fit"):  # another architecture is refused, not patched
+        b.with_branch(tmp_path / "plain.safetensors", load_config("retinanet/r18_half_teacher_synthshapes").model,
+                      tmp_path / "bad.safetensors")
+
+    data = b.G.Data(tmp_path / "synthshapes", n_train=4, n_val=2, max_long=224, preset=plain_cfg.data.preset)
+    cfg = load_config(cell.student, [*cell.model, "data.img_size=160", "train.batch_size=2"])
+    trained = b.train_branch(out, cfg, data, 2, tmp_path / "trained.safetensors")
+    final = load_state_file(trained)
+    assert all(torch.equal(final[k], after[k]) for k in before)  # frozen: every shipped weight untouched
+    assert any(not torch.equal(final[k], after[k]) for k in added)  # the branch learned
+    model, _ = load_model_file(trained)
+    assert model.config.dist_reg_max == 16
