@@ -88,6 +88,7 @@ def test_demo_prints_one_seed_beside_the_paired_benchmarks(tmp_path):
     assert f"  {PROTOCOLS[0]}: +5.0\n" in out  # one seed: the number alone
     assert "3-seed paired benchmark (" in out and "tdkd_synthfaces.json: seeds 0, 1, 2; torch threads: 2;" in out
     assert "teacher 90 epochs; commit abcdef01" in out
+    assert "10-epoch fine-tunes, not the demo's" in out  # the benchmark's fine-tunes are longer than the demo's
     assert "+2.0 (per seed +3.0, +4.0, -1.0)" in out
     # the file's tag gives the thread count the old writer did not record
     assert "2-seed paired benchmark (" in out and "tdkd_synthfaces_threads1.json: seeds 0, 1; torch threads: 1;" in out

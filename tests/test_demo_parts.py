@@ -4,6 +4,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detkd.config import load_config
@@ -165,3 +166,14 @@ def test_all_parts_quick_and_the_page(tmp_path):
         assert all(c.startswith(("detkd train ", "# shipped ")) for c in part["commands"]), part["commands"]
     shapes_part = json.loads((demo / "shapes" / "part.json").read_text())
     assert len(shapes_part["gallery"]) == len(PAIRS) and all(len(v) == 3 for v in shapes_part["gallery"].values())
+
+
+def test_top_detections_keeps_the_best_n_in_step():
+    from detkd.demo.common import top_detections
+
+    dets = {"boxes": np.arange(12.0).reshape(3, 4), "scores": np.array([0.1, 0.3, 0.2]), "labels": np.array([1, 2, 3]),
+            "image_size": (10, 10)}
+    top = top_detections(dets, 2)
+    assert top["scores"].tolist() == [0.3, 0.2] and top["labels"].tolist() == [2, 3]
+    assert top["boxes"].tolist() == [[4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0]] and top["image_size"] == (10, 10)
+    assert len(top_detections(dets, 5)["scores"]) == 3 and len(top_detections(dets, 0)["scores"]) == 0

@@ -150,9 +150,12 @@ def loss_figure(models: list[Model], out_png: Path) -> Path | None:
 
 
 def draw_gallery(models: list[Model], images: list[tuple[str, np.ndarray, np.ndarray]], detect, out_dir: Path,
-                 names: list[str] | None = None, min_score: float = 0.3) -> dict[str, list[Path]]:
+                 names: list[str] | None = None, min_score: float = 0.3,
+                 top_gt: bool = False) -> dict[str, list[Path]]:
     """For each ``(image id, image uint8 RGB, GT boxes xyxy)``, the detections of every model drawn on it
-    (``detect(model, image) -> {"boxes", "scores", "labels"}``); returns image id -> one PNG per model."""
+    (``detect(model, image) -> {"boxes", "scores", "labels"}``); returns image id -> one PNG per model.
+    ``top_gt``: draw each model's N best detections, N = the image's GT count, whatever their scores (weak
+    CPU-trained detectors score below any fixed threshold; this shows what they find and where)."""
     from detkd.infer import draw_detections
     from detkd.models.weights import load_model_file
 
@@ -161,6 +164,15 @@ def draw_gallery(models: list[Model], images: list[tuple[str, np.ndarray, np.nda
         net, _ = load_model_file(m.weights)
         for image_id, image, gt in images:
             dets = detect(net, image)
+            if top_gt:
+                dets = top_detections(dets, len(np.asarray(gt).reshape(-1, 4)))
             out[image_id].append(draw_detections(image, dets, out_dir / f"{image_id}_{m.name}.png", gt_boxes=gt,
-                                                 min_score=min_score, names=names))
+                                                 min_score=0.0 if top_gt else min_score, names=names))
     return out
+
+
+def top_detections(dets: dict, n: int) -> dict:
+    """The ``n`` highest-scoring detections of ``dets`` (every per-detection array kept in step)."""
+    scores = np.asarray(dets["scores"], dtype=np.float64).reshape(-1)
+    keep = np.argsort(-scores, kind="stable")[:n]
+    return {k: (np.asarray(v)[keep] if np.ndim(v) and len(v) == len(scores) else v) for k, v in dets.items()}
