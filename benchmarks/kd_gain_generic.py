@@ -244,11 +244,14 @@ def sample_std(xs: list[float]) -> float:
 
 
 def verdict(control: list[float], distilled: list[float], feat: list[float]) -> dict:
-    """The issue's bar on per-seed paired gains (sample std, ddof 1)."""
-    gains = [d - c for d, c in zip(distilled, control)]
-    mean, sd = statistics.fmean(gains), sample_std(gains)
-    return {"gains": gains, "mean_gain": mean, "gain_std": sd,
-            "above_2std": bool(len(gains) > 1 and mean > 2 * sd), "every_seed_gains": all(g > 0 for g in gains),
+    """The issue's bar on per-seed paired gains: ``detkd compare``'s rule (``reporting.paired_gain``: sample std,
+    ddof 1) plus "not below feat"."""
+    from detkd.reporting import paired_gain
+
+    g = paired_gain(control, distilled)
+    return {"gains": g["diffs"], "mean_gain": g["mean"], "gain_std": g["std"],
+            "above_2std": bool(len(g["diffs"]) > 1 and g["mean"] > 2 * g["std"]),
+            "every_seed_gains": g["every_seed_gains"], "verdict": g["verdict"],
             "not_below_feat": statistics.fmean(distilled) >= statistics.fmean(feat)}
 
 

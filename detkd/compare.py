@@ -7,7 +7,9 @@ Inputs (any mix, several seeds):
   numbers the summary's ``eval`` dict; a run with ``distill.methods`` is a distilled run;
 - a folder holding run directories at any depth (every ``summary.json`` below it);
 - a benchmark JSON with ``{"models": {name: {metric: [one value per seed]}}, "seeds": [...]}`` (the KD-gain
-  tables, e.g. ``benchmarks/results/tdkd_synthfaces.json``).
+  tables, e.g. ``benchmarks/results/tdkd_synthfaces.json``), or in the flat KD-gain shape of
+  ``kd_gain_<method>_<detector>.json`` / ``kd_gain_ld.json``: ``{"metric": m, "seeds": [...], <model>: [one value
+  per seed], <other metric>: {<model>: [...]}}`` (a ``"distilled"`` model is named after the file's ``"method"``).
 
 Roles: the control is ``--control`` or the first present of ``control``, ``baseline_extra``, ``baseline``; the
 teacher is a model named ``teacher``; every other model except ``baseline*`` is compared against the control on
@@ -101,13 +103,38 @@ def _add_benchmark(res: Results, path: Path, data: dict) -> None:
     res.sources.append(str(path))
 
 
+def _per_seed(v, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) for x in v)
+
+
+def flat_benchmark_models(data: dict) -> dict | None:
+    """The ``models`` mapping of a benchmark JSON in the flat KD-gain shape (see the module docstring), or None
+    for any other shape. Lists of one number per seed at the top level are the headline ``metric``; a dict of
+    such lists under another key is that metric for the models it names."""
+    metric, seeds = data.get("metric"), data.get("seeds")
+    if "models" in data or not isinstance(metric, str) or not isinstance(seeds, list) or not seeds:
+        return None
+    n = len(seeds)
+    rename = {"distilled": data["method"]} if isinstance(data.get("method"), str) else {}
+    models = {rename.get(k, k): {metric: v} for k, v in data.items() if k != "seeds" and _per_seed(v, n)}
+    for key, v in data.items():
+        if key != metric and isinstance(v, dict):
+            for name, xs in v.items():
+                if rename.get(name, name) in models and _per_seed(xs, n):
+                    models[rename.get(name, name)][key] = xs
+    return models or None
+
+
 def load_results(paths: list[str | Path]) -> Results:
     """Read run directories, folders of runs and benchmark JSON files into one ``Results``."""
     res = Results()
     for p in map(Path, paths):
         if p.is_file():
             data = _read_json(p)
-            if "models" in data:
+            flat = flat_benchmark_models(data)
+            if flat is not None:
+                _add_benchmark(res, p, {**data, "models": flat})
+            elif "models" in data:
                 _add_benchmark(res, p, data)
             elif "eval" in data:  # a summary.json given directly
                 _add_run(res, p.parent)

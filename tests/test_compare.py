@@ -52,6 +52,21 @@ def test_benchmark_json_tdkd_synthfaces():
     assert diag["term_scales"] == {} and all(r["teacher_beats_student"] for r in diag["teacher"])
 
 
+def test_flat_kd_gain_benchmarks():
+    """kd_gain_<method>_<detector>.json (``distilled`` named after ``method``) and kd_gain_ld.json read as tables."""
+    path = REPO / "benchmarks" / "results" / "kd_gain_defeat_retinanet.json"
+    raw = json.loads(path.read_text())
+    out = compare(load_results([path]))
+    assert out["control"] == "control" and {r["model"] for r in out["rows"]} == {"defeat", "feat"}
+    assert set(out["metrics"]) == {"voc07_map", "coco_ap"}
+    row = next(r for r in out["rows"] if r["model"] == "defeat" and r["metric"] == "voc07_map")
+    want = [100 * (d - c) for c, d in zip(raw["control"], raw["distilled"])]
+    assert row["diffs"] == pytest.approx(want) and row["seeds"] == raw["seeds"]
+    ld = compare(load_results([REPO / "benchmarks" / "results" / "kd_gain_ld.json"]))
+    assert {"ld", "kd", "feat", "ta", "ld_no_vlr"} <= {r["model"] for r in ld["rows"]}
+    assert {"coco_ap", "ap75", "voc07_map"} <= set(ld["metrics"])
+
+
 def write_run(root: Path, name: str, seed: int, ap: float, methods=None, kd_scale: float = 1.0) -> Path:
     run = root / name / f"seed{seed}"
     run.mkdir(parents=True)
