@@ -5,6 +5,7 @@ Teachers are random here (real runs load ``distill.teacher_weights``); the steps
 student, a teacher and the LD terms that fit together and train (finite losses, the student's head and trunk move,
 the teacher does not).
 """
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,9 @@ def test_paper_ld_settings():
         assert (cfg.distill.teacher.depth, cfg.distill.teacher.width) == (t_depth, t_width)
         assert cfg.distill.teacher.fpn_channels == cfg.model.fpn_channels and cfg.data.name == "synthshapes"
     cfg = load_config(RETINA_LITE)
-    assert cfg.model.name == cfg.distill.teacher.name == "retinanet" and cfg.distill.teacher.depth == 34
+    assert cfg.model.name == cfg.distill.teacher.name == "retinanet"
+    shipped = load_config("retinanet/r18_half_teacher_synthshapes").model  # the shipped teacher's architecture
+    assert dataclasses.replace(cfg.distill.teacher, dist_reg_max=0) == shipped
     assert cfg.model.dist_reg_max == cfg.distill.teacher.dist_reg_max == 16 and cfg.distill.methods == ["ld"]
 
 
