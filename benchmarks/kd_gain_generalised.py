@@ -132,13 +132,14 @@ def finetunes(cell: Cell, out: Path, seed: int, baseline: Path, teacher: Path, e
     return {"control": control, "distilled": distilled, "feat": feat}
 
 
-def with_branch(src: Path, model_cfg, out: Path) -> Path:
+def with_branch(src: Path, model_cfg, out: Path, seed: int = 0) -> Path:
     """``src`` (an export trained without the cell's added branch, e.g. a shipped model) rebuilt as ``model_cfg``:
-    every trained weight loaded, the keys that only ``model_cfg`` has (the branch) at their fresh init. An export
-    that already fits is returned as it is."""
+    every trained weight loaded, the keys that only ``model_cfg`` has (the branch) at their fresh init (drawn
+    after ``torch.manual_seed(seed)``). An export that already fits is returned as it is."""
     from detkd.models.weights import check_state, load_state_file, save_model_file
     from detkd.registry import build_model
 
+    torch.manual_seed(seed)
     model = build_model(model_cfg)
     sd = load_state_file(src)
     added = tuple(k for k in model.state_dict() if k not in sd)
@@ -199,7 +200,7 @@ def cell_teacher(name: str, cell: Cell, args, data, size: list[str], out: Path) 
         return G.train_export(teacher_config(cell, [*G.common_overrides(out / "teacher", 100, [*size, *t_len]),
                                                     "name=teacher"]), data)
     tcfg = load_config(cell.distill, [*G.common_overrides(out / "teacher", 100, size)])
-    branched = with_branch(teacher, tcfg.distill.teacher, out / "teacher" / "with_branch.safetensors")
+    branched = with_branch(teacher, tcfg.distill.teacher, out / "teacher" / "with_branch.safetensors", seed=100)
     if branched == teacher:
         return teacher
     iters = 2 if args.smoke else args.branch_iters
@@ -216,7 +217,8 @@ def run_seed(name: str, cell: Cell, args, data, size: list[str], seed: int, teac
         return json.loads(path.read_text())
     given = args.baseline_weights.get(name)
     if given is not None:
-        baseline = with_branch(given, load_config(cell.student, cell.model).model, s_out / "baseline_with_branch.safetensors")
+        baseline = with_branch(given, load_config(cell.student, cell.model).model,
+                               s_out / "baseline_with_branch.safetensors", seed=seed)
     else:
         b_len = [] if args.smoke else [f"train.epochs={args.baseline_epochs}"]
         baseline = G.train_export(load_config(cell.student, [*G.common_overrides(s_out, seed, [*size, *b_len]),

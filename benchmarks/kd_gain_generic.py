@@ -35,6 +35,7 @@ a 2-iteration teacher) to prove the pipeline; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -301,7 +302,7 @@ def run_seed(args, pair: Pair, data: Data, seed: int, teacher: Path, size: list[
     path = out / "records.json"
     if args.reuse and path.is_file():
         print(f"[kd_gain] seed {seed}: reusing {path}", flush=True)
-        return json.loads(path.read_text())
+        return with_shared_rows(args, seed, json.loads(path.read_text()))
     if args.baseline_weights:
         baseline = args.baseline_weights
     else:
@@ -314,13 +315,30 @@ def run_seed(args, pair: Pair, data: Data, seed: int, teacher: Path, size: list[
         ft_len.append(f"train.max_iters={args.finetune_iters}")
     for name, cfg in finetune_configs(pair, out, seed, baseline, teacher, [*size, *ft_len],
                                       args.method_override).items():
-        exports[name] = train_export(cfg, data)
+        if args.share_from and name != "distilled":
+            continue  # the other method's run of this seed is the same run (same config, seed and baseline)
+        done = cfg.run_dir / "student.safetensors"
+        exports[name] = done if args.keep_exports and done.is_file() else train_export(cfg, data)
     record = {name: evaluate(w, protocol, data) for name, w in exports.items()}
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
-    return record
+    return with_shared_rows(args, seed, record)
+
+
+def with_shared_rows(args, seed: int, record: dict) -> dict:
+    """``record`` with the control and feat rows of ``--share-from``'s run of the same seed filled in (only
+    once they exist: a --seed-list call saves its own rows; the merging --reuse call needs them)."""
+    if not args.share_from or (args.seed_list and not args.reuse):
+        return record
+    other = args.out / f"{args.share_from}_{args.detector}" / f"seed{seed}" / "records.json"
+    if not other.is_file():
+        raise SystemExit(f"--share-from {args.share_from}: {other} not found (run that method's seeds first)")
+    shared = json.loads(other.read_text())
+    if shared["baseline"] != record["baseline"]:
+        raise SystemExit(f"--share-from {args.share_from}: {other} has another baseline score; the runs differ")
+    return {**record, "control": shared["control"], "feat": shared["feat"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -339,6 +357,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "instead of a baseline trained per seed")
     ap.add_argument("--finetune-iters", type=int, default=0, help=">0: every fine-tune stops after N iterations "
                     "(the cosine schedule still spans --finetune-epochs)")
+    ap.add_argument("--share-from", default=None, metavar="METHOD", help="take the control and feat runs of each "
+                    "seed from this other method's records on the same detector (same baseline, seed and schedule: "
+                    "the same runs) instead of training them again; feat's taps must be the same")
+    ap.add_argument("--keep-exports", action="store_true", help="a fine-tune whose student.safetensors exists is "
+                    "taken as it is, not trained again (resuming an interrupted benchmark)")
     ap.add_argument("--data-root", type=Path, default=None, help="SynthShapes root (default: the configs' own)")
     ap.add_argument("--n-train", type=int, default=1500)
     ap.add_argument("--n-val", type=int, default=500)
@@ -357,6 +380,14 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"no SynthShapes pair for {args.method} on {args.detector}; pairs: "
                  + ", ".join(f"{m}/{d}" for m, d in PAIRS))
     pair = PAIRS[key]
+    if args.share_from:
+        other = PAIRS.get((args.share_from, args.detector))
+        mine = finetune_configs(pair, args.out, 0, Path("b"), Path("t"), [], [])
+        theirs = finetune_configs(other, args.out, 0, Path("b"), Path("t"), [], []) if other else None
+        if theirs is None or any(dataclasses.replace(mine[r], name="x") != dataclasses.replace(theirs[r], name="x")
+                                 for r in ("control", "feat")):
+            ap.error(f"--share-from {args.share_from}: its control / feat runs on {args.detector} are not this "
+                     "method's (another student, schedule or feat taps)")
     if args.smoke and args.results_dir.resolve() == RESULTS.resolve():
         ap.error("--smoke results must not go to benchmarks/results: give --results-dir")
     t_start = time.time()
@@ -401,7 +432,9 @@ def main(argv: list[str] | None = None) -> dict:
               if args.finetune_iters else f"{args.finetune_epochs} epochs")
     schedule = ("smoke: 2 iterations per stage" if args.smoke else
                 f"{base}, then {length} per fine-tune (no warm-up), data {data.root} (preset {data.preset})"
-                + (f", distilled run with {args.method_override}" if args.method_override else ""))
+                + (f", distilled run with {args.method_override}" if args.method_override else "")
+                + (f"; the control and feat runs are {args.share_from}'s of the same seed (identical runs)"
+                   if args.share_from else ""))
     lines = markdown(result, scores["baseline"], timing, schedule, args.smoke)
     js, md = write_results(args.results_dir, f"kd_gain_{args.method}_{args.detector}", result, lines)
     print("\n".join(lines))
