@@ -189,7 +189,13 @@ def step_time_ratio(pair: Pair, data: Data, teacher_weights: Path | None, repeat
                     batch_size: int | None = None, img_size: int | None = None) -> dict:
     """Medians of a distillation step, a student-only step and a teacher forward on one training batch, run
     interleaved (round-robin) in this process; the first two rounds are warm-up. Without ``teacher_weights``
-    the teacher keeps its random initialisation (the cost does not depend on the weights)."""
+    the teacher keeps its random initialisation (the cost does not depend on the weights). Clock: this
+    process's CPU time (the 2-core machine is shared; waiting for a core is not the step's cost).
+
+    ``ratio`` = distill step / (student step + the teacher's full eval forward). Where the distillation runs
+    less of the teacher (``DistillTask.teacher_skip``: no second stage, no head), ``teacher_taps_forward`` times
+    that forward too and ``ratio_taps`` divides by it: the overhead of the method's own work (adapters, masks,
+    losses) alone."""
     from detkd.distill.distiller import build_distill_task
     from detkd.experiment import DetectionTask, build_collate
     from detkd.models.weights import load_teacher
@@ -222,17 +228,26 @@ def step_time_ratio(pair: Pair, data: Data, teacher_weights: Path | None, repeat
         with torch.no_grad():
             teacher(batch[0])
 
+    def teacher_taps_forward():
+        with torch.no_grad():
+            teacher(batch[0], skip=task.teacher_skip)
+
     fns = {"distill_step": lambda: step(task, opt_d), "student_step": lambda: step(plain, opt_s),
            "teacher_forward": teacher_forward}
+    if task.teacher_skip:
+        fns["teacher_taps_forward"] = teacher_taps_forward
     times = {k: [] for k in fns}
     for i in range(repeats + 2):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             fn()
             if i >= 2:
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(time.process_time() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     med["ratio"] = med["distill_step"] / (med["student_step"] + med["teacher_forward"])
+    taps = med.get("teacher_taps_forward", med["teacher_forward"])
+    med["ratio_taps"] = med["distill_step"] / (med["student_step"] + taps)
+    med["teacher_skip"] = list(task.teacher_skip)
     med["batch"] = [int(x) for x in batch[0].shape]
     return med
 

@@ -132,6 +132,7 @@ class Term:
     group: str | None = None  # terms of one group share group_scale
     group_scale: Callable[[Tensor, DistillContext], Tensor] | None = None
     method: str = ""  # filled by build_distill_task from the method name when empty
+    teacher_parts: tuple[str, ...] = ()  # teacher outputs read beyond the tap (masks, queries): "rois", "head"
 
     @property
     def key(self) -> str:
@@ -208,6 +209,16 @@ class Distiller(nn.Module):
             specs[spec.key] = (spec, c_in, c_out)
             self.adapters[_module_key(spec.key)] = build_adapter(spec, c_in, c_out)
 
+    def teacher_skip(self, teacher: nn.Module) -> tuple[str, ...]:
+        """The optional parts of the teacher's forward no term reads (``teacher.skippable(taps)`` minus every
+        term's ``teacher_parts``): a Faster R-CNN teacher of FGFI / DeFeat / TDKD / feat runs no second stage,
+        a dense teacher of neck-only terms runs no head. ``()`` for a model without ``skippable``."""
+        skippable = getattr(teacher, "skippable", None)
+        if not callable(skippable):
+            return ()
+        needed = {p for term in self.terms for p in term.teacher_parts}
+        return tuple(p for p in skippable({term.teacher for term in self.terms}) if p not in needed)
+
     def adapt(self, term: Term, x: Tensor) -> Tensor:
         return x if term.adapter is None else self.adapters[_module_key(term.adapter.key)](x)
 
@@ -272,11 +283,11 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
 
 
 def run_models(teacher: nn.Module, student: nn.Module, images: Tensor, targets: Any,
-               image_sizes: list[tuple[int, int]] | None = None) -> tuple[Any, Any]:
-    """Teacher (no grad, no targets: taps only) and student (with targets) on the identical ``images``,
-    both told the valid ``image_sizes`` of the padded batch."""
+               image_sizes: list[tuple[int, int]] | None = None, skip: Sequence[str] = ()) -> tuple[Any, Any]:
+    """Teacher (no grad, no targets: taps only, without the optional parts in ``skip``) and student (with
+    targets) on the identical ``images``, both told the valid ``image_sizes`` of the padded batch."""
     with torch.no_grad():
-        t_out = teacher(images, image_sizes=image_sizes)
+        t_out = teacher(images, image_sizes=image_sizes, **({"skip": tuple(skip)} if skip else {}))
     s_out = student(images, targets, image_sizes=image_sizes)
     return t_out, s_out
 
@@ -304,6 +315,7 @@ class DistillTask(nn.Module):
         self.distiller = distiller
         self.register_buffer("kd_step", torch.zeros((), dtype=torch.long))
         object.__setattr__(self, "_teacher", freeze_teacher(teacher))  # not a registered child
+        self.teacher_skip = distiller.teacher_skip(teacher)  # teacher parts no term reads, never computed
 
     @property
     def teacher(self) -> nn.Module:
@@ -324,7 +336,8 @@ class DistillTask(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         images, targets = _batch_parts(batch)
-        t_out, s_out = run_models(self._teacher, self.student, images, targets, batch_image_sizes(batch))
+        t_out, s_out = run_models(self._teacher, self.student, images, targets, batch_image_sizes(batch),
+                                  self.teacher_skip)
         step = int(self.kd_step)
         if self.training:
             self.kd_step += 1
@@ -473,7 +486,8 @@ def check_setup(
     student.eval()  # no BN statistics update from a check
     try:
         with torch.no_grad():
-            t_out, s_out = run_models(teacher, student, images, targets, batch_image_sizes(sample_batch))
+            t_out, s_out = run_models(teacher, student, images, targets, batch_image_sizes(sample_batch),
+                                      distiller.teacher_skip(teacher))
     finally:
         student.train(was_training)
         for h in handles:

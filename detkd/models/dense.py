@@ -33,7 +33,7 @@ size; they travel in ``DetOutput.image_sizes`` to the assigner, the masks and th
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -126,19 +126,35 @@ class DenseDetector(nn.Module):
         with torch.no_grad():
             return self.decode(out, **merged)
 
+    def skippable(self, taps: Iterable[str]) -> tuple[str, ...]:
+        """Optional parts of the forward that ``taps`` (feature / head taps a caller reads) do not need:
+        ``"head"`` (the head and its tower taps) when every tap is a neck level."""
+        return ("head",) if set(taps) <= set(self.levels) else ()
+
     def forward(self, images: Tensor, targets: list[dict] | None = None, decode: bool = False,
-                image_sizes: Sequence[Sequence[int]] | None = None) -> DetOutput:
-        """``images float [B, 3, H, W]`` RGB 0..255 -> ``DetOutput`` (same type in train and eval mode)."""
+                image_sizes: Sequence[Sequence[int]] | None = None, skip: Collection[str] = ()) -> DetOutput:
+        """``images float [B, 3, H, W]`` RGB 0..255 -> ``DetOutput`` (same type in train and eval mode).
+
+        ``skip=("head",)`` (no targets, no decode) returns the neck levels and the priors only: ``head`` is
+        empty (a frozen teacher whose distillation reads only neck taps)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
+        unknown = set(skip) - {"head"}
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.forward: unknown skip parts {sorted(unknown)} (known: head)")
+        if skip and (targets is not None or decode):
+            raise ValueError(f"{type(self).__name__}.forward: skip='head' is for a forward without targets and "
+                             "without decode")
         sizes = check_image_sizes(images, image_sizes)
         feats = self.features(self.preprocess(images))
         missing = [lvl for lvl in self.levels if lvl not in feats]
         if missing:
             raise RuntimeError(f"{type(self).__name__}.features returned {sorted(feats)}, missing levels {missing}")
-        head, taps = self.head_forward(feats)
         h, w = images.shape[-2:]
         priors = self.make_priors(h, w, images.device)
+        if skip:
+            return DetOutput(feats={lvl: feats[lvl] for lvl in self.levels}, priors=priors, image_sizes=sizes)
+        head, taps = self.head_forward(feats)
         first = next(iter(self.head_spec))
         for lvl, p, t in zip(self.levels, priors, head[first]):
             if p.shape[0] != t.shape[1]:

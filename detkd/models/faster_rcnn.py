@@ -28,6 +28,7 @@ Targets: ``boxes [N, 4]`` xyxy, ``labels [N]`` in 1..K. Boxes with ``x2 <= x1`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Iterable
 from typing import Literal
 
 import torch
@@ -193,10 +194,22 @@ class FasterRCNN(nn.Module):
 
     # ---------------------------------------------------------------------------------------- forward
 
+    def skippable(self, taps: Iterable[str]) -> tuple[str, ...]:
+        """Optional parts of the forward that ``taps`` (feature / head taps a caller reads) do not need: the
+        second stage (``"rois"``: proposals and the RoI head) never produces a tap."""
+        return ("rois",)
+
     def forward(self, images: Tensor, targets: list[dict] | None = None, decode: bool = False,
-                image_sizes: list[tuple[int, int]] | None = None) -> DetOutput:
+                image_sizes: list[tuple[int, int]] | None = None, skip: Collection[str] = ()) -> DetOutput:
+        """``skip=("rois",)`` (no targets, no decode) stops after the RPN's outputs: ``rois`` is ``None`` (a
+        frozen teacher whose distillation reads only its taps)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Faster R-CNN expects RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
+        unknown = set(skip) - {"rois"}
+        if unknown:
+            raise ValueError(f"FasterRCNN.forward: unknown skip parts {sorted(unknown)} (known: rois)")
+        if skip and (targets is not None or decode):
+            raise ValueError("FasterRCNN.forward: skip='rois' is for a forward without targets and without decode")
         b, (h, w) = images.shape[0], images.shape[-2:]
         sizes = check_image_sizes(images, image_sizes)
         feats = self.features(self.normalize(images, sizes))
@@ -204,10 +217,12 @@ class FasterRCNN(nn.Module):
         objectness, box_reg, rpn_convs = self.rpn.run(rpn_feats)
         priors = self.rpn.anchors(rpn_feats, (h, w))
         train = targets is not None
-        proposals = self.rpn.propose(priors, objectness, box_reg, sizes, train)
         taps = {f"rpn_feat.{lvl}": t for lvl, t in zip(self.levels, rpn_convs)}
         out = DetOutput(feats={**feats, **taps}, head={"rpn.objectness": objectness, "rpn.box_reg": box_reg},
                         priors=priors, image_sizes=sizes)
+        if skip:
+            return out
+        proposals = self.rpn.propose(priors, objectness, box_reg, sizes, train)
         if train:
             tg = self._targets(targets, b, images.device)
             out.assign, rpn_reg_t = self.rpn.assign(priors, tg, sizes)
