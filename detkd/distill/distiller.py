@@ -230,9 +230,16 @@ class Distiller(nn.Module):
         ctx = DistillContext(teacher=t_out, student=s_out, targets=targets, step=int(step),
                              teacher_model=teacher_model)
         raw: dict[str, Tensor] = {}
+        taps: dict[tuple[str, str], Tensor] = {}  # a head tap concatenates its levels once per side and batch
+
+        def tap(out: Any, name: str, side: str) -> Tensor:
+            if (side, name) not in taps:
+                taps[side, name] = get_tap(out, name, side)
+            return taps[side, name]
+
         for term in self.terms:
-            s = self.adapt(term, get_tap(s_out, term.student, "student"))
-            t = get_tap(t_out, term.teacher, "teacher").detach()
+            s = self.adapt(term, tap(s_out, term.student, "student"))
+            t = tap(t_out, term.teacher, "teacher").detach()
             mask = term.mask(ctx) if term.mask is not None else None
             raw[term.key] = term.loss(s, t, mask=mask)
 

@@ -173,14 +173,18 @@ def weighted_kd(
         raise ValueError(
             f"weighted_kd: weight shape {tuple(weight.shape)} != logits leading shape {tuple(s.shape[:-1])}"
         )
+    if bins is not None and s.shape[-1] % bins:
+        raise ValueError(f"weighted_kd: last axis {s.shape[-1]} is not a multiple of {bins} bins")
+    # only the weighted priors (positives, the VLR: a small part of a dense head) are computed; an empty
+    # selection still gives a 0 connected to ``s``'s graph
+    sel = weight != 0
+    s, t, w = s[sel], t[sel], weight[sel]  # [N, K], [N]
     if bins is not None:
-        if s.shape[-1] % bins:
-            raise ValueError(f"weighted_kd: last axis {s.shape[-1]} is not a multiple of {bins} bins")
         s, t = s.unflatten(-1, (-1, bins)), t.unflatten(-1, (-1, bins))
-    rows = kd_rows(s, t, T)  # [B, P] or [B, P, E]
+    rows = kd_rows(s, t, T)  # [N] or [N, E]
     if bins is not None:
         rows = rows.sum(-1)
-    return (rows * weight.to(rows)).sum() / denom
+    return (rows * w.to(rows)).sum() / denom
 
 
 def decoupled_roi_kd(

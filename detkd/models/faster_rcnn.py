@@ -57,6 +57,7 @@ class FasterRCNNConfig:
     norm: Literal["frozen", "bn"] = "frozen"  # ResNet norm layers
     trainable_layers: int = 3  # ResNet stages trained (torchvision semantics, 0..5)
     vgg_frozen: int = 10  # leading VGG ``features`` modules frozen (10 = conv1-2, FGFI teacher; 7 for VGG11)
+    vgg_bn: bool = False  # BatchNorm after every VGG conv (torchvision's vgg*_bn layout): trains from scratch
     fpn_channels: int = 256
     normalize: Literal["imagenet", "caffe"] = "imagenet"
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # per level (FPN) / all (C4)
@@ -122,7 +123,7 @@ class FasterRCNN(nn.Module):
             pooler = fpn_pooler(self.levels[:4], cfg.roi_size, cfg.roi_sampling_ratio)
             box_head = two_mlp_head(c * cfg.roi_size ** 2, cfg.hidden)
         else:
-            self.backbone, c = vgg_c4(cfg.depth, cfg.width)
+            self.backbone, c = vgg_c4(cfg.depth, cfg.width, cfg.vgg_bn)
             for p in self.backbone[: cfg.vgg_frozen].parameters():
                 p.requires_grad_(False)
             self.levels = ["c5"]

@@ -24,12 +24,13 @@ VGG_DEPTHS = {11: "A", 13: "B", 16: "D"}
 NORMS = ("frozen", "bn")
 
 
-def vgg_c4(depth: int = 16, width: float = 1.0) -> tuple[nn.Sequential, int]:
-    """``(features[:-1], conv5 channels)`` of VGG-``depth`` with channels scaled by ``width``."""
+def vgg_c4(depth: int = 16, width: float = 1.0, batch_norm: bool = False) -> tuple[nn.Sequential, int]:
+    """``(features[:-1], conv5 channels)`` of VGG-``depth`` with channels scaled by ``width``; ``batch_norm``:
+    torchvision's ``vgg*_bn`` layout (conv, BN, ReLU), which trains from random init where plain VGG stalls."""
     if depth not in VGG_DEPTHS:
         raise ValueError(f"VGG depth must be one of {sorted(VGG_DEPTHS)}, got {depth}")
     cfg = [v if v == "M" else max(1, int(round(v * width))) for v in VGG_CFGS[VGG_DEPTHS[depth]]]
-    features = make_layers(cfg, batch_norm=False)
+    features = make_layers(cfg, batch_norm=batch_norm)
     return nn.Sequential(*list(features)[:-1]), cfg[-2]
 
 
