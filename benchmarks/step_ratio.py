@@ -64,7 +64,7 @@ def update_results(results: Path, cell: str, timing: dict, by: str) -> bool:
         text = md.read_text()
         line = (f"Step-time ratio distill / (student + teacher forward): {timing['ratio']:.3f} ({by}; "
                 f"{timing['ratio_taps']:.3f} over the teacher forward the distillation runs).")
-        pattern = r"Step-time ratio distill / \(student \+ teacher forward\): [^\n]*"
+        pattern = r"Step-time ratio distill / \(student \+ teacher forward\): [0-9.]+(?: \([^()]*\))?\.?"
         if key:  # the line after the cell's section heading
             head, sep, rest = text.partition(f"## {key}\n")
             text = head + sep + re.sub(pattern, lambda _: line, rest, count=1)
@@ -82,7 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--results-dir", type=Path, default=HERE / "results")
     ap.add_argument("--update-results", action="store_true",
                     help="also write each ratio into the cell's KD-gain result files")
+    ap.add_argument("--from-results", action="store_true", help="measure nothing: with --update-results, take the "
+                    "ratios of <results-dir>/step_ratio.json")
     args = ap.parse_args(argv)
+    if args.from_results:
+        result = json.loads((args.results_dir / "step_ratio.json").read_text())
+        if args.update_results:
+            by = f"benchmarks/step_ratio.py at {result['commit'][:8]}"
+            for name, c in result["cells"].items():
+                update_results(args.results_dir, name, c, by)
+        return result
     torch.set_num_threads(1)
     t0 = time.time()
     commit = git_commit()

@@ -29,7 +29,7 @@ def test_update_results_rewrites_the_ratio_and_its_line(tmp_path):
     b = bench()
     (tmp_path / "kd_gain_fgfi_faster_rcnn_fpn.json").write_text(json.dumps({"method": "fgfi", "step_ratio": 1.5}))
     (tmp_path / "kd_gain_fgfi_faster_rcnn_fpn.md").write_text(
-        "# t\n\nStep-time ratio distill / (student + teacher forward): 1.500 (bar; old).\n\nmore\n")
+        "# t\n\nStep-time ratio distill / (student + teacher forward): 1.500 (bar; [8, 3]). Wall 9 s.\n\nmore\n")
     gen = {"cells": {"tdkd/gfl": {"step_ratio": 1.0}, "ld/retinanet": {"step_ratio": 1.4}}}
     (tmp_path / "kd_gain_generalised.json").write_text(json.dumps(gen))
     (tmp_path / "kd_gain_generalised.md").write_text(
@@ -42,7 +42,10 @@ def test_update_results_rewrites_the_ratio_and_its_line(tmp_path):
     js = json.loads((tmp_path / "kd_gain_fgfi_faster_rcnn_fpn.json").read_text())
     assert js == {"method": "fgfi", "step_ratio": 1.1234, "step_ratio_by": "by X"}
     md = (tmp_path / "kd_gain_fgfi_faster_rcnn_fpn.md").read_text()
-    assert "forward): 1.123 (by X; 1.200 over" in md and "1.500" not in md and md.endswith("more\n")
+    assert "forward): 1.123 (by X; 1.200 over" in md and "1.500" not in md and md.endswith("runs). Wall 9 s.\n\nmore\n")
+    assert b.update_results(tmp_path, "fgfi/faster_rcnn_fpn", {"ratio": 1.0, "ratio_taps": 1.1}, "by Y")  # again
+    md = (tmp_path / "kd_gain_fgfi_faster_rcnn_fpn.md").read_text()
+    assert "forward): 1.000 (by Y; 1.100 over the teacher forward the distillation runs). Wall 9 s.\n" in md
     gen = json.loads((tmp_path / "kd_gain_generalised.json").read_text())["cells"]
     assert gen["tdkd/gfl"] == {"step_ratio": 1.0} and gen["ld/retinanet"]["step_ratio"] == 1.1234
     md = (tmp_path / "kd_gain_generalised.md").read_text()
