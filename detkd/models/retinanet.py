@@ -251,22 +251,26 @@ class RetinaNet(DenseDetector):
                                 for p, s in zip(out.priors, STRIDES)])[:, None]  # [P, 1]
             centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [P, 2] pixels
         cls_losses, box_losses, dfl_losses = [], [], []
+        # per-image views by unbind: its backward stacks the image gradients once, where indexing ``cls[i]``
+        # would zero-fill a whole-batch gradient per image and tensor
+        cls_b, reg_b = cls.unbind(0), reg.unbind(0)
+        dist_b = dist.unbind(0) if dist is not None else None
         for i, t in enumerate(targets):
             boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=cls.device).reshape(-1, 4)
             pos = a.pos[i]
             n = max(1, int(pos.sum()))
             col = a.labels[i][pos] - cfg.label_base  # in range: checked by assign
-            gt_cls = torch.zeros_like(cls[i])
+            gt_cls = torch.zeros_like(cls_b[i])
             gt_cls[pos.nonzero().squeeze(1), col] = 1.0
             valid = ~a.ignore[i]
-            cls_losses.append(sigmoid_focal_loss(cls[i][valid].float(), gt_cls[valid].float(), cfg.focal_alpha,
+            cls_losses.append(sigmoid_focal_loss(cls_b[i][valid].float(), gt_cls[valid].float(), cfg.focal_alpha,
                                                  cfg.focal_gamma, reduction="sum") / n)
             target = self.box_coder.encode_single(boxes[a.matched[i][pos]], anchors[pos])
-            box_losses.append(F.l1_loss(reg[i][pos].float(), target, reduction="sum") / n)
+            box_losses.append(F.l1_loss(reg_b[i][pos].float(), target, reduction="sum") / n)
             if dist is not None:  # GFL's DFL on the positives, distances in units of the level stride
                 s = stride[pos]
                 d = bbox2distance(centres[pos] / s, boxes[a.matched[i][pos]] / s, cfg.dist_reg_max)  # [n_pos, 4]
-                logits = dist[i][pos].float().reshape(-1, cfg.dist_reg_max + 1)  # [n_pos * 4, bins]
+                logits = dist_b[i][pos].float().reshape(-1, cfg.dist_reg_max + 1)  # [n_pos * 4, bins]
                 dfl_losses.append(distribution_focal_loss(logits, d.reshape(-1)).sum() / 4 / n)
         b = max(1, len(targets))
         raw = {"cls": torch.stack(cls_losses).sum() / b, "box": torch.stack(box_losses).sum() / b}
