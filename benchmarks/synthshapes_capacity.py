@@ -98,6 +98,22 @@ def table(rows: list[dict], settings: dict) -> list[str]:
     return lines
 
 
+def merged(args, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the earlier file's rows of every (family, role) not in ``rows``, in ``FAMILIES`` order."""
+    path = args.out_dir / f"{args.stem}.json"
+    have = {(r["family"], r["role"]) for r in rows}
+    old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    for r in old:
+        if (r["family"], r["role"]) in have or r["family"] not in FAMILIES:
+            continue
+        cfg = load_config(FAMILIES[r["family"]][0 if r["role"] == "student" else 1], overrides(args, "merge"))
+        cost = model_cost(build_model(cfg.model), cfg.data.img_size)
+        rows.append({**r, "_gflops": cost["gflops"], "_latency_ms": cost["latency_ms"],
+                     "_img_size": cfg.data.img_size, "_protocol": cfg.eval.protocol})
+    order = {fam: i for i, fam in enumerate(FAMILIES)}
+    return sorted(rows, key=lambda r: (order[r["family"]], r["role"] != "student"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
@@ -121,11 +137,15 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="train even when a summary.json exists")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that exist and "
                     "name the missing ones in the md")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of <out-dir>/<stem>.json for the families "
+                    "and roles not run now (their GFLOPs and latency re-measured from their configs)")
     ap.add_argument("--note", default="", help="a line for the md on how the runs were made (threads, load)")
     args = ap.parse_args()
     asked = [(fam, role) for fam in args.families for role in args.roles]
     found = [run_one(args, fam, role, FAMILIES[fam][0 if role == "student" else 1]) for fam, role in asked]
     rows = [r for r in found if r is not None]
+    if args.merge:
+        rows = merged(args, rows)
     missing = [f"{fam} {role}" for (fam, role), r in zip(asked, found) if r is None]
     settings = {"commit": git_commit(), "img_size": sorted({r["_img_size"] for r in rows}),
                 "max_long": args.max_long or "config", "n_train": args.n_train,

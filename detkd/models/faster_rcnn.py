@@ -303,8 +303,10 @@ def faster_rcnn_fpn(**kw) -> FasterRCNN:
 
 @register("model", tiny={"hidden": 64, "num_classes": 3})
 def faster_rcnn_vgg_lite(**kw) -> FasterRCNN:
-    """CPU-sized C4 model: VGG-11 at width 0.25 (128-channel conv5), 512-unit fc6/fc7, anchors 32-128."""
-    base = dict(name="faster_rcnn_vgg_lite", depth=11, width=0.25, hidden=512, vgg_frozen=0, normalize="imagenet",
+    """CPU-sized C4 model: VGG-11 at width 0.25 (128-channel conv5) with BatchNorm, 512-unit fc6/fc7, anchors
+    32-128."""
+    base = dict(name="faster_rcnn_vgg_lite", depth=11, width=0.25, hidden=512, vgg_frozen=0, vgg_bn=True,
+                normalize="imagenet",
                 anchor_sizes=[32, 64, 128], rpn_pre_nms=(2000, 1000), rpn_post_nms=(512, 300), roi_batch=128,
                 score_thresh=0.05, nms_thresh=0.5)
     return _build("vgg", {**base, **kw})
