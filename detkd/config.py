@@ -129,6 +129,44 @@ class SynthShapesDataConfig(DetDataConfig):
 
 
 @dataclass
+class VOCDataConfig(DetDataConfig):
+    """PASCAL VOC in VOCdevkit layout (``detkd.data.voc``): training on ``roots`` x ``splits`` (VOC07+12
+    trainval: ``roots=[VOCdevkit/VOC2007, VOCdevkit/VOC2012]``, ``splits=[trainval]``), evaluation on
+    ``val_roots`` x ``val_splits`` (default: the first root's ``test``). Images are resized to short side
+    ``img_size`` (``short``: several sizes = multi-scale training) with the long side capped at ``max_long``."""
+
+    name: str = "voc"
+    root: str = ""  # unused: ``roots``
+    roots: list[str] = field(default_factory=lambda: ["data/VOCdevkit/VOC2007"])
+    splits: list[str] = field(default_factory=lambda: ["trainval"])
+    val_roots: list[str] = field(default_factory=list)  # empty: roots[0]
+    val_splits: list[str] = field(default_factory=lambda: ["test"])
+    img_size: int = 600  # short side
+    short: list[int] = field(default_factory=list)  # empty: [img_size]
+    max_long: int = 1000
+    train_difficult: bool = False
+
+
+@dataclass
+class COCODataConfig(DetDataConfig):
+    """COCO instances (``detkd.data.coco``): ``ann_file`` / ``images_dir`` for training, ``val_ann_file`` /
+    ``val_images_dir`` for evaluation; short side ``img_size`` (``short``: multi-scale), long side <= ``max_long``
+    (mmdet's 1333 x 800); images without boxes are dropped from training (``drop_empty``)."""
+
+    name: str = "coco"
+    root: str = ""  # unused: the annotation files and image folders
+    ann_file: str = "data/coco/annotations/instances_train2017.json"
+    images_dir: str = "data/coco/train2017"
+    val_ann_file: str = "data/coco/annotations/instances_val2017.json"
+    val_images_dir: str = "data/coco/val2017"
+    img_size: int = 800  # short side
+    short: list[int] = field(default_factory=list)  # empty: [img_size]
+    max_long: int = 1333
+    drop_empty: bool = True
+    train_difficult: bool = False
+
+
+@dataclass
 class DetEvalConfig:
     """Evaluation of a detector on the val split of ``cfg.data`` with a registered evaluator."""
 

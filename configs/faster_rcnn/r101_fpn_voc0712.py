@@ -8,7 +8,7 @@ Frozen BN and stem + layer1 frozen (mmdet: norm_eval, frozen_stages=1; mmdet sti
 parameters, detkd freezes them as torchvision does). Test ``mmdet-600``: VOC07 11-point mAP. Reported: 82.27.
 Needs VOC2007 + VOC2012 at data/VOCdevkit and an ImageNet ResNet-101 at ``train.backbone_init``.
 """
-from detkd.config import DetDataConfig, DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig
+from detkd.config import DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig, VOCDataConfig
 from detkd.models.faster_rcnn import FasterRCNNConfig
 
 
@@ -17,7 +17,7 @@ def config() -> ExperimentConfig:
         name="faster_rcnn_r101_fpn_voc0712",
         model=FasterRCNNConfig.fpn(depth=101, num_classes=20, trainable_layers=3, rpn_box_beta=0.0,
                                    roi_box_beta=0.0),
-        data=DetDataConfig(name="voc", root="data/VOCdevkit", img_size=1000),
+        data=VOCDataConfig(roots=["data/VOCdevkit/VOC2007", "data/VOCdevkit/VOC2012"], img_size=600, max_long=1000),
         optim=OptimConfig(name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4),
         sched=ScheduleConfig(name="step", warmup_iters=200, warmup_factor=1e-3, milestones=[9], gamma=0.1),
         train=TrainConfig(epochs=12, batch_size=16, num_workers=4, log_every=50),

@@ -7,7 +7,7 @@ Test: ``jwyang-600`` (NMS 0.3 per class, 100 detections, score > 0), VOC07 test 
 Needs VOC2007 in VOCdevkit layout at data/VOCdevkit (see README) and ImageNet VGG16 at
 ``train.backbone_init`` (jwyang's caffe ``vgg16_caffe.pth``).
 """
-from detkd.config import DetDataConfig, DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig
+from detkd.config import DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig, VOCDataConfig
 from detkd.models.faster_rcnn import FasterRCNNConfig
 
 
@@ -15,7 +15,7 @@ def config() -> ExperimentConfig:
     return ExperimentConfig(
         name="faster_rcnn_vgg16_voc07",
         model=FasterRCNNConfig.vgg(depth=16, num_classes=20, vgg_frozen=10),
-        data=DetDataConfig(name="voc", root="data/VOCdevkit", img_size=600),
+        data=VOCDataConfig(roots=["data/VOCdevkit/VOC2007"], img_size=600, max_long=1000),
         optim=OptimConfig(name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, bias_lr_mult=2.0,
                           bias_weight_decay=0.0),
         sched=ScheduleConfig(name="step", milestones=[5], gamma=0.1),

@@ -12,4 +12,5 @@ def config():
     cfg.model.depth = 50
     cfg.train.epochs = 12
     cfg.sched.milestones = [8, 11]
+    cfg.data.short = []  # the 1x schedule trains single-scale, 1333 x 800
     return cfg

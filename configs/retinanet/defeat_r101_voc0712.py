@@ -7,7 +7,7 @@ mean/std, pad 32; batch 16, SGD lr 0.01, momentum 0.9, wd 1e-4, grad clip 35, li
 mode (mmdet frozen_stages=1, norm_eval). Test: ``mmdet-voc`` geometry, score 0.05, NMS 0.5, 100 detections; VOC07
 11-point mAP. Needs VOC2007 + VOC2012 at data/VOCdevkit and an ImageNet ResNet-101 (``train.backbone_init``).
 """
-from detkd.config import DetDataConfig, DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig
+from detkd.config import DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, TrainConfig, VOCDataConfig
 from detkd.models.retinanet import RetinaNetConfig
 
 
@@ -16,7 +16,7 @@ def config() -> ExperimentConfig:
         name="retinanet_r101_voc0712",
         model=RetinaNetConfig(depth=101, num_classes=20, label_base=1, frozen_stages=1, norm_eval=True,
                               detections_per_img=100),
-        data=DetDataConfig(name="voc", root="data/VOCdevkit", img_size=1000),
+        data=VOCDataConfig(roots=["data/VOCdevkit/VOC2007", "data/VOCdevkit/VOC2012"], img_size=600, max_long=1000),
         optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4),
         sched=ScheduleConfig(name="step", warmup_iters=500, warmup_factor=1e-3, milestones=[9], gamma=0.1),
         train=TrainConfig(epochs=12, batch_size=16, clip_grad=35.0, num_workers=4, log_every=50),
