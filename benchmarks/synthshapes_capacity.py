@@ -99,15 +99,25 @@ def table(rows: list[dict], settings: dict) -> list[str]:
 
 
 def merged(args, rows: list[dict]) -> list[dict]:
-    """``rows`` plus the earlier file's rows of every (family, role) not in ``rows``, in ``FAMILIES`` order."""
+    """``rows`` plus the earlier file's rows of every (family, role) not in ``rows``, in ``FAMILIES`` order; their
+    GFLOPs and latency come from the earlier markdown table (measured with their runs), else are measured now."""
     path = args.out_dir / f"{args.stem}.json"
     have = {(r["family"], r["role"]) for r in rows}
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    costs = {}
+    md = path.with_suffix(".md")
+    for line in md.read_text().splitlines() if md.is_file() else []:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[1] in ("student", "teacher"):
+            try:
+                costs[cells[0], cells[1]] = {"gflops": float(cells[7]), "latency_ms": float(cells[8])}
+            except ValueError:
+                continue
     for r in old:
         if (r["family"], r["role"]) in have or r["family"] not in FAMILIES:
             continue
         cfg = load_config(FAMILIES[r["family"]][0 if r["role"] == "student" else 1], overrides(args, "merge"))
-        cost = model_cost(build_model(cfg.model), cfg.data.img_size)
+        cost = costs.get((r["family"], r["role"])) or model_cost(build_model(cfg.model), cfg.data.img_size)
         rows.append({**r, "_gflops": cost["gflops"], "_latency_ms": cost["latency_ms"],
                      "_img_size": cfg.data.img_size, "_protocol": cfg.eval.protocol})
     order = {fam: i for i, fam in enumerate(FAMILIES)}
