@@ -36,11 +36,11 @@ from detkd.reporting import git_commit, markdown_table, write_results  # noqa: E
 
 G = GEN.G
 ASSETS = HERE.parent / "detkd" / "assets"
-PAIRS = {f"{m}/{d}": pair for (m, d), pair in G.PAIRS.items() if d != "faster_rcnn_vgg"}
+PAIRS = {f"{m}/{d}": pair for (m, d), pair in G.PAIRS.items()}
 PAIRS.update({name: G.Pair(cell.student, cell.distill) for name, cell in GEN.CELLS.items()})
 # the shipped teacher of each cell where the cell's teacher is exactly it (LD on RetinaNet adds a branch)
-TEACHERS = {"fgfi/faster_rcnn_fpn": "faster_rcnn_fpn", "defeat/faster_rcnn_fpn": "faster_rcnn_fpn",
-            "defeat/retinanet": "retinanet", "tdkd/gfl": "gfl"}
+TEACHERS = {"fgfi/faster_rcnn_vgg": "faster_rcnn_vgg", "fgfi/faster_rcnn_fpn": "faster_rcnn_fpn",
+            "defeat/faster_rcnn_fpn": "faster_rcnn_fpn", "defeat/retinanet": "retinanet", "tdkd/gfl": "gfl"}
 
 
 def result_files(results: Path, cell: str) -> tuple[Path, Path, str | None]:

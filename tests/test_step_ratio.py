@@ -19,7 +19,7 @@ def bench():
 
 def test_cells_are_the_kd_gain_cells_and_their_teachers_ship():
     b = bench()
-    assert set(b.PAIRS) == {"fgfi/faster_rcnn_fpn", "defeat/faster_rcnn_fpn", "defeat/retinanet", "tdkd/gfl",
+    assert set(b.PAIRS) == {"fgfi/faster_rcnn_vgg", "fgfi/faster_rcnn_fpn", "defeat/faster_rcnn_fpn", "defeat/retinanet", "tdkd/gfl",
                             "ld/retinanet"}
     for family in b.TEACHERS.values():
         assert (b.ASSETS / f"synthshapes_teacher_{family}.safetensors").is_file()
