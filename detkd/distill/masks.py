@@ -287,19 +287,22 @@ def vlr_diou(priors: Tensor, gts: Tensor, faithful: bool = True, eps: float = 1e
     denominator); ``faithful=False``: the true DIoU ``IoU − ρ²/c²``. ``ρ`` = centre distance, ``c`` = diagonal of
     the enclosing box; denominators clamped at ``eps`` (mmdet's convention).
     """
-    lt = torch.maximum(priors[:, None, :2], gts[None, :, :2])
-    rb = torch.minimum(priors[:, None, 2:], gts[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)  # [P, G]
-    area_p = (priors[:, 2:] - priors[:, :2]).prod(-1)  # [P]
-    area_g = (gts[:, 2:] - gts[:, :2]).prod(-1)  # [G]
+    # per coordinate ([P, 1] against [1, G]): the same arithmetic as on [P, G, 2] pairs, without the small
+    # last-axis reductions that dominate its cost on a dense head's priors
+    px1, py1, px2, py2 = (v[:, None] for v in priors.unbind(1))
+    gx1, gy1, gx2, gy2 = (v[None, :] for v in gts.unbind(1))
+    inter = (torch.minimum(px2, gx2) - torch.maximum(px1, gx1)).clamp(min=0) * (
+        torch.minimum(py2, gy2) - torch.maximum(py1, gy1)).clamp(min=0)  # [P, G]
+    area_p = (px2 - px1) * (py2 - py1)  # [P, 1]
+    area_g = (gx2 - gx1) * (gy2 - gy1)  # [1, G]
     if faithful:
-        overlap = inter / area_p[:, None].clamp(min=eps)
+        overlap = inter / area_p.clamp(min=eps)
     else:
-        overlap = inter / (area_p[:, None] + area_g[None, :] - inter).clamp(min=eps)
-    rho2 = (_centres(priors)[:, None, :] - _centres(gts)[None, :, :]).pow(2).sum(-1)
-    enc_lt = torch.minimum(priors[:, None, :2], gts[None, :, :2])
-    enc_rb = torch.maximum(priors[:, None, 2:], gts[None, :, 2:])
-    c2 = (enc_rb - enc_lt).pow(2).sum(-1).clamp(min=eps)
+        overlap = inter / (area_p + area_g - inter).clamp(min=eps)
+    pc, gc = _centres(priors), _centres(gts)
+    rho2 = (pc[:, None, 0] - gc[None, :, 0]).pow(2) + (pc[:, None, 1] - gc[None, :, 1]).pow(2)
+    c2 = ((torch.maximum(px2, gx2) - torch.minimum(px1, gx1)).pow(2)
+          + (torch.maximum(py2, gy2) - torch.minimum(py1, gy1)).pow(2)).clamp(min=eps)
     return overlap - rho2 / c2
 
 
