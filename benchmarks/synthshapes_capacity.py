@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that exist and "
                     "name the missing ones in the md")
     ap.add_argument("--merge", action="store_true", help="keep the rows of <out-dir>/<stem>.json for the families "
-                    "and roles not run now (their GFLOPs and latency re-measured from their configs)")
+                    "and roles not run now (their GFLOPs and latency from the earlier md table, else measured now)")
     ap.add_argument("--note", default="", help="a line for the md on how the runs were made (threads, load)")
     args = ap.parse_args()
     asked = [(fam, role) for fam in args.families for role in args.roles]

@@ -1,5 +1,4 @@
 """The demo's result structure and the kd_gain benchmark's pass/fail rule."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,15 +6,13 @@ import numpy as np
 import pytest
 
 from detkd.demo import PROTOCOLS, run_demo
+from tests._benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_kd_gain():
-    spec = importlib.util.spec_from_file_location("kd_gain", ROOT / "benchmarks" / "kd_gain_tdkd.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("kd_gain_tdkd")
 
 
 def per_model(tdkd, ctl, feat):

@@ -2,23 +2,14 @@
 mode refuses the shipped results dir (the end-to-end smoke run is `--smoke`, minutes on 2 cores: not here)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from detkd.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._benchmarks import load_benchmark
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("kd_gain_generalised", ROOT / "benchmarks" / "kd_gain_generalised.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("kd_gain_generalised")
 
 
 def test_cells_name_matching_configs(tmp_path):

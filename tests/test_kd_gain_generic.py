@@ -1,24 +1,16 @@
 """benchmarks/kd_gain_generic.py: the verdict arithmetic, the pair table, and a smoke run end to end (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from detkd.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._benchmarks import load_benchmark
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("kd_gain_generic", ROOT / "benchmarks" / "kd_gain_generic.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("kd_gain_generic")
 
 
 def test_verdict_uses_paired_gains_and_sample_std():

@@ -15,7 +15,8 @@ from detkd.experiment import build_train_set, build_val_set
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOC_MINI = SHARED / "voc_mini"
-need_voc = pytest.mark.skipif(not (VOC_MINI / "Annotations").is_dir(), reason=f"real VOC images not found at {VOC_MINI}")
+need_voc = pytest.mark.skipif(not (VOC_MINI / "Annotations").is_dir(),
+                              reason=f"real VOC images not found at {VOC_MINI}")
 
 VOC_CONFIGS = {  # config -> number of VOC roots (07 or 07+12)
     "faster_rcnn/vgg16_voc07": 1, "faster_rcnn/vgg11_voc07": 1, "fgfi/vgg16_to_vgg11_voc07": 1,

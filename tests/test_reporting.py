@@ -1,23 +1,16 @@
 """The one writer of benchmark result tables (detkd/reporting.py), checked against the committed results."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from detkd.reporting import kd_gain_table, markdown_table, mean_std, write_results
+from tests._benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_mean_std_and_tables():

@@ -1,26 +1,19 @@
 """benchmarks/step_ratio.py: its cells, and writing a measured ratio into the KD-gain result files."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._benchmarks import load_benchmark
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("step_ratio", ROOT / "benchmarks" / "step_ratio.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("step_ratio")
 
 
 def test_cells_are_the_kd_gain_cells_and_their_teachers_ship():
     b = bench()
-    assert set(b.PAIRS) == {"fgfi/faster_rcnn_vgg", "fgfi/faster_rcnn_fpn", "defeat/faster_rcnn_fpn", "defeat/retinanet", "tdkd/gfl",
-                            "ld/retinanet"}
+    assert set(b.PAIRS) == {"fgfi/faster_rcnn_vgg", "fgfi/faster_rcnn_fpn", "defeat/faster_rcnn_fpn",
+                            "defeat/retinanet", "tdkd/gfl", "ld/retinanet"}
     for family in b.TEACHERS.values():
         assert (b.ASSETS / f"synthshapes_teacher_{family}.safetensors").is_file()
 

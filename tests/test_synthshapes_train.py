@@ -13,6 +13,7 @@ from detkd.data.detection import DetectionDataset, DetRecord, ResizeConfig
 from detkd.data.synthshapes import SYNTHSHAPES_CLASSES, write_synthshapes
 from detkd.models.weights import save_model_file
 from detkd.registry import MODELS, TINY_CONFIGS, load_all
+from tests._benchmarks import load_benchmark
 
 runner = CliRunner()
 FAMILIES = ("faster_rcnn_vgg", "faster_rcnn_fpn", "retinanet", "gfl")
@@ -154,14 +155,7 @@ def test_train_export_detect_eval_end_to_end(family, shapes, tmp_path):
 
 
 def load_capacity_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthshapes_capacity.py"
-    spec = importlib.util.spec_from_file_location("synthshapes_capacity", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("synthshapes_capacity")
 
 
 def test_capacity_benchmark_pairs_and_table():

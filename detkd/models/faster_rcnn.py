@@ -27,8 +27,8 @@ Targets: ``boxes [N, 4]`` xyxy, ``labels [N]`` in 1..K. Boxes with ``x2 <= x1`` 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -306,9 +306,8 @@ def faster_rcnn_vgg_lite(**kw) -> FasterRCNN:
     """CPU-sized C4 model: VGG-11 at width 0.25 (128-channel conv5) with BatchNorm, 512-unit fc6/fc7, anchors
     32-128."""
     base = dict(name="faster_rcnn_vgg_lite", depth=11, width=0.25, hidden=512, vgg_frozen=0, vgg_bn=True,
-                normalize="imagenet",
-                anchor_sizes=[32, 64, 128], rpn_pre_nms=(2000, 1000), rpn_post_nms=(512, 300), roi_batch=128,
-                score_thresh=0.05, nms_thresh=0.5)
+                normalize="imagenet", anchor_sizes=[32, 64, 128], rpn_pre_nms=(2000, 1000), rpn_post_nms=(512, 300),
+                roi_batch=128, score_thresh=0.05, nms_thresh=0.5)
     return _build("vgg", {**base, **kw})
 
 
