@@ -73,8 +73,9 @@ class TrainConfig:
     ckpt_every_iters: int = 0  # also checkpoint every N iterations (0 = only at epoch ends)
     out_dir: str = "runs"
     init_weights: str = ""  # student initialisation (a detkd checkpoint, export, or safetensors)
-    # ImageNet trunk: the legacy MobileNetV1 .tar (a pickle: needs trust_pickle) or, for Faster R-CNN, a
-    # torchvision VGG / ResNet state dict or faster-rcnn.pytorch's caffe vgg16 (.pth read weights_only / .safetensors)
+    # ImageNet trunk: the legacy MobileNetV1 .tar (a pickle: needs trust_pickle); for Faster R-CNN a torchvision
+    # VGG / ResNet state dict or faster-rcnn.pytorch's caffe vgg16 (.pth read weights_only / .safetensors); for
+    # RetinaNet / GFL a torchvision ResNet state dict; for all of them a `detkd pretrain-trunk` SynthShapes trunk
     backbone_init: str = ""
     trust_pickle: bool = False  # explicit consent to torch.load(weights_only=False) on backbone_init
     deterministic: bool = True

@@ -188,6 +188,10 @@ def build_task(cfg: ExperimentConfig) -> nn.Module:
         from detkd.models.rcnn_weights import load_backbone_init
 
         load_backbone_init(student, cfg.train.backbone_init)
+    elif cfg.train.backbone_init and hasattr(getattr(student, "backbone", None), "body"):  # RetinaNet / GFL
+        from detkd.models.weights import load_resnet_trunk
+
+        load_resnet_trunk(student, cfg.train.backbone_init)
     elif cfg.train.backbone_init:
         from detkd.models.weights import load_backbone_imagenet
 

@@ -176,8 +176,8 @@ def load_backbone_init(model: nn.Module, path) -> list[str]:
     sd = backbone_state(model, load_state_file(path), path)
     want = model.state_dict()
     trunk = [k for k in want if (k.startswith("backbone.body.") if model.is_fpn else k.startswith("backbone."))]
-    if not model.is_fpn:
-        trunk += [k for k in want if k.startswith("roi_heads.box_head.")]
+    if not model.is_fpn and any(k.startswith("roi_heads.box_head.") for k in sd):  # fc6 / fc7 when the file has
+        trunk += [k for k in want if k.startswith("roi_heads.box_head.")]          # them (pretrain-trunk: no fc)
     has_nbt = any(k.endswith("num_batches_tracked") for k in sd)
     missing = [k for k in trunk if k not in sd and not (k.endswith("num_batches_tracked") and not has_nbt)]
     unexpected = [k for k in sd if k not in want and not k.endswith("num_batches_tracked")]

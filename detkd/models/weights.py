@@ -259,6 +259,20 @@ def import_retinaface_biubug6(src, activation: str, out, width: float = 0.25, an
     return save_model_file(model, out, source={"path": str(src.resolve()), "md5": md5sum(src)}, task="detection")
 
 
+def load_resnet_trunk(model: nn.Module, path) -> list[str]:
+    """Load a torchvision-layout ResNet state dict (``conv1``, ``bn1``, ``layer1..4``; ``fc.*`` ignored) into a
+    one-stage detector's ``backbone.body`` strictly: an ImageNet ResNet or a ``detkd pretrain-trunk`` file."""
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    if body is None:
+        raise ValueError(f"{path}: {type(model).__name__} has no ResNet trunk (backbone.body) to initialise")
+    sd = {k: v for k, v in load_state_file(path).items() if not k.startswith("fc.")}
+    if "conv1.weight" not in sd or not any(k.startswith("layer1.") for k in sd):
+        raise ValueError(f"{path}: not a torchvision ResNet state dict (conv1/layer1..4); first keys: {list(sd)[:5]}")
+    check_state(body, sd, path)
+    body.load_state_dict(sd, strict=True)
+    return sorted(sd)
+
+
 def load_backbone_imagenet(model: nn.Module, tar_path, trust: bool = False) -> None:
     """Load the ImageNet MobileNetV1 ``.tar`` (``module.stage*`` + ``module.fc.*``) into ``model.body``."""
     tar_path = Path(tar_path)
