@@ -516,6 +516,7 @@ def pretrain_trunk(
     width: float = typer.Option(0.25, help="channel scale of every stage, as the detector config's model.width"),
     scenes: int = typer.Option(4000, help="SynthShapes scenes (pretraining split) to cut object crops from"),
     epochs: int = typer.Option(12, help="classifier epochs over the crops"),
+    size: int = typer.Option(64, help="crop side in px"),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.1, help="peak SGD learning rate (warm-up, then cosine decay)"),
     preset: str = typer.Option("cpu", help="SynthShapes knob set the scenes are drawn with"),
@@ -529,8 +530,8 @@ def pretrain_trunk(
     classifier. Example: detkd pretrain-trunk runs/trunks/r18_w025.safetensors --width 0.25"""
     from detkd.pretrain_trunk import PretrainConfig, TrunkSpec, save_trunk, shape_crops, train_trunk
 
-    spec, cfg = TrunkSpec(arch, depth, width), PretrainConfig(scenes=scenes, epochs=epochs, batch_size=batch_size,
-                                                              lr=lr, preset=preset, seed=seed)
+    spec, cfg = TrunkSpec(arch, depth, width), PretrainConfig(scenes=scenes, epochs=epochs, size=size,
+                                                              batch_size=batch_size, lr=lr, preset=preset, seed=seed)
     if out.suffix != ".safetensors":
         _fail(f"{out}: the output must end in .safetensors")
     try:

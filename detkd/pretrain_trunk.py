@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from detkd.data.synthshapes import SYNTHSHAPES_CLASSES, preset_config, render_scene
 
+ASSETS = Path(__file__).resolve().parent / "assets"
 PRETRAIN_SPLIT = 2  # the scene seed index of the crops (train 0, val 1)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -246,5 +247,15 @@ def save_trunk(net: nn.Module, card: dict, out) -> Path:
     return out
 
 
-__all__ = ["CLASSES", "PretrainConfig", "TrunkSpec", "accuracy", "save_trunk", "shape_crops", "train_trunk",
+def shipped_trunk(name: str) -> str:
+    """Path of a shipped SynthShapes trunk, ``detkd/assets/synthshapes_trunk_<name>.safetensors`` (``r18_w025``,
+    ``r18_w05``, ``vgg11_w025``, ``vgg16_w0375``); the configs' ``train.backbone_init``."""
+    path = ASSETS / f"synthshapes_trunk_{name}.safetensors"
+    if not path.is_file():
+        have = sorted(p.stem.removeprefix("synthshapes_trunk_") for p in ASSETS.glob("synthshapes_trunk_*.safetensors"))
+        raise FileNotFoundError(f"{path}: no shipped trunk {name!r} (shipped: {', '.join(have) or 'none'})")
+    return str(path)
+
+
+__all__ = ["shipped_trunk", "CLASSES", "PretrainConfig", "TrunkSpec", "accuracy", "save_trunk", "shape_crops", "train_trunk",
            "trunk_state"]

@@ -161,13 +161,19 @@ def load_capacity_benchmark():
 def test_capacity_benchmark_pairs_and_table():
     """Each family's teacher and student share data, optimiser, schedule, epochs and test; the table states the
     gap and the bar; a committed result file has exactly the promised row keys (fractions)."""
+    from dataclasses import replace
+
     from detkd.config import load_config
 
     bench = load_capacity_benchmark()
     assert set(bench.FAMILIES) == set(FAMILIES)
     for student, teacher in bench.FAMILIES.values():
         s, t = load_config(student), load_config(teacher)
-        assert (s.data, s.optim, s.sched, s.train, s.eval) == (t.data, t.optim, t.sched, t.train, t.eval)
+        assert (s.data, s.optim, s.sched, s.eval) == (t.data, t.optim, t.sched, t.eval)
+        # the same training recipe; each starts from the SynthShapes-pretrained trunk of its own width
+        assert replace(s.train, backbone_init="") == replace(t.train, backbone_init="")
+        if s.train.backbone_init:
+            assert t.train.backbone_init and s.train.backbone_init != t.train.backbone_init
         assert s.eval.also == ["coco"] and s.eval.protocol == f"torchvision-{s.data.img_size}" and s.model != t.model
     rows = [{"family": "gfl", "role": r, "model": m, "epochs": 2, "voc07_map": v, "coco_ap": v / 2,
              "params": p, "train_s": 10.0, "_gflops": 1.0, "_latency_ms": 5.0}

@@ -6,6 +6,7 @@ Needs SynthShapes (generated under ``data.root`` on first use)."""
 from detkd.config import (DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, SynthShapesDataConfig,
                           TrainConfig)
 from detkd.models.retinanet import RetinaNetConfig
+from detkd.pretrain_trunk import shipped_trunk
 
 
 def config() -> ExperimentConfig:
@@ -16,6 +17,7 @@ def config() -> ExperimentConfig:
         data=SynthShapesDataConfig(root="data/synthshapes_cpu", preset="cpu", img_size=256, max_long=384),
         optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4),
         sched=ScheduleConfig(name="cosine", warmup_iters=100, min_lr_factor=0.01),
-        train=TrainConfig(epochs=6, batch_size=8, clip_grad=10.0, log_every=20),
+        train=TrainConfig(epochs=6, batch_size=8, clip_grad=10.0, log_every=20,
+                          backbone_init=shipped_trunk("r18_w025")),
         eval=DetEvalConfig(evaluator="voc", protocol="torchvision-256", also=["coco"]),
     )
