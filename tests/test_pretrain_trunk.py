@@ -93,3 +93,23 @@ def test_not_a_resnet_file_is_refused(tmp_path):
                                   gn_groups=8))
     with pytest.raises(ValueError, match="not a torchvision ResNet"):
         load_resnet_trunk(model, tmp_path / "v.safetensors")
+
+
+def test_shipped_trunks_exist_with_cards_and_unknown_names_fail():
+    from detkd.pretrain_trunk import shipped_trunk
+
+    for name, width in (("r18_w025", 0.25), ("r18_w05", 0.5), ("vgg11_w025", 0.25)):
+        with open(shipped_trunk(name).replace(".safetensors", ".json")) as f:
+            card = json.load(f)
+        assert card["trunk"]["width"] == width and card["val_acc"] > card["chance"]
+    with pytest.raises(FileNotFoundError, match="no shipped trunk 'r50'.*r18_w025"):
+        shipped_trunk("r50")
+
+
+def test_cli_refuses_an_output_that_is_not_safetensors(tmp_path):
+    from typer.testing import CliRunner
+
+    from detkd.cli import app
+
+    res = CliRunner().invoke(app, ["pretrain-trunk", str(tmp_path / "t.pt")])
+    assert res.exit_code == 2 and "must end in .safetensors" in res.output

@@ -1,7 +1,8 @@
 """CPU-sized Faster R-CNN student on SynthShapes (12 classes): ResNet-18 at quarter width (``model.width=0.25``),
-64-channel FPN, 256-unit two-fc box head, trainable BN, anchors 16-256; 256 short side (long side <= 384) on the
-``cpu`` preset, 6 epochs of SGD with warm-up and cosine decay, VOC07 mAP with the ``torchvision-256`` test. Its
-teacher is ``faster_rcnn/fpn_r18_half_teacher_synthshapes``. Needs SynthShapes (generated on first use)."""
+initialised from the shipped SynthShapes-pretrained trunk (``synthshapes_trunk_r18_w025``, ``detkd
+pretrain-trunk``), 64-channel FPN, 256-unit two-fc box head, trainable BN, anchors 16-256; 256 short side (long side
+<= 384) on the ``cpu`` preset, 6 epochs of SGD with warm-up and cosine decay, VOC07 mAP with the ``torchvision-256``
+test. Its teacher is ``faster_rcnn/fpn_r18_half_teacher_synthshapes``. Needs SynthShapes (generated on first use)."""
 from detkd.config import (DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, SynthShapesDataConfig,
                           TrainConfig)
 from detkd.models.faster_rcnn import FasterRCNNConfig

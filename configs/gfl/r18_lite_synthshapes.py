@@ -1,9 +1,10 @@
 """CPU-sized GFL student on SynthShapes (12 shape classes): ResNet-18 at quarter width (``model.width=0.25``),
-64-channel FPN, 2-conv GN towers with 16 groups, trainable BN and stem; 256 short side (long side <= 384), 6 epochs,
-about 1.1M parameters. Everything else is GFL's (QFL / DFL reg_max 16 / GIoU, ATSS top 9, 8 x stride priors).
-Sized so that a run takes about a quarter of an hour on 2 CPU cores (benchmarks/results/synthshapes_capacity.md
-has the measured time); its teacher is ``gfl/r18_half_teacher_synthshapes``. Needs SynthShapes (generated under
-``data.root`` on first use)."""
+initialised from the shipped SynthShapes-pretrained trunk (``detkd/assets/synthshapes_trunk_r18_w025``, made by
+``detkd pretrain-trunk``: the stand-in for ImageNet), 64-channel FPN, 2-conv GN towers with 16 groups, trainable BN
+and stem; 256 short side (long side <= 384), 6 epochs, about 1.1M parameters. Everything else is GFL's (QFL / DFL
+reg_max 16 / GIoU, ATSS top 9, 8 x stride priors). Sized so that a run takes about a quarter of an hour on 2 CPU
+cores (benchmarks/results/synthshapes_capacity.md has the measured time); its teacher is
+``gfl/r18_half_teacher_synthshapes``. Needs SynthShapes (generated under ``data.root`` on first use)."""
 from detkd.config import (DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, SynthShapesDataConfig,
                           TrainConfig)
 from detkd.models.gfl import GFLConfig

@@ -1,8 +1,9 @@
 """CPU-sized RetinaNet student on SynthShapes (12 shape classes): ResNet-18 at quarter width (``model.width=0.25``),
-64-channel FPN, 2-conv towers, trainable BN, anchors 16-256 on P3-P7; 256 short side (long side <= 384) on the
-``cpu`` preset, 6 epochs. Plain SGD with warm-up and cosine decay. Its teacher is
-``retinanet/r18_half_teacher_synthshapes``; benchmarks/results/synthshapes_capacity.md has both measured.
-Needs SynthShapes (generated under ``data.root`` on first use)."""
+initialised from the shipped SynthShapes-pretrained trunk (``synthshapes_trunk_r18_w025``, ``detkd
+pretrain-trunk``), 64-channel FPN, 2-conv towers, trainable BN, anchors 16-256 on P3-P7; 256 short side (long side
+<= 384) on the ``cpu`` preset, 6 epochs. Plain SGD with warm-up and cosine decay. Its teacher is
+``retinanet/r18_half_teacher_synthshapes``; benchmarks/results/synthshapes_capacity.md has both measured. Needs
+SynthShapes (generated under ``data.root`` on first use)."""
 from detkd.config import (DetEvalConfig, ExperimentConfig, OptimConfig, ScheduleConfig, SynthShapesDataConfig,
                           TrainConfig)
 from detkd.models.retinanet import RetinaNetConfig
