@@ -226,7 +226,7 @@ def run_seed(name: str, cell: Cell, args, data, size: list[str], seed: int, teac
     exports = {"baseline": baseline}
     f_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
     if args.finetune_iters and not args.smoke:
-        f_len.append(f"train.max_iters={args.finetune_iters}")
+        f_len += [f"train.max_iters={args.finetune_iters}", f"sched.total_iters={args.finetune_iters}"]
     for row, cfg in finetunes(cell, s_out, seed, baseline, teacher, [*size, *f_len]).items():
         exports[row] = G.train_export(cfg, data)
     record = {row: evaluate(w, protocol, data) for row, w in exports.items()}
@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baseline-epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--finetune-iters", type=int, default=0, help=">0: every fine-tune stops after N iterations "
-                    "(the cosine schedule still spans --finetune-epochs)")
+                    "and its cosine schedule decays over those N (sched.total_iters; runs before 2026-12-07 18:20 "
+                    "cut a --finetune-epochs cosine at N instead)")
     ap.add_argument("--data-root", type=Path, default=None, help="SynthShapes root (default: the configs' own)")
     ap.add_argument("--n-train", type=int, default=1500)
     ap.add_argument("--n-val", type=int, default=500)
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
               "commit": git_commit()}
     base = ("the given baselines (" + ", ".join(f"{c}: {p}" for c, p in args.baseline_weights.items()) + ")"
             if args.baseline_weights else f"baseline {args.baseline_epochs} epochs from scratch per seed")
-    length = (f"{args.finetune_iters} iterations of a {args.finetune_epochs}-epoch cosine schedule"
+    length = (f"{args.finetune_iters}-iteration cosine schedules (sched.total_iters)"
               if args.finetune_iters else f"{args.finetune_epochs} epochs")
     schedule = ("smoke: 2 iterations per stage" if args.smoke else
                 f"teachers {args.teacher_epochs} epochs unless given (a given teacher's added branch trained "

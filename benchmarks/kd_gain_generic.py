@@ -327,7 +327,7 @@ def run_seed(args, pair: Pair, data: Data, seed: int, teacher: Path, size: list[
     exports = {"baseline": baseline}
     ft_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
     if args.finetune_iters and not args.smoke:
-        ft_len.append(f"train.max_iters={args.finetune_iters}")
+        ft_len += [f"train.max_iters={args.finetune_iters}", f"sched.total_iters={args.finetune_iters}"]
     for name, cfg in finetune_configs(pair, out, seed, baseline, teacher, [*size, *ft_len],
                                       args.method_override).items():
         if args.share_from and name != "distilled":
@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "shipped detkd/assets/synthshapes_baseline_<detector>.safetensors) fine-tuned by every seed, "
                     "instead of a baseline trained per seed")
     ap.add_argument("--finetune-iters", type=int, default=0, help=">0: every fine-tune stops after N iterations "
-                    "(the cosine schedule still spans --finetune-epochs)")
+                    "and its cosine schedule decays over those N (sched.total_iters; runs before 2026-12-07 18:20 "
+                    "cut a --finetune-epochs cosine at N instead)")
     ap.add_argument("--share-from", default=None, metavar="METHOD", help="take the control and feat runs of each "
                     "seed from this other method's records on the same detector (same baseline, seed and schedule: "
                     "the same runs) instead of training them again; feat's taps must be the same")
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
               "step_ratio": timing["ratio"], "wall_s": time.time() - t_start}
     base = (f"the baseline {args.baseline_weights} (shared by every seed)" if args.baseline_weights else
             f"baseline {args.baseline_epochs} epochs from scratch per seed")
-    length = (f"{args.finetune_iters} iterations of a {args.finetune_epochs}-epoch cosine schedule"
+    length = (f"{args.finetune_iters}-iteration cosine schedules (sched.total_iters)"
               if args.finetune_iters else f"{args.finetune_epochs} epochs")
     schedule = ("smoke: 2 iterations per stage" if args.smoke else
                 f"{base}, then {length} per fine-tune (no warm-up), data {data.root} (preset {data.preset})"

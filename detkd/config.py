@@ -54,6 +54,7 @@ class ScheduleConfig:
     milestones: list[float] = field(default_factory=list)
     gamma: float = 0.1
     min_lr_factor: float = 0.0
+    total_iters: int = 0  # cosine: the length it decays over, in iterations (0: epochs x iterations per epoch)
 
 
 @dataclass
@@ -428,6 +429,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sched.warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "sched.gamma": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
     "sched.min_lr_factor": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "sched.total_iters": (lambda v: v >= 0, ">= 0 (0: epochs x iterations per epoch)"),
     "sched.milestones": (lambda v: all(m >= 0 for m in v), "epochs >= 0"),
     "data.img_size": (lambda v: not isinstance(v, int) or v >= 1, ">= 1"),
 }

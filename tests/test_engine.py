@@ -82,6 +82,9 @@ def test_cosine_reaches_min_factor_and_warmup_multiplies():
     assert lr_factor(cfg, 25, 10, 2) == pytest.approx(0.05)
     warm = ScheduleConfig(name="cosine", warmup_iters=10, warmup_factor=0.0)
     assert lr_factor(warm, 5, 10, 2) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 5 / 20)))
+    short = ScheduleConfig(name="cosine", min_lr_factor=0.05, total_iters=12)  # decays over 12, not 2 x 10
+    assert lr_factor(short, 6, 10, 2) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_factor(short, 12, 10, 2) == pytest.approx(0.05)
 
 
 def test_unknown_schedule_and_optimizer_names_fail_clearly():

@@ -85,7 +85,7 @@ def lr_factor(cfg: Any, it: int, iters_per_epoch: int, epochs: int) -> float:
     if cfg.name == "step":
         main = cfg.gamma ** sum(it >= m for m in milestone_iters(cfg.milestones, iters_per_epoch))
     elif cfg.name == "cosine":
-        total = max(1, epochs * iters_per_epoch)
+        total = max(1, getattr(cfg, "total_iters", 0) or epochs * iters_per_epoch)
         t = min(it, total) / total
         main = cfg.min_lr_factor + (1.0 - cfg.min_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
     elif cfg.name == "constant":
