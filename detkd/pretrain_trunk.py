@@ -196,8 +196,11 @@ def train_trunk(spec: TrunkSpec, cfg: PretrainConfig, crops: tuple[np.ndarray, n
                           lr=cfg.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = max(1, len(xt) // cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, min(200, steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+
+    def factor(s: int) -> float:  # linear warm-up, then cosine to zero
+        return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
     for epoch in range(cfg.epochs):
@@ -257,5 +260,5 @@ def shipped_trunk(name: str) -> str:
     return str(path)
 
 
-__all__ = ["shipped_trunk", "CLASSES", "PretrainConfig", "TrunkSpec", "accuracy", "save_trunk", "shape_crops", "train_trunk",
-           "trunk_state"]
+__all__ = ["CLASSES", "PretrainConfig", "TrunkSpec", "accuracy", "save_trunk", "shape_crops", "shipped_trunk",
+           "train_trunk", "trunk_state"]

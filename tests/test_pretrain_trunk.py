@@ -98,7 +98,7 @@ def test_not_a_resnet_file_is_refused(tmp_path):
 def test_shipped_trunks_exist_with_cards_and_unknown_names_fail():
     from detkd.pretrain_trunk import shipped_trunk
 
-    for name, width in (("r18_w025", 0.25), ("r18_w05", 0.5), ("vgg11_w025", 0.25)):
+    for name, width in (("r18_w025", 0.25), ("r18_w05", 0.5), ("vgg11_w025", 0.25), ("vgg16_w0375", 0.375)):
         with open(shipped_trunk(name).replace(".safetensors", ".json")) as f:
             card = json.load(f)
         assert card["trunk"]["width"] == width and card["val_acc"] > card["chance"]
