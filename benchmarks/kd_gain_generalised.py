@@ -277,8 +277,10 @@ def markdown(result: dict, schedule: str, smoke: bool) -> list[str]:
                      *(G.fmt(res["voc07_map"][r]) for r in RUNS)])
         m = name.split("/")[0]
         t, b = res["teacher"], res["baseline"]
+        kept = (f" Kept from the earlier run at commit {res['kept_from'][:8]} (its own teacher, baseline and "
+                "schedule; not re-run with this one's)." if res.get("kept_from") else "")
         lines += [f"## {name}", "", f"Teacher `{res['teacher_weights']}`: AP {100 * t['coco_ap']:.2f}, VOC07 mAP "
-                  f"{100 * t['voc07_map']:.2f}; baseline AP {G.fmt(b['coco_ap'])}, mAP {G.fmt(b['voc07_map'])}.", "",
+                  f"{100 * t['voc07_map']:.2f}; baseline AP {G.fmt(b['coco_ap'])}, mAP {G.fmt(b['voc07_map'])}.{kept}", "",
                   *markdown_table(
             ["seed", "control AP", f"{m} AP", "feat AP", "control AP75", f"{m} AP75", "feat AP75",
              "control mAP", f"{m} mAP", "feat mAP"], rows)]
@@ -303,6 +305,8 @@ def _cell_path(text: str) -> tuple[str, Path]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--keep-other-cells", action="store_true", help="keep the results file's rows of the cells not "
+                    "run now (marked kept_from: that run's commit)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seed-list", type=int, nargs="+", help="run only these seeds of the cells and save their "
                     "records (one process per core); a last call with --seeds ... --reuse merges and writes")
@@ -349,6 +353,12 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     result = {"metric": "coco_ap", "seeds": list(args.seeds), "cells": cells, "wall_s": time.time() - t0,
               "commit": git_commit()}
+    earlier = args.results_dir / "kd_gain_generalised.json"
+    if args.keep_other_cells and earlier.is_file():  # the cells not run now, as the file had them
+        have = json.loads(earlier.read_text())
+        kept = {c: {**r, "kept_from": have.get("commit", "an earlier run")}
+                for c, r in have.get("cells", {}).items() if c not in cells}
+        result["cells"] = {**kept, **cells}
     base = ("the given baselines (" + ", ".join(f"{c}: {p}" for c, p in args.baseline_weights.items()) + ")"
             if args.baseline_weights else f"baseline {args.baseline_epochs} epochs from scratch per seed")
     length = (f"{args.finetune_iters}-iteration cosine schedules (sched.total_iters)"
