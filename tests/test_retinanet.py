@@ -59,6 +59,21 @@ def test_light_retinanet_fills_detoutput():
     assert plain.assign is None and not plain.losses and plain.dets is None
 
 
+def test_gn_head_matches_torchvision_v2_layout_and_trains():
+    """``head_gn_groups``: GroupNorm after every tower conv, no conv bias (torchvision's ``_v2`` head keys)."""
+    from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+
+    m = light(head_gn_groups=8).train()
+    tower = m.head.classification_head.conv
+    assert isinstance(tower[0][1], nn.GroupNorm) and tower[0][0].bias is None
+    tv = RetinaNetClassificationHead(32, 9, 3, norm_layer=lambda c: nn.GroupNorm(8, c))
+    ours = {k.removeprefix("head.classification_head.") for k in m.state_dict() if ".classification_head.conv." in k}
+    assert ours == {k for k in tv.state_dict() if k.startswith("conv.0.")}  # one conv per tower here
+    out = m(torch.rand(2, 3, 128, 160) * 255, targets())
+    sum(out.losses.values()).backward()
+    assert tower[0][1].weight.grad is not None and torch.isfinite(tower[0][1].weight.grad).all()
+
+
 def test_losses_equal_torchvision_compute_loss():
     """Same head outputs and anchors through torchvision's own compute_loss gives the same numbers."""
     m = light(num_classes=4, label_base=0).train()

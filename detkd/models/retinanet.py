@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,7 @@ class RetinaNetConfig:
     width: float = 1.0  # ResNet channel scale (CPU-sized light variants; 1.0 = torchvision's trunk)
     dist_reg_max: int = 0  # > 0 adds the box-distribution branch (head key "box_dist", bins 0..dist_reg_max; LD)
     dfl_weight: float = 0.25  # weight of the branch's DFL (GFL's)
+    head_gn_groups: int = 0  # > 0: GroupNorm after every tower conv (torchvision's retinanet_resnet50_fpn_v2 head)
 
 
 def default_anchor_generator(bases) -> AnchorGenerator:
@@ -96,15 +98,17 @@ def default_anchor_generator(bases) -> AnchorGenerator:
 class Tower(nn.Module):
     """torchvision's RetinaNet sub-head layout: ``conv`` (``n`` x conv3x3 + ReLU) then the predictor ``name``."""
 
-    def __init__(self, channels: int, out: int, n: int, name: str, bias: float = 0.0):
+    def __init__(self, channels: int, out: int, n: int, name: str, bias: float = 0.0, gn_groups: int = 0):
         super().__init__()
-        self.conv = nn.Sequential(*[Conv2dNormActivation(channels, channels, norm_layer=None) for _ in range(n)])
+        norm = partial(nn.GroupNorm, gn_groups) if gn_groups else None  # torchvision's v2 head: GN, no conv bias
+        self.conv = nn.Sequential(*[Conv2dNormActivation(channels, channels, norm_layer=norm) for _ in range(n)])
         setattr(self, name, nn.Conv2d(channels, out, 3, 1, 1))
         self.pred_name = name
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
-                nn.init.constant_(m.bias, 0.0)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0.0)
         nn.init.constant_(getattr(self, name).bias, bias)
 
     def forward(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -120,11 +124,11 @@ class RetinaNetHead(nn.Module):
     tower's output predicting ``4 * dist_bins`` distribution logits per anchor (init as the other predictors)."""
 
     def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int = 4, prior: float = 0.01,
-                 dist_bins: int = 0):
+                 dist_bins: int = 0, gn_groups: int = 0):
         super().__init__()
         self.classification_head = Tower(channels, num_anchors * num_classes, num_convs, "cls_logits",
-                                         -math.log((1 - prior) / prior))
-        self.regression_head = Tower(channels, num_anchors * 4, num_convs, "bbox_reg")
+                                         -math.log((1 - prior) / prior), gn_groups)
+        self.regression_head = Tower(channels, num_anchors * 4, num_convs, "bbox_reg", gn_groups=gn_groups)
         if dist_bins:
             self.regression_head.bbox_dist = nn.Conv2d(channels, num_anchors * 4 * dist_bins, 3, 1, 1)
             nn.init.normal_(self.regression_head.bbox_dist.weight, std=0.01)
@@ -144,7 +148,7 @@ class RetinaNet(DenseDetector):
             raise ValueError(f"retinanet: dist_reg_max={cfg.dist_reg_max}; use 0 (no distribution branch) or > 0")
         bins = cfg.dist_reg_max + 1 if cfg.dist_reg_max else 0
         self.head = head if head is not None else RetinaNetHead(cfg.fpn_channels, a, cfg.num_classes, cfg.num_convs,
-                                                                dist_bins=bins)
+                                                                dist_bins=bins, gn_groups=cfg.head_gn_groups)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -316,10 +320,11 @@ def retinanet(*, depth: int = 50, num_classes: int = 91, label_base: int = 1, fp
               focal_alpha: float = 0.25, focal_gamma: float = 2.0, frozen_stages: int = 0, norm_eval: bool = False,
               score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_candidates: int = 1000,
               detections_per_img: int = 300, width: float = 1.0, dist_reg_max: int = 0,
-              dfl_weight: float = 0.25) -> RetinaNet:
+              dfl_weight: float = 0.25, head_gn_groups: int = 0) -> RetinaNet:
     """RetinaNet ResNet-FPN (torchvision ``retinanet_resnet50_fpn`` layout at the defaults; random init);
-    ``dist_reg_max > 0`` adds the box-distribution branch (see the module docstring)."""
+    ``dist_reg_max > 0`` adds the box-distribution branch (see the module docstring); ``head_gn_groups > 0`` puts
+    GroupNorm in the towers (the ``_v2`` head)."""
     return RetinaNet(RetinaNetConfig(
         "retinanet", depth, num_classes, label_base, fpn_channels, num_convs, tuple(anchor_base), fg_iou, bg_iou,
         focal_alpha, focal_gamma, frozen_stages, norm_eval, score_thresh, nms_thresh, topk_candidates,
-        detections_per_img, width, dist_reg_max, dfl_weight))
+        detections_per_img, width, dist_reg_max, dfl_weight, head_gn_groups))
