@@ -28,7 +28,9 @@ def _strings(obj):
         yield obj
 
 
-@pytest.mark.parametrize("card_file", sorted(ASSETS.glob("*.json")), ids=lambda p: p.stem)
+# every shipped model card (the pretrained trunks' detkd-trunk cards: tests/test_pretrain_trunk.py)
+@pytest.mark.parametrize("card_file", [p for p in sorted(ASSETS.glob("*.json"))
+                                       if not p.stem.startswith("synthshapes_trunk_")], ids=lambda p: p.stem)
 def test_shipped_cards_are_current_and_store_no_import_path(card_file):
     raw = json.loads(card_file.read_text())
     assert raw["format"] == CARD_FORMAT and raw["weights"] == card_file.with_suffix(".safetensors").name
