@@ -32,11 +32,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detkd.data.synthshapes import SYNTHSHAPES_CLASSES, preset_config, render_scene
+from detkd.models.gfl import MMDET_MEAN, MMDET_STD  # ImageNet mean / std on 0..255, as the detectors normalise
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PRETRAIN_SPLIT = 2  # the scene seed index of the crops (train 0, val 1)
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 CLASSES = ("none", *SYNTHSHAPES_CLASSES)
 
 
@@ -161,11 +160,11 @@ def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
     return torch.rot90(x, int(torch.randint(4, (), generator=gen)), (2, 3))
 
 
+_MEAN, _STD = torch.tensor(MMDET_MEAN).view(1, 3, 1, 1), torch.tensor(MMDET_STD).view(1, 3, 1, 1)
+
+
 def _normalise(x: np.ndarray) -> Tensor:
-    t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (t - mean) / std
+    return (torch.from_numpy(x).permute(0, 3, 1, 2).float() - _MEAN) / _STD
 
 
 @torch.no_grad()
@@ -190,8 +189,8 @@ def train_trunk(spec: TrunkSpec, cfg: PretrainConfig, crops: tuple[np.ndarray, n
     n_val = int(round(len(x) * cfg.val_frac))
     xt, yt, xv, yv = x[:-n_val or None], y[:-n_val or None], x[len(x) - n_val:], y[len(y) - n_val:]
     net = spec.build()
-    decay = [p for n, p in net.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in net.named_parameters() if p.ndim <= 1]
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay}],
                           lr=cfg.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = max(1, len(xt) // cfg.batch_size)
