@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from detkd.config import ExperimentConfig, load_config
+from detkd.pretrain_trunk import trunk_for
 from detkd.reporting import git_commit, markdown_table, write_results
 
 HERE = Path(__file__).resolve().parent
@@ -119,6 +120,7 @@ def teacher_config(cell: Cell, overrides: list[str]) -> ExperimentConfig:
     """The student config training the cell's teacher architecture (``distill.teacher`` of the cell's config)."""
     cfg = load_config(cell.student, overrides)
     cfg.model = load_config(cell.distill).distill.teacher
+    cfg.train.backbone_init = trunk_for(cfg.model)  # the student's trunk file does not fit the teacher's width
     return cfg
 
 
@@ -224,9 +226,7 @@ def run_seed(name: str, cell: Cell, args, data, size: list[str], seed: int, teac
         baseline = G.train_export(load_config(cell.student, [*G.common_overrides(s_out, seed, [*size, *b_len]),
                                                              *cell.model, "name=baseline"]), data)
     exports = {"baseline": baseline}
-    f_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
-    if args.finetune_iters and not args.smoke:
-        f_len += [f"train.max_iters={args.finetune_iters}", f"sched.total_iters={args.finetune_iters}"]
+    f_len = G.finetune_length(args)[0]
     for row, cfg in finetunes(cell, s_out, seed, baseline, teacher, [*size, *f_len]).items():
         exports[row] = G.train_export(cfg, data)
     record = {row: evaluate(w, protocol, data) for row, w in exports.items()}
@@ -361,8 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["cells"] = {**kept, **cells}
     base = ("the given baselines (" + ", ".join(f"{c}: {p}" for c, p in args.baseline_weights.items()) + ")"
             if args.baseline_weights else f"baseline {args.baseline_epochs} epochs from scratch per seed")
-    length = (f"{args.finetune_iters}-iteration cosine schedules (sched.total_iters)"
-              if args.finetune_iters else f"{args.finetune_epochs} epochs")
+    length = G.finetune_length(args)[1]
     schedule = ("smoke: 2 iterations per stage" if args.smoke else
                 f"teachers {args.teacher_epochs} epochs unless given (a given teacher's added branch trained "
                 f"{args.branch_iters} steps), {base}, then {length} per fine-tune (no warm-up), data {data.root} "

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from detkd.config import ExperimentConfig, load_config
+from detkd.pretrain_trunk import trunk_for
 from detkd.reporting import git_commit, markdown_table, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,6 +112,18 @@ def train_export(cfg: ExperimentConfig, data: Data) -> Path:
     export_student(cfg.run_dir, export)
     print(f"[kd_gain] {cfg.name}: {time.time() - t0:.0f}s -> {export}", flush=True)
     return export
+
+
+def finetune_length(args) -> tuple[list[str], str]:
+    """The fine-tunes' length overrides and their description: ``--finetune-epochs``, or with ``--finetune-iters N``
+    a stop after N iterations whose cosine decays over those N (``sched.total_iters``)."""
+    if args.smoke:
+        return [], ""
+    if args.finetune_iters:
+        n = args.finetune_iters
+        return ([f"train.epochs={args.finetune_epochs}", f"train.max_iters={n}", f"sched.total_iters={n}"],
+                f"{n}-iteration cosine schedules (sched.total_iters)")
+    return [f"train.epochs={args.finetune_epochs}"], f"{args.finetune_epochs} epochs"
 
 
 def common_overrides(out: Path, seed: int, extra: list[str]) -> list[str]:
@@ -325,9 +338,7 @@ def run_seed(args, pair: Pair, data: Data, seed: int, teacher: Path, size: list[
                                               *([] if args.smoke else [f"train.epochs={args.baseline_epochs}"])])
         baseline = train_export(base_cfg, data)
     exports = {"baseline": baseline}
-    ft_len = [] if args.smoke else [f"train.epochs={args.finetune_epochs}"]
-    if args.finetune_iters and not args.smoke:
-        ft_len += [f"train.max_iters={args.finetune_iters}", f"sched.total_iters={args.finetune_iters}"]
+    ft_len = finetune_length(args)[0]
     for name, cfg in finetune_configs(pair, out, seed, baseline, teacher, [*size, *ft_len],
                                       args.method_override).items():
         if args.share_from and name != "distilled":
@@ -420,6 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke and teacher is None:  # a 2-iteration teacher: the pipeline needs one, its quality is irrelevant
         tcfg = load_config(pair.student, [*common_overrides(args.out, 0, size), "name=smoke_teacher"])
         tcfg.model = load_config(pair.distill).distill.teacher
+        tcfg.train.backbone_init = trunk_for(tcfg.model)  # the student's trunk file does not fit the teacher
         made = tcfg.run_dir / "student.safetensors"
         teacher = made if made.is_file() else train_export(tcfg, data)  # a --reuse call keeps the first one
     if teacher is None or not Path(teacher).is_file():
@@ -444,8 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
               "step_ratio": timing["ratio"], "wall_s": time.time() - t_start}
     base = (f"the baseline {args.baseline_weights} (shared by every seed)" if args.baseline_weights else
             f"baseline {args.baseline_epochs} epochs from scratch per seed")
-    length = (f"{args.finetune_iters}-iteration cosine schedules (sched.total_iters)"
-              if args.finetune_iters else f"{args.finetune_epochs} epochs")
+    length = finetune_length(args)[1]
     schedule = ("smoke: 2 iterations per stage" if args.smoke else
                 f"{base}, then {length} per fine-tune (no warm-up), data {data.root} (preset {data.preset})"
                 + (f", distilled run with {args.method_override}" if args.method_override else "")

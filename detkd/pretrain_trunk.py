@@ -259,5 +259,16 @@ def shipped_trunk(name: str) -> str:
     return str(path)
 
 
+def trunk_for(model_cfg) -> str:
+    """The shipped trunk whose card matches a detector config's trunk (VGG for ``*vgg*`` model names, else ResNet;
+    depth, width), or ``""`` when none is shipped: for code that swaps a config's model for another width."""
+    arch = "vgg" if "vgg" in model_cfg.name else "resnet"
+    for card in sorted(ASSETS.glob("synthshapes_trunk_*.json")):
+        t = json.loads(card.read_text())["trunk"]
+        if (t["arch"], t["depth"], t["width"]) == (arch, model_cfg.depth, model_cfg.width):
+            return str(card.with_suffix(".safetensors"))
+    return ""
+
+
 __all__ = ["CLASSES", "PretrainConfig", "TrunkSpec", "accuracy", "save_trunk", "shape_crops", "shipped_trunk",
-           "train_trunk", "trunk_state"]
+           "train_trunk", "trunk_for", "trunk_state"]

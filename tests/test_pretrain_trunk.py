@@ -113,3 +113,14 @@ def test_cli_refuses_an_output_that_is_not_safetensors(tmp_path):
 
     res = CliRunner().invoke(app, ["pretrain-trunk", str(tmp_path / "t.pt")])
     assert res.exit_code == 2 and "must end in .safetensors" in res.output
+
+
+def test_trunk_for_finds_the_shipped_trunk_of_a_models_width_or_none():
+    from detkd.config import load_config
+    from detkd.pretrain_trunk import trunk_for
+
+    for config in ("gfl/r18_half_teacher_synthshapes", "faster_rcnn/vgg16_teacher_synthshapes",
+                   "faster_rcnn/fpn_lite_synthshapes"):
+        cfg = load_config(config)
+        assert trunk_for(cfg.model) == cfg.train.backbone_init
+    assert trunk_for(GFLConfig(depth=50, width=1.0)) == ""
