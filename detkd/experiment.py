@@ -181,17 +181,29 @@ def make_evaluator(cfg: ExperimentConfig):
 # -------------------------------------------------------------------------------------------- building
 
 
+def _trunk_init(load, student: nn.Module, path: str) -> None:
+    """``load(student, path)``; a trunk that does not fit (e.g. after a ``model.width`` override) names the way out."""
+    from detkd.errors import UserError
+
+    try:
+        load(student, path)
+    except ValueError as e:
+        raise UserError(f"{e}. Give train.backbone_init a trunk of this model's depth and width (detkd "
+                        "pretrain-trunk OUT --depth D --width W) or train.backbone_init= to start from random init",
+                        key="train.backbone_init", path=path) from e
+
+
 def build_task(cfg: ExperimentConfig) -> nn.Module:
     """The trainable module for this config: a plain ``DetectionTask`` or a ``DistillTask``."""
     student = build_model(cfg.model)  # train.init_weights is loaded by the Trainer
     if cfg.train.backbone_init and hasattr(student, "roi_forward"):  # Faster R-CNN: torchvision / caffe trunks
         from detkd.models.rcnn_weights import load_backbone_init
 
-        load_backbone_init(student, cfg.train.backbone_init)
+        _trunk_init(load_backbone_init, student, cfg.train.backbone_init)
     elif cfg.train.backbone_init and hasattr(getattr(student, "backbone", None), "body"):  # RetinaNet / GFL
         from detkd.models.weights import load_resnet_trunk
 
-        load_resnet_trunk(student, cfg.train.backbone_init)
+        _trunk_init(load_resnet_trunk, student, cfg.train.backbone_init)
     elif cfg.train.backbone_init:
         from detkd.models.weights import load_backbone_imagenet
 

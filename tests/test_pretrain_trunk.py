@@ -124,3 +124,14 @@ def test_trunk_for_finds_the_shipped_trunk_of_a_models_width_or_none():
         cfg = load_config(config)
         assert trunk_for(cfg.model) == cfg.train.backbone_init
     assert trunk_for(GFLConfig(depth=50, width=1.0)) == ""
+
+
+def test_a_width_override_without_its_trunk_fails_at_start_naming_the_key():
+    from detkd.config import load_config
+    from detkd.errors import UserError
+    from detkd.experiment import build_task
+
+    with pytest.raises(UserError, match=r"shape mismatches.*train\.backbone_init=") as e:
+        build_task(load_config("gfl/r18_lite_synthshapes", ["model.width=0.125"]))
+    assert e.value.key == "train.backbone_init"
+    build_task(load_config("gfl/r18_lite_synthshapes", ["model.width=0.125", "train.backbone_init="]))

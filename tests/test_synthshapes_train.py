@@ -19,7 +19,8 @@ runner = CliRunner()
 FAMILIES = ("faster_rcnn_vgg", "faster_rcnn_fpn", "retinanet", "gfl")
 # config, then overrides that make the model tiny (same architecture, fewer channels)
 CONFIGS = {
-    "faster_rcnn_vgg": ("faster_rcnn/vgg_lite_synthshapes", ["model.width=0.125", "model.hidden=32"]),
+    "faster_rcnn_vgg": ("faster_rcnn/vgg_lite_synthshapes", ["model.width=0.125", "model.hidden=32",
+                                                       "train.backbone_init="]),  # no trunk of that width
     "faster_rcnn_fpn": ("faster_rcnn/fpn_lite_synthshapes", ["model.fpn_channels=16", "model.hidden=32"]),
     "retinanet": ("retinanet/r18_lite_synthshapes", ["model.fpn_channels=16", "model.num_convs=1"]),
     "gfl": ("gfl/r18_lite_synthshapes", ["model.fpn_channels=16", "model.stacked_convs=1", "model.gn_groups=8"]),
